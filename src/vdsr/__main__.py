@@ -1,0 +1,7 @@
+"""``python -m vdsr``."""
+
+import sys
+
+from vdsr.cli import main
+
+sys.exit(main())

@@ -1,0 +1,441 @@
+"""The ``vdsr`` command line: parsing, progress display and error reporting only.
+
+Every subcommand maps its flags onto library calls. Errors from the library
+(:class:`vdsr.errors.VDSRError`) become one line on stderr and exit code 1; bad flags exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+PROG = "vdsr"
+
+
+def _err(msg: str) -> None:
+    print(f"{PROG}: error: {msg}", file=sys.stderr)
+
+
+def _show_warning(message: Any, category: Any, filename: str, lineno: int, file: Any = None,
+                  line: Any = None) -> None:
+    print(f"{PROG}: warning: {message}", file=sys.stderr)
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _scale(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value) or value <= 1:
+        raise argparse.ArgumentTypeError(f"must be a finite number greater than 1, got {text}")
+    return value
+
+
+def _int_scale(text: str) -> int:
+    value = _scale(text)
+    if value != int(value):
+        raise argparse.ArgumentTypeError(f"must be an integer scale (2, 3, 4, ...), got {text}")
+    return int(value)
+
+
+def _tqdm(**kwargs: Any) -> Any:
+    from tqdm import tqdm
+
+    return tqdm(file=sys.stderr, dynamic_ncols=True, **kwargs)
+
+
+# ----------------------------------------------------------------------------------------------
+# upscale
+# ----------------------------------------------------------------------------------------------
+
+
+def _expand_inputs(inputs: Sequence[str]) -> list[Path]:
+    from vdsr.images import list_images
+
+    files: list[Path] = []
+    for item in inputs:
+        p = Path(item)
+        files.extend(list_images(p) if p.is_dir() else [p])
+    return files
+
+
+def _output_paths(files: list[Path], out: Path, scale: float, single_target: bool) -> list[Path]:
+    from vdsr.errors import VDSRError
+
+    if single_target:
+        return [out]
+    if out.exists() and not out.is_dir():
+        raise VDSRError(f"{out}: several inputs need an output folder, and this is a file")
+    out.mkdir(parents=True, exist_ok=True)
+    names = [out / f"{f.stem}_x{scale:g}.png" for f in files]
+    dupes = {n for n in names if names.count(n) > 1}
+    if dupes:
+        raise VDSRError(f"two inputs would both write {sorted(dupes)[0]}")
+    return names
+
+
+def cmd_upscale(args: argparse.Namespace) -> int:
+    from vdsr.errors import VDSRError
+    from vdsr.images import IMAGE_SUFFIXES, load_image, save_image
+    from vdsr.inference import check_scale, check_tile, upscale_array
+    from vdsr.weights import load_model
+
+    files = _expand_inputs(args.inputs)
+    out = Path(args.output)
+    single_target = (len(files) == 1 and not Path(args.inputs[0]).is_dir()
+                     and not out.is_dir() and out.suffix.lower() in IMAGE_SUFFIXES)
+    if single_target and not out.parent.exists():
+        raise VDSRError(f"{out}: output folder {out.parent} does not exist")
+    model, meta = load_model(args.weights, device=args.device)
+    check_scale(args.scale, meta.scales)
+    tile = check_tile(args.tile, model)
+    targets = _output_paths(files, out, args.scale, single_target)
+    folder = targets[0].parent
+    if not os.access(folder, os.W_OK):
+        raise VDSRError(f"{folder}: output folder is not writable")
+    failures: list[str] = []
+    bar = _tqdm(total=len(files), desc="upscaling", unit="img", disable=len(files) < 2 or None)
+    for src, dst in zip(files, targets, strict=True):
+        try:
+            if dst.exists() and src.exists() and dst.resolve() == src.resolve():
+                raise VDSRError(f"{dst}: output would overwrite its own input")
+            if dst.exists() and not args.overwrite:
+                raise VDSRError(f"{dst}: already exists (pass --overwrite to replace it)")
+            img = load_image(src, max_pixels=args.max_pixels)
+            out_pixels = upscale_array(model, img.pixels, args.scale, tile, args.device)
+            alpha = None
+            if img.alpha is not None:
+                import numpy as np
+
+                from vdsr.inference import bicubic_upscale
+
+                alpha = np.clip(bicubic_upscale(img.alpha, args.scale), 0, 1)
+            save_image(dst, out_pixels, alpha, img.bit_depth)
+            if args.compare and len(files) == 1:
+                from vdsr.inference import bicubic_upscale
+                from vdsr.plots import side_by_side
+
+                side_by_side(bicubic_upscale(img.pixels, args.scale), out_pixels, args.compare)
+        except VDSRError as exc:
+            failures.append(str(exc))
+            if len(files) > 1:
+                bar.write(f"{PROG}: error: {exc}", file=sys.stderr)
+        bar.update(1)
+    bar.close()
+    if failures:
+        if len(files) == 1:
+            _err(failures[0])
+        else:
+            _err(f"{len(failures)} of {len(files)} images failed:")
+            for f in failures:
+                print(f"  {f}", file=sys.stderr)
+        return 1
+    print(f"wrote {targets[0] if len(targets) == 1 else f'{len(targets)} images to {folder}'}")
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------
+# evaluate
+# ----------------------------------------------------------------------------------------------
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from vdsr.evaluate import evaluate_folder, format_table
+    from vdsr.fileio import atomic_write_bytes
+    from vdsr.images import list_images
+    from vdsr.weights import load_model
+
+    model = None
+    if not args.bicubic_only:
+        model, _ = load_model(args.weights, device=args.device)
+    total = sum(len(list_images(d)) for d in args.data) * len(args.scales)
+    results = []
+    with _tqdm(total=total, desc="evaluating", unit="img") as bar:
+        for folder in args.data:
+            results += evaluate_folder(model, folder, args.scales, protocol=args.protocol,
+                                       tile=args.tile, device=args.device,
+                                       progress=lambda _d: bar.update(1),
+                                       max_pixels=args.max_pixels)
+    print(format_table(results))
+    if args.json:
+        body = {"protocol": args.protocol, "weights": str(args.weights or "default"),
+                "results": [r.to_dict() for r in results]}
+        atomic_write_bytes(args.json, (json.dumps(body, indent=2) + "\n").encode())
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------
+# convert / info
+# ----------------------------------------------------------------------------------------------
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    from vdsr.errors import VDSRError
+    from vdsr.weights import convert
+
+    dst = Path(args.output)
+    if dst.exists() and not args.overwrite:
+        raise VDSRError(f"{dst}: already exists (pass --overwrite to replace it)")
+    if not dst.parent.exists():
+        raise VDSRError(f"{dst}: output folder {dst.parent} does not exist")
+    meta = convert(args.source, dst)
+    print(f"wrote {dst}: {meta.config.depth} layers, width {meta.config.width}, "
+          f"bias={meta.config.bias}; {meta.source}")
+    return 0
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from vdsr.weights import default_weights_path, read_metadata, weights_summary
+
+    path = Path(args.weights) if args.weights else default_weights_path()
+    print(json.dumps(weights_summary(read_metadata(path)), indent=2))
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------
+# prepare / train
+# ----------------------------------------------------------------------------------------------
+
+
+def cmd_prepare(args: argparse.Namespace) -> int:
+    from vdsr.data import collect_files, degraded_images, write_hdf5
+    from vdsr.errors import VDSRError
+
+    out = Path(args.output)
+    if out.exists() and not args.overwrite:
+        raise VDSRError(f"{out}: already exists (pass --overwrite to replace it)")
+    if not out.parent.exists():
+        raise VDSRError(f"{out}: output folder {out.parent} does not exist")
+    files = collect_files(args.data)
+    bar = _tqdm(total=len(files), desc="preparing", unit="img")
+    images = degraded_images(files, args.scales, args.channels, args.downscales, args.patch,
+                             on_image=lambda _p: bar.update(1))
+    n = write_hdf5(out, images, patch=args.patch, stride=args.stride,
+                   rotations=(0,) if args.no_rotate else (0, 1, 2, 3), flips=not args.no_flip)
+    bar.close()
+    print(f"wrote {n:,} patch pairs of {args.patch}x{args.patch} to {out}")
+    return 0
+
+
+def _train_config(args: argparse.Namespace) -> Any:
+    from vdsr.train import TrainConfig
+
+    fields = TrainConfig.__dataclass_fields__
+    values = {k: v for k, v in vars(args).items() if k in fields and v is not None}
+    return TrainConfig(**values)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    import logging
+
+    from vdsr.distributed import distributed_context
+    from vdsr.errors import VDSRError
+    from vdsr.train import Trainer, read_config, write_config
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    with distributed_context() as dist:
+        if args.resume:
+            config = read_config(args.resume)
+            overrides = {k: getattr(args, k) for k in ("steps", "val_every", "checkpoint_every",
+                                                       "log_every", "threads", "device")
+                         if getattr(args, k, None) is not None}
+            for k, v in overrides.items():
+                setattr(config, k, v)
+            if not (Path(args.resume) / "checkpoint.pt").exists():
+                raise VDSRError(f"{args.resume}: no checkpoint.pt to resume from")
+        else:
+            config = _train_config(args)
+            run = Path(config.run_dir)
+            if (run / "checkpoint.pt").exists() and not args.overwrite:
+                raise VDSRError(f"{run}: already holds a run; use --resume {run} or --overwrite")
+        bar = _tqdm(total=config.steps, desc="training", unit="step",
+                    disable=not dist.is_main or None)
+
+        def progress(step: int, row: dict[str, float]) -> None:
+            bar.n = step
+            bar.refresh()
+            if "train_loss" in row:
+                bar.set_postfix(loss=f"{row['train_loss']:.2e}", lr=f"{row['learning_rate']:.1e}",
+                                pps=f"{row['patches_per_s']:.0f}")
+            if not dist.is_main:
+                return
+            parts = [f"step {step}"]
+            for key, value in row.items():
+                if key != "step":
+                    parts.append(f"{key}={value:.4g}")
+            if bar.disable or "val_psnr_mean" in row:
+                bar.write(" ".join(parts), file=sys.stderr)
+
+        trainer = Trainer(config, progress=progress, dist=dist)
+        if dist.is_main:
+            write_config(config)
+        if args.resume:
+            trainer.resume()
+            bar.n = trainer.step
+        best = trainer.fit()
+        bar.close()
+    if dist.is_main:
+        print(f"done: {config.run_dir} (best validation {json.dumps(best)})")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from vdsr.demo import run_demo
+
+    report = run_demo(Path(args.output), scale=args.scale, weights=args.weights)
+    print(report)
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------
+# parser
+# ----------------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=PROG, description="VDSR super-resolution (Kim et al., CVPR 2016)")
+    parser.add_argument("--version", action="version", version=_version())
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def common_device(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--device", default="cpu", help="torch device (cpu, cuda, cuda:1)")
+
+    p = sub.add_parser("upscale", help="super-resolve images")
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files or folders")
+    p.add_argument("--scale", "-s", type=_scale, required=True, help="upscaling factor > 1")
+    p.add_argument("-o", "--output", required=True, help="output file (one input) or folder")
+    p.add_argument("--weights", help="a .safetensors weights file (default: the shipped model)")
+    p.add_argument("--tile", type=int, default=256, help="tile side in pixels, 0 = whole image (default 256)")
+    p.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    p.add_argument("--max-pixels", type=_positive_int, default=64_000_000, help="refuse larger inputs")
+    p.add_argument("--compare", help="also write a bicubic-vs-VDSR side-by-side PNG (one input)")
+    common_device(p)
+    p.set_defaults(func=cmd_upscale)
+
+    p = sub.add_parser("evaluate", help="Y-PSNR/SSIM on benchmark folders, beside the paper")
+    p.add_argument("--data", nargs="+", required=True, metavar="DIR", help="folders of HR images")
+    p.add_argument("--scales", nargs="+", type=_int_scale, default=[2, 3, 4])
+    p.add_argument("--weights", help="weights file (default: the shipped model)")
+    p.add_argument("--json", help="write the results to this JSON file")
+    p.add_argument("--protocol", choices=("rgb8", "ydouble"), default="rgb8",
+                   help="rgb8: 8-bit RGB LR (default); ydouble: LR from the double Y channel")
+    p.add_argument("--bicubic-only", action="store_true", help="score bicubic alone, no model")
+    p.add_argument("--tile", type=int, default=0, help="tile side, 0 = whole image (default)")
+    p.add_argument("--max-pixels", type=_positive_int, default=64_000_000)
+    common_device(p)
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("convert", help="import published weights into .safetensors")
+    p.add_argument("source", help="MatConvNet .mat (official), pytorch-vdsr .pth, or .safetensors")
+    p.add_argument("-o", "--output", required=True, help="destination .safetensors")
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=cmd_convert)
+
+    p = sub.add_parser("info", help="print a weights file's metadata")
+    p.add_argument("weights", nargs="?", help="weights file (default: the shipped model)")
+    p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("prepare", help="write an HDF5 cache of training patches")
+    p.add_argument("--data", nargs="+", required=True, metavar="DIR")
+    p.add_argument("-o", "--output", required=True, help="HDF5 file to write")
+    p.add_argument("--scales", nargs="+", type=_int_scale, default=[2, 3, 4])
+    p.add_argument("--patch", type=_positive_int, default=41)
+    p.add_argument("--stride", type=_positive_int, default=41)
+    p.add_argument("--channels", type=int, choices=(1, 3), default=1)
+    p.add_argument("--downscales", nargs="+", type=float, default=[1.0, 0.7, 0.5])
+    p.add_argument("--no-rotate", action="store_true", help="skip the 90/180/270 rotations")
+    p.add_argument("--no-flip", action="store_true", help="skip the flipped copies")
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=cmd_prepare)
+
+    p = sub.add_parser("train", help="train a VDSR model (resumable)")
+    p.add_argument("--run-dir", help="folder for checkpoints, logs and weights (default runs/vdsr)")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR")
+    p.add_argument("--train-dirs", nargs="+", metavar="DIR", help="HR training folders (default: T91 + BSD200)")
+    p.add_argument("--h5", help="train from an HDF5 patch file instead of on-the-fly patches")
+    p.add_argument("--val-dir", help="validation folder (default ../shared/datasets/Set5)")
+    p.add_argument("--scales", nargs="+", type=_int_scale)
+    p.add_argument("--downscales", nargs="+", type=float)
+    p.add_argument("--channels", type=int, choices=(1, 3))
+    p.add_argument("--depth", type=_positive_int)
+    p.add_argument("--width", type=_positive_int)
+    p.add_argument("--no-bias", dest="bias", action="store_false", default=None)
+    p.add_argument("--body", choices=("plain", "residual", "dense", "inception"))
+    p.add_argument("--patch", type=_positive_int)
+    p.add_argument("--batch-size", type=_positive_int)
+    p.add_argument("--steps", type=_positive_int)
+    p.add_argument("--optimizer", choices=("adam", "sgd"))
+    p.add_argument("--learning-rate", type=float)
+    p.add_argument("--schedule", choices=("constant", "step", "exponential", "cosine"))
+    p.add_argument("--warmup-steps", type=int)
+    p.add_argument("--decay-steps", type=int)
+    p.add_argument("--clip", type=float, help="gradient clip (Adam: value; SGD: theta)")
+    p.add_argument("--momentum", type=float)
+    p.add_argument("--weight-decay", type=float)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--log-every", type=_positive_int)
+    p.add_argument("--val-every", type=_positive_int)
+    p.add_argument("--checkpoint-every", type=_positive_int)
+    p.add_argument("--skip-nonfinite", action="store_true", default=None)
+    p.add_argument("--init-weights", help="start from these .safetensors weights (fine-tune)")
+    p.add_argument("--device", help="auto (default), cpu or cuda")
+    p.add_argument("--threads", type=int, help="torch CPU threads (0 = torch's default)")
+    p.add_argument("--overwrite", action="store_true", help="start afresh in an existing run folder")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("demo", help="upscale a bundled sample and write a comparison PNG")
+    p.add_argument("-o", "--output", default="vdsr-demo", help="output folder (default vdsr-demo)")
+    p.add_argument("--scale", type=_int_scale, default=3)
+    p.add_argument("--weights", help="weights file (default: the shipped model)")
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def _version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return f"{PROG} {version('vdsr')}"
+    except Exception:  # noqa: BLE001 - running from a source tree
+        return f"{PROG} (source)"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point: returns the exit code (0 ok, 1 error, 2 bad usage, 130 interrupted)."""
+    from vdsr.errors import VDSRError
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    warnings.showwarning = _show_warning
+    try:
+        return int(args.func(args))
+    except VDSRError as exc:
+        _err(str(exc))
+        return 1
+    except KeyboardInterrupt:
+        _err("interrupted")
+        return 130
+    except MemoryError:
+        _err("out of memory (try a smaller --tile or --batch-size)")
+        return 1
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,55 @@
+"""BT.601 YCbCr conversion with MATLAB's constants.
+
+MATLAB's ``rgb2ycbcr`` on a double image in [0, 1] returns Y in [16/255, 235/255] and Cb/Cr in
+[16/255, 240/255]. The published VDSR numbers are computed on that Y channel, so these functions
+reproduce MATLAB's matrix and offsets exactly (not the JPEG full-range variant).
+
+All functions take and return float arrays (NumPy or anything array-like) on the [0, 1] scale,
+with channels last: ``(..., 3)``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numpy.typing import NDArray
+
+# MATLAB rgb2ycbcr: ycbcr = offset + M * rgb, with rgb in [0, 1] and the result on [0, 255].
+_RGB2YCBCR = np.array(
+    [
+        [65.481, 128.553, 24.966],
+        [-37.797, -74.203, 112.0],
+        [112.0, -93.786, -18.214],
+    ],
+    dtype=np.float64,
+)
+_OFFSET = np.array([16.0, 128.0, 128.0], dtype=np.float64)
+_YCBCR2RGB = np.linalg.inv(_RGB2YCBCR)
+
+
+def _check_last_axis(image: NDArray[np.floating], name: str) -> None:
+    if image.ndim < 1 or image.shape[-1] != 3:
+        raise ValueError(f"{name} expects an array with 3 channels last, got shape {image.shape}")
+
+
+def rgb2ycbcr(rgb: NDArray[np.floating]) -> NDArray[np.float64]:
+    """RGB in [0, 1] (shape ``(..., 3)``) to YCbCr in [0, 1] (Y in [16/255, 235/255])."""
+    rgb = np.asarray(rgb, dtype=np.float64)
+    _check_last_axis(rgb, "rgb2ycbcr")
+    return (rgb @ _RGB2YCBCR.T + _OFFSET) / 255.0
+
+
+def rgb2y(rgb: NDArray[np.floating]) -> NDArray[np.float64]:
+    """The Y channel alone of :func:`rgb2ycbcr`: RGB ``(..., 3)`` in [0, 1] to ``(...)`` in [0, 1]."""
+    rgb = np.asarray(rgb, dtype=np.float64)
+    _check_last_axis(rgb, "rgb2y")
+    return (rgb @ _RGB2YCBCR[0] + _OFFSET[0]) / 255.0
+
+
+def ycbcr2rgb(ycbcr: NDArray[np.floating]) -> NDArray[np.float64]:
+    """YCbCr in [0, 1] (shape ``(..., 3)``) back to RGB in [0, 1], as MATLAB's ``ycbcr2rgb``.
+
+    The result is not clipped: out-of-gamut values are the caller's to clip or keep.
+    """
+    ycbcr = np.asarray(ycbcr, dtype=np.float64)
+    _check_last_axis(ycbcr, "ycbcr2rgb")
+    return (ycbcr * 255.0 - _OFFSET) @ _YCBCR2RGB.T

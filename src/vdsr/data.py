@@ -1,0 +1,298 @@
+"""Training data: HR image folders -> (bicubic input, HR target) patch pairs.
+
+For every HR image, every extra downscaling factor (augmentation, e.g. 1.0/0.7/0.5) and every
+scale ``s``: ``hr = modcrop(hr, s)``, ``bicubic = imresize(imresize(hr, 1/s), s)`` with the
+MATLAB-exact resize, on the Y channel (or RGB). Patches (41x41 by default) are cut from the pair
+at the same place, then rotated by 0/90/180/270 degrees and flipped.
+
+Two feeds:
+
+* :class:`PatchSampler` (the default for ``vdsr train``) keeps each degraded image in memory
+  and crops random patches every step: no multi-GB file, memory reported by
+  :attr:`PatchSampler.nbytes`.
+* :func:`write_hdf5` / :class:`H5Patches`: a patch cache written streaming into chunked HDF5
+  (``input``/``label`` as in the notes), and read back; pytorch-vdsr's ``data``/``label`` files
+  are read too.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from vdsr.color import rgb2y
+from vdsr.errors import DataError, ImageError
+from vdsr.fileio import atomic_path
+from vdsr.images import list_images, load_image
+from vdsr.resize import imresize, modcrop
+
+
+@dataclass
+class DegradedImage:
+    """One HR image and its bicubic-degraded version at one scale, ``(C, H, W)`` float32 [0, 1]."""
+
+    hr: NDArray[np.float32]
+    bicubic: NDArray[np.float32]
+    scale: int
+
+
+def to_channels(pixels: NDArray[np.float64], channels: int) -> NDArray[np.float64]:
+    """``(H, W, 3)``/``(H, W)`` [0, 1] image -> ``(H, W)`` Y (``channels=1``) or ``(H, W, 3)`` RGB."""
+    if channels == 1:
+        return pixels if pixels.ndim == 2 else rgb2y(pixels)
+    if channels == 3:
+        return np.repeat(pixels[..., None], 3, axis=2) if pixels.ndim == 2 else pixels
+    raise DataError(f"channels must be 1 or 3, got {channels}")
+
+
+def degrade(hr: NDArray[np.float64], scale: int) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    """``modcrop`` then MATLAB bicubic down by ``scale`` and back up: ``(hr, bicubic)``."""
+    hr = modcrop(hr, scale)
+    bicubic = imresize(imresize(hr, 1.0 / scale), float(scale))
+    return hr, bicubic
+
+
+def _chw(a: NDArray[np.float64]) -> NDArray[np.float32]:
+    return np.ascontiguousarray((a[None] if a.ndim == 2 else a.transpose(2, 0, 1)), dtype=np.float32)
+
+
+def collect_files(folders: Sequence[str | os.PathLike[str]]) -> list[Path]:
+    """All images in ``folders``; a folder without images is an error naming it."""
+    files: list[Path] = []
+    for folder in folders:
+        try:
+            files.extend(list_images(folder))
+        except ImageError as exc:
+            raise DataError(str(exc)) from None
+    return files
+
+
+def degraded_images(
+    files: Sequence[Path],
+    scales: Sequence[int],
+    channels: int = 1,
+    downscales: Sequence[float] = (1.0,),
+    patch: int = 41,
+    on_image: Callable[[Path], None] | None = None,
+) -> Iterator[DegradedImage]:
+    """Yield a :class:`DegradedImage` per (file, extra downscale, scale), skipping pieces < patch."""
+    for path in files:
+        try:
+            img = load_image(path)
+        except ImageError as exc:
+            raise DataError(str(exc)) from None
+        base = to_channels(img.pixels, channels)
+        for factor in downscales:
+            src = base if factor == 1.0 else np.clip(imresize(base, factor), 0.0, 1.0)
+            for scale in scales:
+                if min(src.shape[:2]) < max(patch, scale):
+                    continue
+                hr, bic = degrade(src, scale)
+                if min(hr.shape[:2]) < patch:
+                    continue
+                yield DegradedImage(_chw(hr), _chw(bic), int(scale))
+        if on_image is not None:
+            on_image(path)
+
+
+def dihedral(a: NDArray, k: int) -> NDArray:
+    """One of the 8 rotations/flips of the last two axes: rotate by ``k % 4`` x 90, flip if ``k >= 4``."""
+    out = np.rot90(a, k % 4, axes=(-2, -1))
+    if k >= 4:
+        out = out[..., ::-1]
+    return out
+
+
+class PatchSampler:
+    """Random (bicubic, hr) patches from in-memory degraded images, reproducible from ``state``.
+
+    Images are drawn in proportion to their area, so every pixel is equally likely to be in a
+    patch; each patch gets a random one of the 8 rotations/flips.
+    """
+
+    def __init__(self, images: list[DegradedImage], patch: int = 41, seed: int = 0,
+                 augment: bool = True) -> None:
+        if not images:
+            raise DataError("no training patches: every image is smaller than the patch size")
+        self.images = images
+        self.patch = patch
+        self.augment = augment
+        areas = np.array([(im.hr.shape[1] - patch + 1) * (im.hr.shape[2] - patch + 1) for im in images],
+                         dtype=np.float64)
+        self.weights = areas / areas.sum()
+        self.rng = np.random.default_rng(seed)
+
+    @property
+    def nbytes(self) -> int:
+        """Memory held by the degraded images."""
+        return sum(im.hr.nbytes + im.bicubic.nbytes for im in self.images)
+
+    @property
+    def state(self) -> dict[str, Any]:
+        return self.rng.bit_generator.state
+
+    @state.setter
+    def state(self, value: dict[str, Any]) -> None:
+        self.rng.bit_generator.state = value
+
+    def batch(self, size: int, part: slice | None = None) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
+        """``(inputs, targets)``, each ``(size, C, patch, patch)`` float32.
+
+        With ``part``, the random draws for the whole batch are made (so the generator advances
+        the same way on every distributed rank) but only that slice of patches is cut.
+        """
+        p = self.patch
+        idx = self.rng.choice(len(self.images), size=size, p=self.weights)
+        u = self.rng.random((size, 3))  # top, left, transform
+        keep = range(size)[part] if part is not None else range(size)
+        c = self.images[0].hr.shape[0]
+        x = np.empty((len(keep), c, p, p), dtype=np.float32)
+        y = np.empty((len(keep), c, p, p), dtype=np.float32)
+        for n, j in enumerate(keep):
+            im = self.images[idx[j]]
+            top = int(u[j, 0] * (im.hr.shape[1] - p + 1))
+            left = int(u[j, 1] * (im.hr.shape[2] - p + 1))
+            k = int(u[j, 2] * 8) if self.augment else 0
+            x[n] = dihedral(im.bicubic[:, top : top + p, left : left + p], k)
+            y[n] = dihedral(im.hr[:, top : top + p, left : left + p], k)
+        return x, y
+
+
+def grid_patches(
+    image: DegradedImage, patch: int, stride: int
+) -> Iterator[tuple[NDArray[np.float32], NDArray[np.float32]]]:
+    """Patches on a regular grid (the notes' ``make_sub_data``, without the blocking imshow)."""
+    _, h, w = image.hr.shape
+    for top in range(0, h - patch + 1, stride):
+        for left in range(0, w - patch + 1, stride):
+            yield (image.bicubic[:, top : top + patch, left : left + patch],
+                   image.hr[:, top : top + patch, left : left + patch])
+
+
+def write_hdf5(
+    path: str | os.PathLike[str],
+    images: Iterator[DegradedImage],
+    patch: int = 41,
+    stride: int = 41,
+    rotations: Sequence[int] = (0, 1, 2, 3),
+    flips: bool = True,
+    chunk: int = 256,
+) -> int:
+    """Stream grid patches into HDF5 datasets ``input``/``label`` (``N x C x patch x patch``).
+
+    The datasets are chunked and resizable, and patches are appended ``chunk`` at a time, so
+    memory stays at one buffer however large the file grows. The file appears atomically when
+    complete. Returns the number of patch pairs written.
+    """
+    import h5py
+
+    transforms = [k for k in rotations] + ([k + 4 for k in rotations] if flips else [])
+    count = 0
+    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
+        dsets: dict[str, Any] = {}
+        buf_x: list[NDArray[np.float32]] = []
+        buf_y: list[NDArray[np.float32]] = []
+
+        def flush() -> None:
+            nonlocal count
+            if not buf_x:
+                return
+            if not dsets:
+                c = buf_x[0].shape[0]
+                for name in ("input", "label"):
+                    dsets[name] = f.create_dataset(
+                        name, shape=(0, c, patch, patch), maxshape=(None, c, patch, patch),
+                        dtype="float32", chunks=(min(chunk, 64), c, patch, patch),
+                    )
+            n = len(buf_x)
+            for name, buf in (("input", buf_x), ("label", buf_y)):
+                dsets[name].resize(count + n, axis=0)
+                dsets[name][count : count + n] = np.stack(buf)
+            count += n
+            buf_x.clear()
+            buf_y.clear()
+
+        for image in images:
+            for x, y in grid_patches(image, patch, stride):
+                for k in transforms:
+                    buf_x.append(np.ascontiguousarray(dihedral(x, k)))
+                    buf_y.append(np.ascontiguousarray(dihedral(y, k)))
+                    if len(buf_x) >= chunk:
+                        flush()
+        flush()
+        if count == 0:
+            raise DataError("no patches: every image is smaller than the patch size")
+        f.attrs["patch"] = patch
+        f.attrs["stride"] = stride
+    return count
+
+
+class H5Patches:
+    """Random batches from an HDF5 patch file: ours (``input``/``label``) or pytorch-vdsr's
+    (``data``/``label``), ``N x C x H x W``; the notes' ``N x H x W x C`` layout is accepted too.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], seed: int = 0) -> None:
+        import h5py
+
+        self.path = Path(path)
+        if not self.path.exists():
+            raise DataError(f"{self.path}: no such file")
+        try:
+            self.file = h5py.File(self.path, "r")
+        except OSError:
+            raise DataError(f"{self.path}: not an HDF5 file") from None
+        keys = set(self.file.keys())
+        in_key = "input" if "input" in keys else "data" if "data" in keys else None
+        if in_key is None or "label" not in keys:
+            raise DataError(
+                f"{self.path}: needs datasets 'input' (or 'data') and 'label', found {sorted(keys)}"
+            )
+        self.x, self.y = self.file[in_key], self.file["label"]
+        for name, d in ((in_key, self.x), ("label", self.y)):
+            if not hasattr(d, "shape") or len(d.shape) != 4:
+                raise DataError(f"{self.path}: dataset '{name}' must be 4-D, got shape {getattr(d, 'shape', None)}")
+            if d.dtype.kind != "f":
+                raise DataError(f"{self.path}: dataset '{name}' must be float, got {d.dtype}")
+        if self.x.shape != self.y.shape:
+            raise DataError(f"{self.path}: input {self.x.shape} and label {self.y.shape} shapes differ")
+        if self.x.shape[0] == 0:
+            raise DataError(f"{self.path}: no patches")
+        # NHWC (the notes' [?, 41, 41, c_dim]) when the last axis looks like channels.
+        self.nhwc = self.x.shape[3] in (1, 3) and self.x.shape[1] not in (1, 3)
+        self.rng = np.random.default_rng(seed)
+
+    def __len__(self) -> int:
+        return int(self.x.shape[0])
+
+    @property
+    def channels(self) -> int:
+        return int(self.x.shape[3] if self.nhwc else self.x.shape[1])
+
+    @property
+    def state(self) -> dict[str, Any]:
+        return self.rng.bit_generator.state
+
+    @state.setter
+    def state(self, value: dict[str, Any]) -> None:
+        self.rng.bit_generator.state = value
+
+    def batch(self, size: int, part: slice | None = None) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
+        idx = self.rng.choice(len(self), size=min(size, len(self)), replace=False)
+        if part is not None:
+            idx = idx[part]
+        idx = np.sort(idx)  # h5py reads need increasing indices
+        x = np.asarray(self.x[idx], dtype=np.float32)
+        y = np.asarray(self.y[idx], dtype=np.float32)
+        if self.nhwc:
+            x, y = x.transpose(0, 3, 1, 2), y.transpose(0, 3, 1, 2)
+        return np.ascontiguousarray(x), np.ascontiguousarray(y)
+
+    def close(self) -> None:
+        self.file.close()

@@ -1,0 +1,199 @@
+"""Reading and writing images for super-resolution, with every failure as an :class:`ImageError`.
+
+Images come back as float64 arrays on the [0, 1] scale: ``(H, W, 3)`` for colour, ``(H, W)`` for
+greyscale, plus an optional ``(H, W)`` alpha plane and the source bit depth (8 or 16), so the
+output can be written back at the input's precision.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from numpy.typing import NDArray
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from vdsr.errors import ImageError
+from vdsr.fileio import atomic_path
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm")
+DEFAULT_MAX_PIXELS = 64_000_000  # ~8000x8000: far beyond any photo, well below a decompression bomb
+
+
+@dataclass
+class LoadedImage:
+    """A decoded image. ``pixels`` is ``(H, W, 3)`` RGB or ``(H, W)`` grey, float64 in [0, 1]."""
+
+    pixels: NDArray[np.float64]
+    alpha: NDArray[np.float64] | None
+    bit_depth: int
+    path: Path
+
+    @property
+    def height(self) -> int:
+        return int(self.pixels.shape[0])
+
+    @property
+    def width(self) -> int:
+        return int(self.pixels.shape[1])
+
+    @property
+    def is_gray(self) -> bool:
+        return self.pixels.ndim == 2
+
+
+def list_images(folder: str | os.PathLike[str]) -> list[Path]:
+    """Image files directly inside ``folder``, sorted by name; raises if there are none.
+
+    This is the check the notes' code lacked: an empty folder gave ``UnboundLocalError``.
+    """
+    folder = Path(folder)
+    if not folder.exists():
+        raise ImageError(f"{folder}: no such file or directory")
+    if not folder.is_dir():
+        raise ImageError(f"{folder}: not a directory")
+    files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise ImageError(f"no images found in {folder}")
+    return files
+
+
+def _to_float(img: Image.Image, path: Path) -> tuple[NDArray[np.float64], NDArray[np.float64] | None, int]:
+    mode = img.mode
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N"):
+        arr = np.asarray(img, dtype=np.float64) / 65535.0
+        return arr, None, 16
+    if mode == "I":
+        # 32-bit integer: how Pillow opens 16-bit greyscale PNG; treat as 16-bit data.
+        arr = np.clip(np.asarray(img, dtype=np.float64), 0, 65535) / 65535.0
+        return arr, None, 16
+    if mode == "F":
+        arr = np.asarray(img, dtype=np.float64)
+        if not np.isfinite(arr).all():
+            raise ImageError(f"{path}: float image contains NaN or inf values")
+        hi = float(arr.max()) if arr.size else 0.0
+        if hi > 1.0:  # float images on a 0-255 or 0-65535 scale
+            arr = arr / (255.0 if hi <= 255.0 else 65535.0)
+        return np.clip(arr, 0.0, 1.0), None, 16
+    if mode == "1":
+        img = img.convert("L")
+        mode = "L"
+    if mode in ("P", "PA"):
+        img = img.convert("RGBA" if ("transparency" in img.info or mode == "PA") else "RGB")
+        mode = img.mode
+    if mode == "LA":
+        arr = np.asarray(img, dtype=np.float64) / 255.0
+        return arr[..., 0], arr[..., 1], 8
+    if mode == "L":
+        return np.asarray(img, dtype=np.float64) / 255.0, None, 8
+    if mode == "RGBA":
+        arr = np.asarray(img, dtype=np.float64) / 255.0
+        return arr[..., :3], arr[..., 3], 8
+    if mode != "RGB":  # CMYK, YCbCr, LAB, HSV, RGBX, ...
+        img = img.convert("RGB")
+    return np.asarray(img, dtype=np.float64) / 255.0, None, 8
+
+
+def load_image(path: str | os.PathLike[str], max_pixels: int = DEFAULT_MAX_PIXELS) -> LoadedImage:
+    """Decode ``path`` into a :class:`LoadedImage`, applying EXIF orientation.
+
+    Raises :class:`ImageError` for a missing, empty, non-image, truncated, zero-sized or
+    too-large (over ``max_pixels``, the decompression-bomb guard) file. An animated image gives
+    its first frame and a warning.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise ImageError(f"{path}: no such file")
+    if path.is_dir():
+        raise ImageError(f"{path}: is a directory, not an image")
+    try:
+        if path.stat().st_size == 0:
+            raise ImageError(f"{path}: empty file (0 bytes)")
+    except OSError as exc:
+        raise ImageError(f"{path}: cannot read ({exc.strerror})") from None
+    old_limit = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = None  # we enforce our own limit, with our own message
+    try:
+        with Image.open(path) as img:
+            w, h = img.size
+            if w * h > max_pixels:
+                raise ImageError(
+                    f"{path}: {w}x{h} = {w * h:,} pixels is over the limit of {max_pixels:,} "
+                    "(raise it with --max-pixels)"
+                )
+            if w == 0 or h == 0:
+                raise ImageError(f"{path}: image has zero size ({w}x{h})")
+            if getattr(img, "n_frames", 1) > 1:
+                warnings.warn(f"{path}: animated image, using the first frame only", stacklevel=2)
+                img.seek(0)
+            img.load()
+            img = ImageOps.exif_transpose(img) or img
+            pixels, alpha, depth = _to_float(img, path)
+    except ImageError:
+        raise
+    except UnidentifiedImageError:
+        raise ImageError(f"{path}: not an image, or an unsupported format") from None
+    except (OSError, SyntaxError, ValueError, EOFError, TypeError, IndexError, KeyError,
+            Image.DecompressionBombError, MemoryError, struct.error) as exc:
+        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ImageError(f"{path}: truncated or corrupt image ({msg})") from None
+    finally:
+        Image.MAX_IMAGE_PIXELS = old_limit
+    if pixels.shape[0] == 0 or pixels.shape[1] == 0:
+        raise ImageError(f"{path}: image has zero size")
+    return LoadedImage(pixels=pixels, alpha=alpha, bit_depth=depth, path=path)
+
+
+def to_uint(array: NDArray[np.floating], bit_depth: int) -> NDArray:
+    """Float [0, 1] to rounded, clipped uint8 (8) or uint16 (16)."""
+    peak = 255.0 if bit_depth == 8 else 65535.0
+    dtype = np.uint8 if bit_depth == 8 else np.uint16
+    return np.clip(np.round(np.asarray(array, dtype=np.float64) * peak), 0, peak).astype(dtype)
+
+
+def _pil_format(path: Path) -> str:
+    ext = path.suffix.lower()
+    formats = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".bmp": "BMP", ".tif": "TIFF",
+               ".tiff": "TIFF", ".webp": "WEBP"}
+    if ext not in formats:
+        raise ImageError(f"{path}: cannot write '{ext}' files (use .png, .jpg, .bmp, .tif or .webp)")
+    return formats[ext]
+
+
+def save_image(
+    path: str | os.PathLike[str],
+    pixels: NDArray[np.floating],
+    alpha: NDArray[np.floating] | None = None,
+    bit_depth: int = 8,
+) -> None:
+    """Write float [0, 1] ``pixels`` (``(H, W)`` or ``(H, W, 3)``) to ``path`` atomically.
+
+    16-bit output is kept for PNG/TIFF greyscale; colour is written as 8-bit (Pillow cannot
+    write 16-bit RGB). JPEG/BMP drop the alpha plane.
+    """
+    path = Path(path)
+    fmt = _pil_format(path)
+    gray = pixels.ndim == 2
+    if alpha is not None and fmt in ("JPEG", "BMP"):
+        alpha = None
+    if gray and bit_depth == 16 and fmt in ("PNG", "TIFF") and alpha is None:
+        img = Image.fromarray(to_uint(pixels, 16).astype(np.uint16), mode="I;16")
+    else:
+        base = to_uint(pixels, 8)
+        if alpha is not None:
+            a = to_uint(alpha, 8)
+            img = Image.fromarray(np.dstack([base, a]), mode="LA" if gray else "RGBA")
+        else:
+            img = Image.fromarray(base, mode="L" if gray else "RGB")
+    folder = path.parent if str(path.parent) else Path(".")
+    if not folder.is_dir():
+        raise ImageError(f"{path}: output folder {folder} does not exist")
+    try:
+        with atomic_path(path) as tmp:
+            img.save(tmp, format=fmt, **({"quality": 95} if fmt in ("JPEG", "WEBP") else {}))
+    except OSError as exc:
+        raise ImageError(f"{path}: cannot write ({exc.strerror or exc})") from None
