@@ -130,9 +130,10 @@ def cmd_upscale(args: argparse.Namespace) -> int:
             save_image(dst, out_pixels, alpha, img.bit_depth)
             if args.compare and len(files) == 1:
                 from vdsr.inference import bicubic_upscale
-                from vdsr.plots import side_by_side
+                from vdsr.plots import comparison
 
-                side_by_side(bicubic_upscale(img.pixels, args.scale), out_pixels, args.compare)
+                comparison([("bicubic", bicubic_upscale(img.pixels, args.scale)),
+                            ("VDSR", out_pixels)], args.compare)
         except VDSRError as exc:
             failures.append(str(exc))
             if len(files) > 1:

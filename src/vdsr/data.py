@@ -135,7 +135,7 @@ class PatchSampler:
 
     @property
     def state(self) -> dict[str, Any]:
-        return self.rng.bit_generator.state
+        return dict(self.rng.bit_generator.state)
 
     @state.setter
     def state(self, value: dict[str, Any]) -> None:
@@ -277,7 +277,7 @@ class H5Patches:
 
     @property
     def state(self) -> dict[str, Any]:
-        return self.rng.bit_generator.state
+        return dict(self.rng.bit_generator.state)
 
     @state.setter
     def state(self, value: dict[str, Any]) -> None:

@@ -131,8 +131,8 @@ def load_image(path: str | os.PathLike[str], max_pixels: int = DEFAULT_MAX_PIXEL
                 warnings.warn(f"{path}: animated image, using the first frame only", stacklevel=2)
                 img.seek(0)
             img.load()
-            img = ImageOps.exif_transpose(img) or img
-            pixels, alpha, depth = _to_float(img, path)
+            oriented: Image.Image = ImageOps.exif_transpose(img) or img
+            pixels, alpha, depth = _to_float(oriented, path)
     except ImageError:
         raise
     except UnidentifiedImageError:

@@ -53,27 +53,28 @@ def training_curve(csv_path: str | os.PathLike[str], out: str | os.PathLike[str]
     plt.close(fig)
 
 
-def side_by_side(bicubic: NDArray[np.floating], sr: NDArray[np.floating],
-                 out: str | os.PathLike[str], labels: tuple[str, str] = ("bicubic", "VDSR"),
-                 crop: int | None = None) -> None:
-    """Write a PNG with ``bicubic`` and ``sr`` (float [0, 1], same size) next to each other.
+def comparison(panels: list[tuple[str, NDArray[np.floating]]], out: str | os.PathLike[str],
+               crop: int | None = None, title: str | None = None) -> None:
+    """Write a PNG with the images of ``panels`` (label, float [0, 1] image of one size) in a row.
 
-    ``crop`` zooms into a centre square of that many pixels, shown enlarged, so the detail
-    is visible.
+    ``crop`` shows only a centre square of that many pixels, enlarged with nearest-neighbour
+    sampling, so the pixel-level detail that separates bicubic from VDSR is visible.
     """
     plt = _figure()
-    images = [np.clip(np.asarray(a, dtype=np.float64), 0, 1) for a in (bicubic, sr)]
+    images = [np.clip(np.asarray(a, dtype=np.float64), 0, 1) for _, a in panels]
     if crop:
         h, w = images[0].shape[:2]
         c = min(crop, h, w)
         top, left = (h - c) // 2, (w - c) // 2
         images = [a[top : top + c, left : left + c] for a in images]
-    fig, axes = plt.subplots(1, 2, figsize=(10, 5.3))
-    for ax, img, label in zip(axes, images, labels, strict=True):
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 4.6), squeeze=False)
+    for ax, img, (label, _) in zip(axes[0], images, panels, strict=True):
         ax.imshow(img, cmap="gray" if img.ndim == 2 else None, vmin=0, vmax=1,
                   interpolation="nearest")
         ax.set_title(label)
         ax.axis("off")
+    if title:
+        fig.suptitle(title)
     fig.tight_layout()
     with atomic_path(Path(out)) as tmp:
         fig.savefig(tmp, format="png", dpi=100)

@@ -85,6 +85,8 @@ class TrainConfig:
     threads: int = 0
 
     def __post_init__(self) -> None:
+        if self.val_dir is not None and self.val_dir.strip().lower() in ("", "none"):
+            self.val_dir = None
         if self.optimizer not in OPTIMIZERS:
             raise VDSRError(f"unknown optimizer {self.optimizer!r}; choose from {OPTIMIZERS}")
         if self.schedule not in SCHEDULES:
@@ -177,7 +179,7 @@ class Trainer:
         # channels_last pays on GPUs (tensor cores); on CPU training it measured slightly slower.
         self.memory_format = (torch.channels_last if self.device.type == "cuda"
                               else torch.contiguous_format)
-        self.model = self.model.to(memory_format=self.memory_format)
+        self.model = self.model.to(memory_format=self.memory_format)  # type: ignore[call-overload]
         self.net: nn.Module = self.model
         if self.dist.enabled:
             from torch.nn.parallel import DistributedDataParallel
@@ -198,10 +200,10 @@ class Trainer:
     def _make_sampler(self) -> Any:
         c = self.config
         if c.h5:
-            sampler = H5Patches(c.h5, seed=c.seed)
-            if sampler.channels != c.channels:
-                raise VDSRError(f"{c.h5}: patches have {sampler.channels} channels, the model {c.channels}")
-            return sampler
+            h5 = H5Patches(c.h5, seed=c.seed)
+            if h5.channels != c.channels:
+                raise VDSRError(f"{c.h5}: patches have {h5.channels} channels, the model {c.channels}")
+            return h5
         files = collect_files(c.train_dirs)
         images = list(degraded_images(files, c.scales, c.channels, c.downscales, c.patch))
         sampler = PatchSampler(images, patch=c.patch, seed=c.seed)
@@ -254,7 +256,8 @@ class Trainer:
     def resume(self) -> None:
         path = self.run_dir / "checkpoint.pt"
         self.load_state_dict(load_resume_state(path))
-        self._truncate_csv()
+        if self.dist.is_main:
+            self._truncate_csv()
 
     # -- logging ------------------------------------------------------------------------------
     def _csv_path(self) -> Path:
@@ -346,7 +349,7 @@ class Trainer:
             )
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        clip_gradients(self.config, self.model, self.scheduler.get_last_lr()[0])
+        clip_gradients(self.config, self.model, float(self.scheduler.get_last_lr()[0]))
         self.optimizer.step()
         return value
 
@@ -365,7 +368,7 @@ class Trainer:
             x = torch.from_numpy(xb).to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
             y = torch.from_numpy(yb).to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
             loss = self.train_step(x, y)
-            lr = self.scheduler.get_last_lr()[0]
+            lr = float(self.scheduler.get_last_lr()[0])
             self.scheduler.step()
             self.step += 1
             seen += c.batch_size

@@ -306,7 +306,7 @@ class _Sentinel:
     """Stands for a function that old checkpoints reference but never call."""
 
 
-_STORAGE_DTYPES = {
+_STORAGE_DTYPES: dict[str, np.dtype] = {
     "FloatStorage": np.dtype("<f4"),
     "DoubleStorage": np.dtype("<f8"),
     "HalfStorage": np.dtype("<f2"),

@@ -1,0 +1,74 @@
+"""Shared fixtures. Data from ``../shared`` (relative to the repo root) is used where present;
+tests that need it are skipped, with the reason, only when it is absent (CI has it)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from vdsr.model import VDSR, VDSRConfig
+from vdsr.weights import WeightsMetadata, save_weights
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
+DATASETS = SHARED / "datasets"
+REFERENCE = SHARED / "reference"
+
+needs_shared = pytest.mark.skipif(
+    not (DATASETS / "Set5").is_dir() or not REFERENCE.is_dir(),
+    reason=f"reference data not found at {SHARED}",
+)
+
+
+@pytest.fixture(autouse=True)
+def _seed() -> None:
+    torch.manual_seed(0)
+    np.random.seed(0)
+
+
+def tiny_model(depth: int = 4, width: int = 8, channels: int = 1, bias: bool = True,
+               seed: int = 0) -> VDSR:
+    """A small VDSR with a non-zero output layer (so it is not the identity)."""
+    torch.manual_seed(seed)
+    model = VDSR(VDSRConfig(depth=depth, width=width, channels=channels, bias=bias))
+    torch.nn.init.normal_(model.output.weight, std=0.05)
+    return model.eval()
+
+
+@pytest.fixture
+def tiny_weights(tmp_path: Path) -> Path:
+    model = tiny_model()
+    path = tmp_path / "tiny.safetensors"
+    save_weights(path, model.state_dict(), WeightsMetadata(config=model.config, source="test"))
+    return path
+
+
+@pytest.fixture(scope="session")
+def official_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from vdsr.weights import convert
+
+    if not (REFERENCE / "vdsr_official_matconvnet.mat").exists():
+        pytest.skip(f"official weights not found in {REFERENCE}")
+    out = tmp_path_factory.mktemp("w") / "official.safetensors"
+    convert(REFERENCE / "vdsr_official_matconvnet.mat", out)
+    return out
+
+
+def write_png(path: Path, array: np.ndarray, mode: str | None = None) -> Path:
+    from PIL import Image
+
+    Image.fromarray(array, mode=mode).save(path)
+    return path
+
+
+def random_rgb(h: int, w: int, seed: int = 0) -> np.ndarray:
+    """A smooth-ish random RGB uint8 image (noise alone makes no sense for SR)."""
+    rng = np.random.default_rng(seed)
+    base = rng.random((max(2, h // 4), max(2, w // 4), 3))
+    from vdsr.resize import imresize
+
+    img = imresize(base, size=(h, w))
+    return np.clip(img * 255, 0, 255).astype(np.uint8)

@@ -1,0 +1,131 @@
+"""The command line: each subcommand end to end on tiny inputs, errors as one line and exit 1."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.conftest import DATASETS, needs_shared, random_rgb, write_png
+from vdsr.cli import main
+
+
+def run(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    code = main(args)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_upscale_file_and_folder(tmp_path: Path, tiny_weights: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    src = write_png(tmp_path / "in put é.png", random_rgb(20, 30))
+    out = tmp_path / "out.png"
+    code, _, err = run(["upscale", str(src), "-s", "3", "-o", str(out), "--weights", str(tiny_weights)], capsys)
+    assert code == 0, err
+    assert Image.open(out).size == (90, 60)
+    # Existing output is refused without --overwrite, and left untouched.
+    before = out.read_bytes()
+    code, _, err = run(["upscale", str(src), "-s", "2", "-o", str(out), "--weights", str(tiny_weights)], capsys)
+    assert code == 1 and "already exists" in err and out.read_bytes() == before
+    code, _, _ = run(["upscale", str(src), "-s", "2", "-o", str(out), "--weights", str(tiny_weights), "--overwrite"], capsys)
+    assert code == 0 and Image.open(out).size == (60, 40)
+    # A folder in, a folder out.
+    folder = tmp_path / "many"
+    folder.mkdir()
+    for i in range(3):
+        write_png(folder / f"{i}.png", random_rgb(8 + i, 9))
+    outdir = tmp_path / "outdir"
+    code, _, err = run(["upscale", str(folder), "-s", "2", "-o", str(outdir), "--weights", str(tiny_weights)], capsys)
+    assert code == 0, err
+    assert sorted(p.name for p in outdir.iterdir()) == ["0_x2.png", "1_x2.png", "2_x2.png"]
+
+
+def test_upscale_keeps_going_past_bad_files(tmp_path: Path, tiny_weights: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    write_png(folder / "a.png", random_rgb(8, 8))
+    (folder / "b.png").write_bytes(b"not an image at all")
+    write_png(folder / "c.png", random_rgb(8, 8))
+    outdir = tmp_path / "o"
+    code, _, err = run(["upscale", str(folder), "-s", "2", "-o", str(outdir), "--weights", str(tiny_weights)], capsys)
+    assert code == 1
+    assert "1 of 3 images failed" in err and "b.png: not an image" in err
+    assert sorted(p.name for p in outdir.iterdir()) == ["a_x2.png", "c_x2.png"]
+
+
+def test_empty_folder_is_the_notes_crash_fixed(tmp_path: Path, tiny_weights: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    code, _, err = run(["upscale", str(empty), "-s", "2", "-o", str(tmp_path / "o"), "--weights", str(tiny_weights)], capsys)
+    assert code == 1 and err.strip() == f"vdsr: error: no images found in {empty}"
+    code, _, err = run(["evaluate", "--data", str(empty), "--weights", str(tiny_weights)], capsys)
+    assert code == 1 and f"no images found in {empty}" in err
+    code, _, err = run(["prepare", "--data", str(empty), "-o", str(tmp_path / "t.h5")], capsys)
+    assert code == 1 and f"no images found in {empty}" in err
+
+
+def test_evaluate_json(tmp_path: Path, tiny_weights: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    folder = tmp_path / "Mini"
+    folder.mkdir()
+    for i in range(2):
+        write_png(folder / f"{i}.png", random_rgb(48, 60, seed=i))
+    out = tmp_path / "r.json"
+    code, text, err = run(["evaluate", "--data", str(folder), "--scales", "2", "3",
+                           "--weights", str(tiny_weights), "--json", str(out)], capsys)
+    assert code == 0, err
+    assert "Mini" in text and "x3" in text
+    body = json.loads(out.read_text())
+    assert [(r["dataset"], r["scale"], r["images"]) for r in body["results"]] == [("Mini", 2, 2), ("Mini", 3, 2)]
+    assert set(body["results"][0]) == {"dataset", "scale", "psnr", "ssim", "bicubic_psnr", "bicubic_ssim", "images"}
+
+
+@needs_shared
+def test_evaluate_shows_paper_numbers(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, text, err = run(["evaluate", "--data", str(DATASETS / "Set5"), "--scales", "4", "--bicubic-only"], capsys)
+    assert code == 0, err
+    line = next(row for row in text.splitlines() if row.startswith("Set5"))
+    assert "28.43/" in line and "28.42/0.8104" in line and "31.35/0.8838" in line
+
+
+def test_convert_and_info(tmp_path: Path, tiny_weights: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, text, _ = run(["info", str(tiny_weights)], capsys)
+    assert code == 0 and json.loads(text)["model"]["depth"] == 4
+    out = tmp_path / "copy.safetensors"
+    code, _, err = run(["convert", str(tiny_weights), "-o", str(out)], capsys)
+    assert code == 0, err and out.exists()
+    code, _, err = run(["convert", str(tmp_path / "nope.mat"), "-o", str(out), "--overwrite"], capsys)
+    assert code == 1 and "nope.mat" in err
+
+
+def test_bad_usage_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
+    for argv in (["upscale", "x.png", "-s", "1", "-o", "y.png"], ["upscale", "x.png", "-s", "nan", "-o", "y.png"],
+                 ["evaluate", "--data", "d", "--scales", "2.5"]):
+        with pytest.raises(SystemExit) as exc:
+            main(argv)
+        assert exc.value.code == 2
+    capsys.readouterr()
+
+
+def test_python_dash_m_and_console_script(tmp_path: Path) -> None:
+    proc = subprocess.run([sys.executable, "-m", "vdsr", "upscale", str(tmp_path / "missing.png"),
+                           "-s", "2", "-o", str(tmp_path / "o.png"), "--weights", str(tmp_path / "w.safetensors")],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1
+    assert "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_no_partial_output_on_failure(tmp_path: Path, tiny_weights: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    trunc = tmp_path / "t.png"
+    data = (write_png(tmp_path / "full.png", random_rgb(64, 64))).read_bytes()
+    trunc.write_bytes(data[: len(data) // 2])
+    out = tmp_path / "o.png"
+    code, _, err = run(["upscale", str(trunc), "-s", "2", "-o", str(out), "--weights", str(tiny_weights)], capsys)
+    assert code == 1 and "truncated or corrupt" in err
+    assert not out.exists()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+    assert np  # keep import used

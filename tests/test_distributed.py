@@ -1,0 +1,54 @@
+"""DDP via torchrun, gloo on CPU, 2 processes on loopback: the weights equal single-process
+training with the same global batch and data order."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from safetensors.torch import load_file
+
+from tests.conftest import random_rgb, write_png
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.mark.slow
+def test_two_process_ddp_equals_single_process(tmp_path: Path) -> None:
+    data = tmp_path / "hr"
+    data.mkdir()
+    for i in range(3):
+        write_png(data / f"{i}.png", random_rgb(50, 56, seed=i))
+    common = ["train", "--train-dirs", str(data), "--val-dir", "none", "--depth", "4", "--width", "8",
+              "--batch-size", "8", "--steps", "12", "--patch", "21", "--downscales", "1.0",
+              "--learning-rate", "1e-3", "--checkpoint-every", "6", "--threads", "1", "--seed", "5",
+              "--device", "cpu"]
+    single = tmp_path / "single"
+    subprocess.run([sys.executable, "-m", "vdsr", *common, "--run-dir", str(single)],
+                   check=True, capture_output=True, timeout=300)
+    ddp = tmp_path / "ddp"
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", "2",
+         "--master_addr", "127.0.0.1", "--master_port", str(_free_port()),
+         "-m", "vdsr", *common, "--run-dir", str(ddp)],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    a, b = load_file(str(single / "last.safetensors")), load_file(str(ddp / "last.safetensors"))
+    assert a.keys() == b.keys()  # plain module keys: no "module." prefix
+    assert not any(k.startswith("module.") for k in b)
+    diff = max(float((a[k] - b[k]).abs().max()) for k in a)
+    assert diff < 1e-5, diff
+    moved = max(float((a[k]).abs().max()) for k in a if k.startswith("output"))
+    assert moved > 0  # training changed the zero-initialised output layer
+    # Only rank 0 wrote: one metrics file, no duplicate rows.
+    rows = (ddp / "metrics.csv").read_text().splitlines()
+    steps = [r.split(",")[0] for r in rows[1:]]
+    assert len(steps) == len(set(steps))

@@ -1,0 +1,108 @@
+"""Inference: exact tiling, sizes, colour handling, dtypes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from tests.conftest import random_rgb, tiny_model
+from vdsr.errors import VDSRError
+from vdsr.inference import check_scale, check_tile, run_network, upscale, upscale_array
+
+
+@pytest.mark.parametrize("tile", [13, 16, 29, 50])
+def test_tiled_equals_whole_image(tile: int) -> None:
+    """Tiles smaller than the border effects (depth 6 -> halo 6, receptive field 13) included."""
+    model = tiny_model(depth=6, width=8)
+    x = np.random.default_rng(0).random((1, 71, 53)).astype(np.float32)
+    whole = run_network(model, x, tile=None)
+    tiled = run_network(model, x, tile=tile)
+    assert np.abs(whole - tiled).max() < 1e-5
+
+
+def test_tiled_equals_whole_default_depth() -> None:
+    model = tiny_model(depth=20, width=8)
+    x = np.random.default_rng(1).random((1, 100, 90)).astype(np.float32)
+    whole = run_network(model, x, tile=None)
+    for tile in (41, 64):
+        assert np.abs(whole - run_network(model, x, tile=tile)).max() < 1e-5
+    assert np.abs(whole - x).max() > 1e-3  # the model does something
+
+
+def test_tile_smaller_than_receptive_field_is_refused() -> None:
+    model = tiny_model(depth=20)
+    with pytest.raises(VDSRError, match="receptive field"):
+        check_tile(40, model)
+    assert check_tile(0, model) is None
+
+
+@pytest.mark.parametrize("scale", [2, 3, 4, 2.5, 1.3])
+def test_output_size_is_rounded_scale(scale: float) -> None:
+    model = tiny_model()
+    img = random_rgb(23, 31)
+    with pytest.warns(UserWarning) if not 2 <= scale <= 4 else _nowarn():
+        out = upscale(img, scale, model=model)
+    assert out.shape == (round(23 * scale), round(31 * scale), 3)
+    assert out.dtype == np.uint8
+
+
+class _nowarn:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *a: object) -> None:
+        return None
+
+
+def test_tiny_images_work() -> None:
+    model = tiny_model()
+    assert upscale(np.full((1, 1, 3), 128, np.uint8), 2, model=model).shape == (2, 2, 3)
+    assert upscale(np.full((2, 3), 9, np.uint8), 3, model=model).shape == (6, 9)
+
+
+def test_identity_model_gives_bicubic_in_ycbcr() -> None:
+    """With a zero residual, colour output equals bicubic RGB (YCbCr is linear)."""
+    from vdsr.inference import bicubic_upscale
+    from vdsr.model import VDSR, VDSRConfig
+
+    model = VDSR(VDSRConfig(depth=3, width=4)).eval()  # zero output layer = identity
+    img = random_rgb(20, 24).astype(np.float64) / 255
+    out = upscale_array(model, img, 2)
+    assert np.abs(out - np.clip(bicubic_upscale(img, 2), 0, 1)).max() < 1e-6
+
+
+def test_dtypes_alpha_and_gray() -> None:
+    model = tiny_model()
+    rgba = np.dstack([random_rgb(10, 12), np.full((10, 12), 200, np.uint8)])
+    out = upscale(rgba, 2, model=model)
+    assert out.shape == (20, 24, 4) and out.dtype == np.uint8
+    assert np.abs(out[..., 3].astype(int) - 200).max() <= 1
+    u16 = (random_rgb(10, 12).astype(np.uint16) * 257)
+    out16 = upscale(u16, 2, model=model)
+    assert out16.dtype == np.uint16 and out16.max() > 255
+    flt = random_rgb(10, 12).astype(np.float32) / 255
+    outf = upscale(flt, 2, model=model)
+    assert outf.dtype == np.float32 and 0 <= outf.min() and outf.max() <= 1
+    gray = random_rgb(10, 12)[..., 0]
+    assert upscale(gray, 2, model=model).shape == (20, 24)
+
+
+def test_three_channel_model() -> None:
+    model = tiny_model(channels=3)
+    out = upscale(random_rgb(9, 11), 2, model=model)
+    assert out.shape == (18, 22, 3)
+
+
+@pytest.mark.parametrize("bad", [1.0, 0.5, -2, float("nan"), float("inf"), 1000])
+def test_bad_scales_are_refused(bad: float) -> None:
+    with pytest.raises(VDSRError, match="scale"):
+        check_scale(bad)
+
+
+def test_inference_mode_no_grad() -> None:
+    model = tiny_model()
+    x = np.zeros((1, 8, 8), np.float32)
+    run_network(model, x)
+    assert all(p.grad is None for p in model.parameters())
+    assert torch.is_grad_enabled()

@@ -1,0 +1,222 @@
+"""Training: data pipeline, schedules, clipping, faults, and kill-and-resume equality."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tests.conftest import random_rgb, write_png
+from vdsr.cli import main
+from vdsr.errors import DataError, TrainingError
+from vdsr.train import TrainConfig, Trainer, clip_gradients, lr_factor
+from vdsr.weights import load_resume_state
+
+
+@pytest.fixture
+def train_dir(tmp_path: Path) -> Path:
+    d = tmp_path / "hr"
+    d.mkdir()
+    for i in range(3):
+        write_png(d / f"{i}.png", random_rgb(60 + 7 * i, 64, seed=i))
+    return d
+
+
+def tiny_args(train_dir: Path, run: Path, steps: int, every: int = 5) -> list[str]:
+    return ["train", "--run-dir", str(run), "--train-dirs", str(train_dir), "--val-dir", "none",
+            "--depth", "4", "--width", "8", "--batch-size", "8", "--steps", str(steps),
+            "--patch", "21", "--downscales", "1.0", "--learning-rate", "1e-3",
+            "--checkpoint-every", str(every), "--log-every", str(every), "--threads", "1",
+            "--seed", "3"]
+
+
+def _weights_equal(a: Path, b: Path) -> float:
+    sa, sb = load_file(str(a)), load_file(str(b))
+    assert sa.keys() == sb.keys()
+    return max(float((sa[k] - sb[k]).abs().max()) for k in sa)
+
+
+def test_lr_schedules() -> None:
+    c = TrainConfig(steps=100, schedule="step", decay_steps=40, val_dir=None)
+    assert [lr_factor(c, s) for s in (0, 39, 40, 80)] == pytest.approx([1, 1, 0.1, 0.01])
+    c = TrainConfig(steps=100, schedule="exponential", decay_steps=50, val_dir=None)
+    assert lr_factor(c, 50) == pytest.approx(0.1) and lr_factor(c, 25) == pytest.approx(0.1**0.5)
+    c = TrainConfig(steps=100, schedule="cosine", warmup_steps=10, val_dir=None)
+    assert lr_factor(c, 0) == pytest.approx(0.1) and lr_factor(c, 9) == pytest.approx(1.0)
+    assert lr_factor(c, 55) == pytest.approx(0.5) and lr_factor(c, 100) == pytest.approx(0.0)
+
+
+def test_adjustable_gradient_clipping() -> None:
+    """SGD: each gradient is clipped to theta / lr (the paper); Adam: to the clip value."""
+    model = torch.nn.Linear(4, 1)
+    for optimizer, lr, bound in (("sgd", 0.1, 0.01 / 0.1), ("adam", 0.1, 0.01)):
+        for p in model.parameters():
+            p.grad = torch.full_like(p, 5.0)
+        cfg = TrainConfig(optimizer=optimizer, clip=0.01, learning_rate=lr, val_dir=None)
+        clip_gradients(cfg, model, lr)
+        assert all(float(p.grad.abs().max()) == pytest.approx(bound) for p in model.parameters())
+
+
+def test_kill_and_resume_reaches_the_same_weights(tmp_path: Path, train_dir: Path) -> None:
+    steps = 400
+    full = tmp_path / "full"
+    assert main(tiny_args(train_dir, full, steps, every=20)) == 0
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, "-m", "vdsr", *tiny_args(train_dir, killed, steps, every=20)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not (killed / "checkpoint.pt").exists() and time.time() < deadline:
+        time.sleep(0.01)
+    assert proc.poll() is None, "training finished before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    step_at_kill = int(load_resume_state(killed / "checkpoint.pt")["step"])
+    assert 0 < step_at_kill < steps
+    assert main(["train", "--resume", str(killed)]) == 0
+    assert _weights_equal(full / "last.safetensors", killed / "last.safetensors") == 0.0
+    # The log was cut back to the checkpoint and continued: one row per logged step.
+    rows = (killed / "metrics.csv").read_text().splitlines()[1:]
+    logged = [int(r.split(",")[0]) for r in rows]
+    assert logged == sorted(set(logged)) and logged[-1] == steps
+
+
+def test_sigkill_while_writing_checkpoint_keeps_previous(tmp_path: Path, train_dir: Path) -> None:
+    run = tmp_path / "run"
+    script = textwrap.dedent(f"""
+        import os, signal, sys, torch
+        from vdsr.cli import main
+        real_save = torch.save
+        calls = []
+        def dying_save(obj, f, *a, **k):
+            calls.append(1)
+            if len(calls) == 2:  # second checkpoint: write half, then die mid-write
+                with open(f, "wb") as fh:
+                    fh.write(b"half a checkpoint")
+                    fh.flush()
+                os.kill(os.getpid(), signal.SIGKILL)
+            return real_save(obj, f, *a, **k)
+        torch.save = dying_save
+        sys.exit(main({tiny_args(train_dir, run, 40, every=10)!r}))
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, timeout=120)
+    assert proc.returncode == -signal.SIGKILL
+    assert int(load_resume_state(run / "checkpoint.pt")["step"]) == 10
+    assert main(["train", "--resume", str(run)]) == 0
+    assert int(load_resume_state(run / "checkpoint.pt")["step"]) == 40
+
+
+class _NaNSampler:
+    state: dict = {}
+
+    def batch(self, size: int, part: slice | None = None) -> tuple[np.ndarray, np.ndarray]:
+        x = np.full((size, 1, 21, 21), np.nan, np.float32)
+        return x, np.zeros_like(x)
+
+
+def test_nonfinite_loss_stops_with_step_or_is_skipped(tmp_path: Path) -> None:
+    cfg = TrainConfig(run_dir=str(tmp_path / "r"), depth=3, width=4, patch=21, batch_size=2,
+                      steps=3, val_dir=None, scales=[2], threads=1)
+    trainer = Trainer(cfg, sampler=_NaNSampler())
+    with pytest.raises(TrainingError, match="step 1"):
+        trainer.fit()
+    assert not (tmp_path / "r" / "last.safetensors").exists()
+    cfg.skip_nonfinite = True
+    trainer = Trainer(cfg, sampler=_NaNSampler())
+    trainer.fit()
+    assert all(torch.isfinite(p).all() for p in trainer.model.parameters())
+    assert (tmp_path / "r" / "last.safetensors").exists()
+
+
+def test_disk_full_while_checkpointing_keeps_last_good(tmp_path: Path, train_dir: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg = TrainConfig(run_dir=str(tmp_path / "r"), train_dirs=[str(train_dir)], depth=3, width=4,
+                      patch=21, batch_size=2, steps=4, checkpoint_every=2, val_dir=None,
+                      downscales=[1.0], threads=1)
+    trainer = Trainer(cfg)
+    cfg.steps = 2
+    trainer.fit()
+    good = (tmp_path / "r" / "checkpoint.pt").read_bytes()
+
+    def full_disk(*a: object, **k: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    cfg.steps = 4
+    with pytest.raises(TrainingError, match="No space left on device.*previous checkpoint is kept"):
+        trainer.fit()
+    assert (tmp_path / "r" / "checkpoint.pt").read_bytes() == good
+    assert not [p for p in (tmp_path / "r").iterdir() if p.name.endswith(".tmp")]
+
+
+def test_prepare_hdf5_and_train_from_it(tmp_path: Path, train_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import h5py
+
+    h5 = tmp_path / "train.h5"
+    assert main(["prepare", "--data", str(train_dir), "-o", str(h5), "--scales", "2", "3",
+                 "--patch", "21", "--stride", "21", "--downscales", "1.0", "0.7"]) == 0
+    with h5py.File(h5) as f:
+        n = f["input"].shape[0]
+        assert f["input"].shape[1:] == (1, 21, 21) and f["label"].shape == f["input"].shape
+        assert f["input"].chunks is not None and n > 0 and n % 8 == 0  # 4 rotations x 2 flips
+        assert not np.array_equal(f["input"][0], f["label"][0])
+    run = tmp_path / "run"
+    assert main(["train", "--run-dir", str(run), "--h5", str(h5), "--val-dir", "none", "--depth", "3",
+                 "--width", "4", "--batch-size", "4", "--steps", "3", "--patch", "21", "--scales", "2", "3",
+                 "--threads", "1"]) == 0
+    assert (run / "last.safetensors").exists()
+    capsys.readouterr()
+
+
+def test_reads_pytorch_vdsr_and_notes_layouts_and_rejects_bad(tmp_path: Path) -> None:
+    import h5py
+
+    from vdsr.data import H5Patches
+
+    p = tmp_path / "pv.h5"
+    with h5py.File(p, "w") as f:
+        f["data"] = np.random.rand(10, 1, 41, 41).astype(np.float32)
+        f["label"] = np.random.rand(10, 1, 41, 41).astype(np.float32)
+    x, y = H5Patches(p).batch(4)
+    assert x.shape == (4, 1, 41, 41)
+    p2 = tmp_path / "notes.h5"
+    with h5py.File(p2, "w") as f:
+        f["input"] = np.random.rand(6, 41, 41, 3).astype(np.float32)
+        f["label"] = np.random.rand(6, 41, 41, 3).astype(np.float32)
+    x, _ = H5Patches(p2).batch(2)
+    assert x.shape == (2, 3, 41, 41)
+    cases = {
+        "keys": {"foo": np.zeros((2, 1, 4, 4), np.float32)},
+        "shape": {"input": np.zeros((2, 4, 4), np.float32), "label": np.zeros((2, 4, 4), np.float32)},
+        "dtype": {"input": np.zeros((2, 1, 4, 4), np.uint8), "label": np.zeros((2, 1, 4, 4), np.uint8)},
+        "mismatch": {"input": np.zeros((2, 1, 4, 4), np.float32), "label": np.zeros((3, 1, 4, 4), np.float32)},
+    }
+    for name, content in cases.items():
+        bad = tmp_path / f"{name}.h5"
+        with h5py.File(bad, "w") as f:
+            for k, v in content.items():
+                f[k] = v
+        with pytest.raises(DataError, match=f"{name}.h5"):
+            H5Patches(bad)
+    noth5 = tmp_path / "x.h5"
+    noth5.write_bytes(b"nope")
+    with pytest.raises(DataError, match="not an HDF5 file"):
+        H5Patches(noth5)
+
+
+def test_train_cli_errors(tmp_path: Path, train_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["train", "--resume", str(tmp_path / "nowhere")])
+    assert code == 1 and "not a training run folder" in capsys.readouterr().err
+    empty = tmp_path / "e"
+    empty.mkdir()
+    code = main(["train", "--run-dir", str(tmp_path / "r"), "--train-dirs", str(empty), "--val-dir", "none"])
+    assert code == 1 and "no images found" in capsys.readouterr().err
+    assert os.environ.get("WORLD_SIZE") in (None, "1")
