@@ -57,10 +57,10 @@ def official_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-def write_png(path: Path, array: np.ndarray, mode: str | None = None) -> Path:
+def write_png(path: Path, array: np.ndarray) -> Path:
     from PIL import Image
 
-    Image.fromarray(array, mode=mode).save(path)
+    Image.fromarray(np.ascontiguousarray(array)).save(path)
     return path
 
 

@@ -56,8 +56,10 @@ def _int_scale(text: str) -> int:
 
 
 def _tqdm(**kwargs: Any) -> Any:
+    """A progress bar on stderr, shown only on a terminal (logs and pipes stay clean)."""
     from tqdm import tqdm
 
+    kwargs.setdefault("disable", None)
     return tqdm(file=sys.stderr, dynamic_ncols=True, **kwargs)
 
 
@@ -111,7 +113,7 @@ def cmd_upscale(args: argparse.Namespace) -> int:
     if not os.access(folder, os.W_OK):
         raise VDSRError(f"{folder}: output folder is not writable")
     failures: list[str] = []
-    bar = _tqdm(total=len(files), desc="upscaling", unit="img", disable=len(files) < 2 or None)
+    bar = _tqdm(total=len(files), desc="upscaling", unit="img", disable=True if len(files) < 2 else None)
     for src, dst in zip(files, targets, strict=True):
         try:
             if dst.exists() and src.exists() and dst.resolve() == src.resolve():
@@ -267,7 +269,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             if (run / "checkpoint.pt").exists() and not args.overwrite:
                 raise VDSRError(f"{run}: already holds a run; use --resume {run} or --overwrite")
         bar = _tqdm(total=config.steps, desc="training", unit="step",
-                    disable=not dist.is_main or None)
+                    disable=True if not dist.is_main else None)
 
         def progress(step: int, row: dict[str, float]) -> None:
             bar.n = step

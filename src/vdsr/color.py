@@ -13,6 +13,8 @@ from __future__ import annotations
 import numpy as np
 from numpy.typing import NDArray
 
+from vdsr.errors import InvalidArgument
+
 # MATLAB rgb2ycbcr: ycbcr = offset + M * rgb, with rgb in [0, 1] and the result on [0, 255].
 _RGB2YCBCR = np.array(
     [
@@ -28,7 +30,7 @@ _YCBCR2RGB = np.linalg.inv(_RGB2YCBCR)
 
 def _check_last_axis(image: NDArray[np.floating], name: str) -> None:
     if image.ndim < 1 or image.shape[-1] != 3:
-        raise ValueError(f"{name} expects an array with 3 channels last, got shape {image.shape}")
+        raise InvalidArgument(f"{name} expects an array with 3 channels last, got shape {image.shape}")
 
 
 def rgb2ycbcr(rgb: NDArray[np.floating]) -> NDArray[np.float64]:

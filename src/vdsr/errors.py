@@ -26,3 +26,7 @@ class DataError(VDSRError):
 
 class TrainingError(VDSRError):
     """Training cannot continue (non-finite loss, failed checkpoint, bad resume state)."""
+
+
+class InvalidArgument(VDSRError, ValueError):
+    """A function was called with an argument it cannot work with (shape, range, scale)."""

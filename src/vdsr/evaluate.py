@@ -23,6 +23,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from vdsr.color import rgb2y, rgb2ycbcr
+from vdsr.errors import InvalidArgument
 from vdsr.images import list_images, load_image
 from vdsr.inference import DEFAULT_TILE, run_network
 from vdsr.metrics import psnr, ssim
@@ -72,7 +73,7 @@ def make_pair(
     ``hr`` is ``(H, W, 3)`` RGB or ``(H, W)`` grey, 8-bit values divided by 255.
     """
     if protocol not in PROTOCOLS:
-        raise ValueError(f"unknown protocol {protocol!r}; choose from {PROTOCOLS}")
+        raise InvalidArgument(f"unknown protocol {protocol!r}; choose from {PROTOCOLS}")
     hr = modcrop(hr, scale)
     gray = hr.ndim == 2
     gt_y = (hr if gray else rgb2y(hr)) * 255.0
@@ -112,7 +113,7 @@ def evaluate_folder(
     folder = Path(folder)
     files = list_images(folder)
     if model is not None and model.config.channels != 1:
-        raise ValueError("evaluation scores Y; this model has 3 channels")
+        raise InvalidArgument("evaluation scores Y; this model has 3 channels")
     images = [load_image(f, **({"max_pixels": max_pixels} if max_pixels else {})) for f in files]
     results = []
     for scale in scales:

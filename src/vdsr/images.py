@@ -181,14 +181,14 @@ def save_image(
     if alpha is not None and fmt in ("JPEG", "BMP"):
         alpha = None
     if gray and bit_depth == 16 and fmt in ("PNG", "TIFF") and alpha is None:
-        img = Image.fromarray(to_uint(pixels, 16).astype(np.uint16), mode="I;16")
+        img = Image.fromarray(np.ascontiguousarray(to_uint(pixels, 16)))  # uint16 -> "I;16"
     else:
         base = to_uint(pixels, 8)
         if alpha is not None:
             a = to_uint(alpha, 8)
-            img = Image.fromarray(np.dstack([base, a]), mode="LA" if gray else "RGBA")
+            img = Image.fromarray(np.ascontiguousarray(np.dstack([base, a])))  # "LA" / "RGBA"
         else:
-            img = Image.fromarray(base, mode="L" if gray else "RGB")
+            img = Image.fromarray(np.ascontiguousarray(base))  # "L" / "RGB"
     folder = path.parent if str(path.parent) else Path(".")
     if not folder.is_dir():
         raise ImageError(f"{path}: output folder {folder} does not exist")

@@ -18,7 +18,7 @@ import torch
 from numpy.typing import NDArray
 
 from vdsr.color import rgb2ycbcr, ycbcr2rgb
-from vdsr.errors import VDSRError
+from vdsr.errors import InvalidArgument, VDSRError
 from vdsr.model import VDSR
 from vdsr.resize import imresize
 
@@ -73,7 +73,7 @@ def run_network(
     whole-image result (up to float summation order).
     """
     if image.ndim != 3:
-        raise ValueError(f"run_network expects (C, H, W), got {image.shape}")
+        raise InvalidArgument(f"run_network expects (C, H, W), got {image.shape}")
     _, h, w = image.shape
     x = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32)).to(device)
     tile = check_tile(tile, model)
@@ -99,6 +99,10 @@ def target_size(height: int, width: int, scale: float) -> tuple[int, int]:
 
 def bicubic_upscale(pixels: NDArray[np.floating], scale: float) -> NDArray[np.float64]:
     """MATLAB bicubic upscaling of an ``(H, W)`` or ``(H, W, C)`` array to ``round(scale*size)``."""
+    if pixels.ndim not in (2, 3) or 0 in pixels.shape:
+        raise InvalidArgument(f"expected a non-empty (H, W) or (H, W, C) image, got {pixels.shape}")
+    if not (math.isfinite(scale) and scale > 0):
+        raise InvalidArgument(f"scale must be finite and positive, got {scale}")
     size = target_size(pixels.shape[0], pixels.shape[1], scale)
     return imresize(pixels, scale=scale, size=size)
 

@@ -11,15 +11,17 @@ import numpy as np
 from numpy.typing import NDArray
 from skimage.metrics import structural_similarity
 
+from vdsr.errors import InvalidArgument
+
 
 def shave(image: NDArray, border: int) -> NDArray:
     """Drop ``border`` pixels from each side of an ``(H, W, ...)`` array."""
     if border < 0:
-        raise ValueError(f"border must be >= 0, got {border}")
+        raise InvalidArgument(f"border must be >= 0, got {border}")
     if border == 0:
         return image
     if image.shape[0] <= 2 * border or image.shape[1] <= 2 * border:
-        raise ValueError(f"image of shape {image.shape} is too small to shave {border} pixels")
+        raise InvalidArgument(f"image of shape {image.shape} is too small to shave {border} pixels")
     return image[border:-border, border:-border, ...]
 
 
@@ -31,7 +33,7 @@ def psnr(
     Returns ``inf`` for identical images.
     """
     if reference.shape != test.shape:
-        raise ValueError(f"psnr: shapes differ, {reference.shape} vs {test.shape}")
+        raise InvalidArgument(f"psnr: shapes differ, {reference.shape} vs {test.shape}")
     ref = shave(np.asarray(reference, dtype=np.float64), border)
     tst = shave(np.asarray(test, dtype=np.float64), border)
     mse = float(np.mean((ref - tst) ** 2))
@@ -50,13 +52,13 @@ def ssim(
     settings reproduce Wang's implementation.
     """
     if reference.shape != test.shape:
-        raise ValueError(f"ssim: shapes differ, {reference.shape} vs {test.shape}")
+        raise InvalidArgument(f"ssim: shapes differ, {reference.shape} vs {test.shape}")
     if reference.ndim != 2:
-        raise ValueError(f"ssim expects single-channel (H, W) images, got {reference.shape}")
+        raise InvalidArgument(f"ssim expects single-channel (H, W) images, got {reference.shape}")
     ref = shave(np.asarray(reference, dtype=np.float64), border)
     tst = shave(np.asarray(test, dtype=np.float64), border)
     if min(ref.shape) < 11:
-        raise ValueError(f"ssim needs images of at least 11x11 after shaving, got {ref.shape}")
+        raise InvalidArgument(f"ssim needs images of at least 11x11 after shaving, got {ref.shape}")
     return float(
         structural_similarity(
             ref,

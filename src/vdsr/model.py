@@ -14,6 +14,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from vdsr.errors import InvalidArgument
+
 BODIES = ("plain",)
 
 
@@ -37,9 +39,9 @@ class VDSRConfig:
 
     def __post_init__(self) -> None:
         if self.depth < 2:
-            raise ValueError(f"depth must be at least 2, got {self.depth}")
+            raise InvalidArgument(f"depth must be at least 2, got {self.depth}")
         if self.width < 1 or self.channels < 1:
-            raise ValueError("width and channels must be positive")
+            raise InvalidArgument("width and channels must be positive")
 
     @property
     def receptive_field(self) -> int:
@@ -54,7 +56,7 @@ class VDSRConfig:
         known = {f for f in cls.__dataclass_fields__}
         unknown = set(data) - known
         if unknown:
-            raise ValueError(f"unknown model config keys: {sorted(unknown)}")
+            raise InvalidArgument(f"unknown model config keys: {sorted(unknown)}")
         return cls(**data)
 
 

@@ -16,14 +16,22 @@ import numpy as np
 from numpy.typing import NDArray
 from resize_right import interp_methods, resize
 
+from vdsr.errors import InvalidArgument
+
+
+MAX_OUTPUT_PIXELS = 1 << 31  # guards against absurd scales before any memory is asked for
+
 
 def modcrop(image: NDArray, scale: int) -> NDArray:
     """Crop the bottom/right so that height and width are multiples of ``scale``.
 
     ``image`` is ``(H, W)`` or ``(H, W, C)``; integer division fixes the notes' float-index bug.
     """
-    if scale < 1 or int(scale) != scale:
-        raise ValueError(f"modcrop needs a positive integer scale, got {scale}")
+    if not isinstance(scale, (int, np.integer, float)) or not math.isfinite(scale) \
+            or scale < 1 or int(scale) != scale:
+        raise InvalidArgument(f"modcrop needs a positive integer scale, got {scale}")
+    if image.ndim not in (2, 3):
+        raise InvalidArgument(f"modcrop expects (H, W) or (H, W, C), got shape {image.shape}")
     scale = int(scale)
     h, w = image.shape[:2]
     return image[: h - h % scale, : w - w % scale, ...]
@@ -57,17 +65,19 @@ def imresize(
         float64 array of the output size, unclipped and unrounded (MATLAB's double output).
     """
     if scale is None and size is None:
-        raise ValueError("imresize needs a scale or a size")
+        raise InvalidArgument("imresize needs a scale or a size")
+    if scale is not None and not (math.isfinite(scale) and scale > 0):
+        raise InvalidArgument(f"imresize needs a finite positive scale, got {scale}")
     arr = np.asarray(image, dtype=np.float64)
-    if arr.ndim not in (2, 3):
-        raise ValueError(f"imresize expects (H, W) or (H, W, C), got shape {arr.shape}")
+    if arr.ndim not in (2, 3) or 0 in arr.shape:
+        raise InvalidArgument(f"imresize expects a non-empty (H, W) or (H, W, C), got shape {arr.shape}")
     h, w = arr.shape[:2]
     if size is None:
         assert scale is not None
         size = output_size(h, w, scale)
     out_h, out_w = size
-    if out_h < 1 or out_w < 1:
-        raise ValueError(f"imresize output size must be positive, got {size}")
+    if out_h < 1 or out_w < 1 or out_h * out_w > MAX_OUTPUT_PIXELS:
+        raise InvalidArgument(f"imresize output size {size} is empty or too large")
     if scale is not None:
         factors = [float(scale), float(scale)]
     else:

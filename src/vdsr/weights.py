@@ -221,7 +221,7 @@ def import_matconvnet(path: str | Path) -> tuple[dict[str, torch.Tensor], Weight
         model = mat["model"]
         weights = model["weight"][0, 0].ravel()
         biases = model["bias"][0, 0].ravel()
-    except (KeyError, ValueError, IndexError, TypeError, OSError, NotImplementedError) as exc:
+    except Exception as exc:  # noqa: BLE001 - scipy raises many types on malformed files
         raise WeightsError(f"{path}: not a MatConvNet VDSR model ({exc})") from None
     depth = len(weights)
     if depth < 2 or len(biases) != depth:
