@@ -18,7 +18,6 @@ from resize_right import interp_methods, resize
 
 from vdsr.errors import InvalidArgument
 
-
 MAX_OUTPUT_PIXELS = 1 << 31  # guards against absurd scales before any memory is asked for
 
 
