@@ -299,6 +299,37 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_summary(args: argparse.Namespace) -> int:
+    from vdsr.errors import VDSRError
+    from vdsr.model import VDSR, VDSRConfig, count_parameters, flops_per_pixel
+    from vdsr.summary import notes_inception_model, summarize
+
+    if args.model == "inception":
+        model, shape, title = notes_inception_model(), (224, 224, 3), "inception"
+    elif args.model == "vdsr":
+        model, shape, title = VDSR(VDSRConfig(body=args.body)), (41, 41, 1), f"vdsr ({args.body})"
+    else:
+        from vdsr.weights import read_metadata
+
+        meta = read_metadata(args.model)
+        model, title = VDSR(meta.config), Path(args.model).name
+        shape = (41, 41, meta.config.channels)
+    if args.input_shape:
+        shape = tuple(args.input_shape)
+        if shape[0] < 1 or shape[1] < 1 or shape[2] < 1:
+            raise VDSRError(f"--input-shape must be positive, got {shape}")
+    try:
+        summary = summarize(model, shape)  # type: ignore[arg-type]
+    except RuntimeError as exc:
+        raise VDSRError(f"model does not accept input shape {shape}: {str(exc).splitlines()[0]}") from None
+    print(summary.format(title))
+    if isinstance(model, VDSR):
+        rf = model.config.receptive_field
+        print(f"Receptive field: {rf}x{rf}; parameters: {count_parameters(model):,}; "
+              f"{flops_per_pixel(model) / 1e6:.3f} MFLOP per output pixel")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from vdsr.demo import run_demo
 
@@ -402,6 +433,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, help="torch CPU threads (0 = torch's default)")
     p.add_argument("--overwrite", action="store_true", help="start afresh in an existing run folder")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("summary", help="Keras-style model summary")
+    p.add_argument("model", help="vdsr, inception (the notes' model) or a weights file")
+    p.add_argument("--input-shape", nargs=3, type=int, metavar=("H", "W", "C"))
+    p.add_argument("--body", choices=("plain", "residual", "dense", "inception"), default="plain",
+                   help="VDSR body (with MODEL=vdsr)")
+    p.set_defaults(func=cmd_summary)
 
     p = sub.add_parser("demo", help="upscale a bundled sample and write a comparison PNG")
     p.add_argument("-o", "--output", default="vdsr-demo", help="output folder (default vdsr-demo)")

@@ -14,9 +14,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from vdsr.blocks import Add, build_body
 from vdsr.errors import InvalidArgument
 
-BODIES = ("plain",)
+BODIES = ("plain", "residual", "dense", "inception")
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,8 @@ class VDSRConfig:
             raise InvalidArgument(f"depth must be at least 2, got {self.depth}")
         if self.width < 1 or self.channels < 1:
             raise InvalidArgument("width and channels must be positive")
+        if self.body not in BODIES:
+            raise InvalidArgument(f"unknown body {self.body!r}; choose from {', '.join(BODIES)}")
 
     @property
     def receptive_field(self) -> int:
@@ -72,6 +75,7 @@ class VDSR(nn.Module):
         super().__init__()
         self.config = config or VDSRConfig()
         c = self.config
+        self.body: nn.Module
         if c.body == "plain":
             self.input = nn.Conv2d(c.channels, c.width, 3, padding=1, bias=c.bias)
             self.body = nn.Sequential(
@@ -79,10 +83,9 @@ class VDSR(nn.Module):
             )
             self.output = nn.Conv2d(c.width, c.channels, 3, padding=1, bias=c.bias)
         else:
-            from vdsr.blocks import build_body  # local: blocks depend on nothing here
-
             self.input, self.body, self.output = build_body(c)
         self.relu = nn.ReLU(inplace=True)
+        self.residual = Add()  # the global residual; a module so summaries show the merge
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -103,11 +106,11 @@ class VDSR(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         residual = self.relu(self.input(x))
         if self.config.body == "plain":
-            for conv in self.body:
+            for conv in self.body.children():
                 residual = self.relu(conv(residual))
         else:
             residual = self.body(residual)
-        return x + self.output(residual)
+        return self.residual(x, self.output(residual))
 
 
 def count_parameters(model: nn.Module) -> int:
