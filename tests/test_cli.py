@@ -129,3 +129,16 @@ def test_no_partial_output_on_failure(tmp_path: Path, tiny_weights: Path, capsys
     assert not out.exists()
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
     assert np  # keep import used
+
+
+def test_outputs_get_normal_permissions(tmp_path: Path, tiny_weights: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import os
+    import stat
+
+    src = write_png(tmp_path / "a.png", random_rgb(8, 8))
+    out = tmp_path / "o.png"
+    assert main(["upscale", str(src), "-s", "2", "-o", str(out), "--weights", str(tiny_weights)]) == 0
+    mask = os.umask(0)
+    os.umask(mask)
+    assert stat.S_IMODE(out.stat().st_mode) == 0o666 & ~mask
+    capsys.readouterr()
