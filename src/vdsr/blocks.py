@@ -59,8 +59,8 @@ class Add(nn.Module):
     def forward(self, *xs: torch.Tensor) -> torch.Tensor:
         if len(xs) < 2:
             raise InvalidArgument("add needs at least two inputs")
-        channels = {x.shape[1] for x in xs}
-        if len(channels) != 1:
+        channels = {int(x.shape[1]) for x in xs}
+        if len(channels) != 1 and not torch.jit.is_tracing():
             raise InvalidArgument(f"add needs inputs with equal channels, got {[x.shape[1] for x in xs]}")
         out = xs[0]
         for x in xs[1:]:

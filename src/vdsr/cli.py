@@ -121,7 +121,7 @@ def cmd_upscale(args: argparse.Namespace) -> int:
             if dst.exists() and not args.overwrite:
                 raise VDSRError(f"{dst}: already exists (pass --overwrite to replace it)")
             img = load_image(src, max_pixels=args.max_pixels)
-            out_pixels = upscale_array(model, img.pixels, args.scale, tile, args.device)
+            out_pixels = upscale_array(model, img.pixels, args.scale, tile, args.device, args.backend)
             alpha = None
             if img.alpha is not None:
                 import numpy as np
@@ -173,7 +173,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     with _tqdm(total=total, desc="evaluating", unit="img") as bar:
         for folder in args.data:
             results += evaluate_folder(model, folder, args.scales, protocol=args.protocol,
-                                       tile=args.tile, device=args.device,
+                                       tile=args.tile, device=args.device, backend=args.backend,
                                        progress=lambda _d: bar.update(1),
                                        max_pixels=args.max_pixels)
     print(format_table(results))
@@ -330,6 +330,23 @@ def cmd_summary(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from vdsr.errors import VDSRError
+    from vdsr.export import export_onnx, export_torchscript
+    from vdsr.weights import load_model
+
+    if not args.onnx and not args.torchscript:
+        raise VDSRError("nothing to do: pass --onnx OUT.onnx and/or --torchscript OUT.pt")
+    model, _ = load_model(args.weights)
+    for path, writer in ((args.onnx, export_onnx), (args.torchscript, export_torchscript)):
+        if path:
+            if Path(path).exists() and not args.overwrite:
+                raise VDSRError(f"{path}: already exists (pass --overwrite to replace it)")
+            writer(model, path)
+            print(f"wrote {path}")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from vdsr.demo import run_demo
 
@@ -356,7 +373,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scale", "-s", type=_scale, required=True, help="upscaling factor > 1")
     p.add_argument("-o", "--output", required=True, help="output file (one input) or folder")
     p.add_argument("--weights", help="a .safetensors weights file (default: the shipped model)")
-    p.add_argument("--tile", type=int, default=256, help="tile side in pixels, 0 = whole image (default 256)")
+    p.add_argument("--tile", type=int, default=512, help="tile side in pixels, 0 = whole image (default 512)")
+    p.add_argument("--backend", choices=("auto", "torch", "onnxruntime"), default="auto",
+                   help="auto: ONNX Runtime on CPU when installed, else PyTorch")
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
     p.add_argument("--max-pixels", type=_positive_int, default=64_000_000, help="refuse larger inputs")
     p.add_argument("--compare", help="also write a bicubic-vs-VDSR side-by-side PNG (one input)")
@@ -372,6 +391,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="rgb8: 8-bit RGB LR (default); ydouble: LR from the double Y channel")
     p.add_argument("--bicubic-only", action="store_true", help="score bicubic alone, no model")
     p.add_argument("--tile", type=int, default=0, help="tile side, 0 = whole image (default)")
+    p.add_argument("--backend", choices=("auto", "torch", "onnxruntime"), default="auto")
     p.add_argument("--max-pixels", type=_positive_int, default=64_000_000)
     common_device(p)
     p.set_defaults(func=cmd_evaluate)
@@ -433,6 +453,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, help="torch CPU threads (0 = torch's default)")
     p.add_argument("--overwrite", action="store_true", help="start afresh in an existing run folder")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("export", help="export weights to ONNX (dynamic H/W) or TorchScript")
+    p.add_argument("weights", nargs="?", help="weights file (default: the shipped model)")
+    p.add_argument("--onnx", help="ONNX file to write")
+    p.add_argument("--torchscript", help="TorchScript file to write")
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("summary", help="Keras-style model summary")
     p.add_argument("model", help="vdsr, inception (the notes' model) or a weights file")

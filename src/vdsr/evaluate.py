@@ -87,10 +87,11 @@ def make_pair(
 
 
 def super_resolve_y(
-    model: VDSR, bicubic_y: NDArray[np.float64], tile: int | None = DEFAULT_TILE, device: str = "cpu"
+    model: VDSR, bicubic_y: NDArray[np.float64], tile: int | None = DEFAULT_TILE, device: str = "cpu",
+    backend: str = "auto",
 ) -> NDArray[np.float64]:
     """Run a 1-channel model on a 0-255 bicubic Y image; returns 0-255 Y clipped to [0, 255]."""
-    out = run_network(model, (bicubic_y / 255.0)[None], tile, device)[0]
+    out = run_network(model, (bicubic_y / 255.0)[None], tile, device, backend)[0]
     return np.clip(out.astype(np.float64) * 255.0, 0.0, 255.0)
 
 
@@ -104,6 +105,7 @@ def evaluate_folder(
     progress: Callable[[str], None] | None = None,
     max_pixels: int | None = None,
     with_ssim: bool = True,
+    backend: str = "auto",
 ) -> list[Result]:
     """Score ``model`` (or bicubic alone when ``model`` is None) on every image of ``folder``.
 
@@ -123,7 +125,7 @@ def evaluate_folder(
             sums[2] += psnr(gt_y, bic_y, border=scale)
             sums[3] += ssim(gt_y, bic_y, border=scale) if with_ssim else np.nan
             if model is not None:
-                sr_y = super_resolve_y(model, bic_y, tile, device)
+                sr_y = super_resolve_y(model, bic_y, tile, device, backend)
                 sums[0] += psnr(gt_y, sr_y, border=scale)
                 sums[1] += ssim(gt_y, sr_y, border=scale) if with_ssim else np.nan
             else:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import torch
@@ -22,7 +22,8 @@ from vdsr.errors import InvalidArgument, VDSRError
 from vdsr.model import VDSR
 from vdsr.resize import imresize
 
-DEFAULT_TILE = 256
+DEFAULT_TILE = 512  # 552x552 with the halo: ~78 MB per 64-channel activation, 16% halo overhead
+BACKENDS = ("auto", "torch", "onnxruntime")
 MAX_SCALE = 16.0
 
 
@@ -60,35 +61,67 @@ def _tiles(size: int, tile: int) -> Iterator[tuple[int, int]]:
         yield start, min(start + tile, size)
 
 
-@torch.inference_mode()
+def _pick_backend(backend: str, device: str | torch.device) -> str:
+    if backend not in BACKENDS:
+        raise InvalidArgument(f"unknown backend {backend!r}; choose from {BACKENDS}")
+    if backend != "auto":
+        if backend == "onnxruntime" and torch.device(device).type != "cpu":
+            raise InvalidArgument("the onnxruntime backend runs on the CPU only")
+        return backend
+    from vdsr.export import ort_available
+
+    return "onnxruntime" if torch.device(device).type == "cpu" and ort_available() else "torch"
+
+
+def _torch_forward(model: VDSR, device: str | torch.device) -> Callable[[NDArray[np.float32]], NDArray[np.float32]]:
+    dev = torch.device(device)
+    # channels_last lets oneDNN pick its fastest convolutions on CPU (1.27x measured, eager).
+    fmt = torch.channels_last
+
+    @torch.inference_mode()
+    def forward(x: NDArray[np.float32]) -> NDArray[np.float32]:
+        t = torch.from_numpy(x).to(dev).contiguous(memory_format=fmt)
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
+            y = model(t)
+        return y.float().cpu().numpy()
+
+    return forward
+
+
 def run_network(
     model: VDSR,
     image: NDArray[np.floating],
     tile: int | None = DEFAULT_TILE,
     device: str | torch.device = "cpu",
+    backend: str = "auto",
 ) -> NDArray[np.float32]:
     """Apply ``model`` to a ``(C, H, W)`` float array in [0, 1] (bicubic-upscaled), unclamped.
 
     With ``tile`` set, memory is bounded by one tile plus its halo, and the result equals the
-    whole-image result (up to float summation order).
+    whole-image result (up to float summation order). ``backend``: ``"torch"``,
+    ``"onnxruntime"`` (CPU), or ``"auto"`` (ONNX Runtime on CPU when installed, else torch).
     """
     if image.ndim != 3:
         raise InvalidArgument(f"run_network expects (C, H, W), got {image.shape}")
     _, h, w = image.shape
-    x = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32)).to(device)
+    x = np.ascontiguousarray(image, dtype=np.float32)
     tile = check_tile(tile, model)
+    if _pick_backend(backend, device) == "onnxruntime":
+        from vdsr.export import runner_for
+
+        forward: Callable[[NDArray[np.float32]], NDArray[np.float32]] = runner_for(model)
+    else:
+        forward = _torch_forward(model, device)
     if tile is None or (h <= tile and w <= tile):
-        return model(x[None])[0].float().cpu().numpy()
+        return forward(x[None])[0]
     halo = model.config.depth
     out = np.empty(image.shape, dtype=np.float32)
     for y0, y1 in _tiles(h, tile):
         for x0, x1 in _tiles(w, tile):
             ty0, ty1 = max(0, y0 - halo), min(h, y1 + halo)
             tx0, tx1 = max(0, x0 - halo), min(w, x1 + halo)
-            patch = model(x[None, :, ty0:ty1, tx0:tx1])[0]
-            out[:, y0:y1, x0:x1] = (
-                patch[:, y0 - ty0 : y1 - ty0, x0 - tx0 : x1 - tx0].float().cpu().numpy()
-            )
+            patch = forward(np.ascontiguousarray(x[None, :, ty0:ty1, tx0:tx1]))[0]
+            out[:, y0:y1, x0:x1] = patch[:, y0 - ty0 : y1 - ty0, x0 - tx0 : x1 - tx0]
     return out
 
 
@@ -113,6 +146,7 @@ def upscale_array(
     scale: float,
     tile: int | None = DEFAULT_TILE,
     device: str | torch.device = "cpu",
+    backend: str = "auto",
 ) -> NDArray[np.float64]:
     """Super-resolve float [0, 1] ``pixels`` (``(H, W, 3)`` RGB or ``(H, W)`` grey) by ``scale``.
 
@@ -124,19 +158,19 @@ def upscale_array(
     if pixels.ndim == 2:
         bicubic = bicubic_upscale(pixels, scale)
         if channels == 1:
-            sr = run_network(model, bicubic[None], tile, device)[0]
+            sr = run_network(model, bicubic[None], tile, device, backend)[0]
         else:
             rgb = np.repeat(bicubic[None], 3, axis=0)
-            sr = run_network(model, rgb, tile, device).mean(axis=0)
+            sr = run_network(model, rgb, tile, device, backend).mean(axis=0)
         return np.clip(sr.astype(np.float64), 0.0, 1.0)
     if pixels.ndim != 3 or pixels.shape[2] != 3:
         raise VDSRError(f"expected an (H, W) or (H, W, 3) image, got shape {pixels.shape}")
     if channels == 3:
         bicubic = bicubic_upscale(pixels, scale)
-        sr = run_network(model, bicubic.transpose(2, 0, 1), tile, device).transpose(1, 2, 0)
+        sr = run_network(model, bicubic.transpose(2, 0, 1), tile, device, backend).transpose(1, 2, 0)
         return np.clip(sr.astype(np.float64), 0.0, 1.0)
     ycbcr = bicubic_upscale(rgb2ycbcr(pixels), scale)
-    ycbcr[..., 0] = run_network(model, ycbcr[None, ..., 0], tile, device)[0]
+    ycbcr[..., 0] = run_network(model, ycbcr[None, ..., 0], tile, device, backend)[0]
     return np.clip(ycbcr2rgb(ycbcr), 0.0, 1.0)
 
 
@@ -146,6 +180,7 @@ def upscale(
     model: VDSR | None = None,
     tile: int | None = DEFAULT_TILE,
     device: str | torch.device = "cpu",
+    backend: str = "auto",
 ) -> NDArray:
     """Super-resolve an image with VDSR (the shipped default model unless ``model`` is given).
 
@@ -155,6 +190,7 @@ def upscale(
         scale: any factor > 1; output size is ``round(scale * (H, W))``.
         model: a :class:`VDSR` in eval mode, e.g. from :func:`vdsr.load_model`.
         tile: tile side in output pixels (``None``: whole image); results are identical.
+        backend: ``"auto"`` (ONNX Runtime on CPU), ``"torch"`` or ``"onnxruntime"``.
 
     Returns:
         The upscaled image with ``image``'s dtype: integers rounded, floats in [0, 1].
@@ -181,7 +217,7 @@ def upscale(
     alpha = None
     if pixels.ndim == 3 and pixels.shape[2] == 4:
         pixels, alpha = pixels[..., :3], pixels[..., 3]
-    out = upscale_array(model, pixels, scale, tile, device)
+    out = upscale_array(model, pixels, scale, tile, device, backend)
     if alpha is not None:
         out = np.dstack([out, np.clip(bicubic_upscale(alpha, scale), 0.0, 1.0)])
     if peak == 1.0:

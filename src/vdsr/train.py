@@ -305,7 +305,7 @@ class Trainer:
         self.model.eval()
         try:
             results = evaluate_folder(self.model, c.val_dir, c.scales, tile=None,
-                                      device=str(self.device), with_ssim=False)
+                                      device=str(self.device), with_ssim=False, backend="torch")
         finally:
             self.model.train()
         metrics = {f"val_psnr_x{r.scale}": r.psnr for r in results}
