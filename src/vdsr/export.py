@@ -24,8 +24,9 @@ def onnx_bytes(model: VDSR, opset: int = 17) -> bytes:
     buf = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
-        torch.onnx.export(  # type: ignore[arg-type]  # BytesIO is accepted at runtime
-            model, (x,), buf, input_names=["input"], output_names=["output"], opset_version=opset,
+        torch.onnx.export(  # a BytesIO target is accepted at runtime
+            model, (x,), buf,  # type: ignore[arg-type]
+            input_names=["input"], output_names=["output"], opset_version=opset,
             dynamic_axes={"input": {0: "n", 2: "height", 3: "width"},
                           "output": {0: "n", 2: "height", 3: "width"}},
             dynamo=False,
