@@ -96,7 +96,7 @@ def _output_paths(files: list[Path], out: Path, scale: float, single_target: boo
 def cmd_upscale(args: argparse.Namespace) -> int:
     from vdsr.errors import VDSRError
     from vdsr.images import IMAGE_SUFFIXES, load_image, save_image
-    from vdsr.inference import check_scale, check_tile, upscale_array
+    from vdsr.inference import check_scale, check_tile, upscale_loaded
     from vdsr.weights import load_model
 
     files = _expand_inputs(args.inputs)
@@ -121,14 +121,7 @@ def cmd_upscale(args: argparse.Namespace) -> int:
             if dst.exists() and not args.overwrite:
                 raise VDSRError(f"{dst}: already exists (pass --overwrite to replace it)")
             img = load_image(src, max_pixels=args.max_pixels)
-            out_pixels = upscale_array(model, img.pixels, args.scale, tile, args.device, args.backend)
-            alpha = None
-            if img.alpha is not None:
-                import numpy as np
-
-                from vdsr.inference import bicubic_upscale
-
-                alpha = np.clip(bicubic_upscale(img.alpha, args.scale), 0, 1)
+            out_pixels, alpha = upscale_loaded(model, img, args.scale, tile, args.device, args.backend)
             save_image(dst, out_pixels, alpha, img.bit_depth)
             if args.compare and len(files) == 1:
                 from vdsr.inference import bicubic_upscale

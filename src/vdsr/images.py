@@ -7,6 +7,7 @@ output can be written back at the input's precision.
 
 from __future__ import annotations
 
+import io
 import os
 import struct
 import warnings
@@ -115,10 +116,21 @@ def load_image(path: str | os.PathLike[str], max_pixels: int = DEFAULT_MAX_PIXEL
             raise ImageError(f"{path}: empty file (0 bytes)")
     except OSError as exc:
         raise ImageError(f"{path}: cannot read ({exc.strerror})") from None
+    return _decode(path, path, max_pixels)
+
+
+def decode_image(data: bytes, name: str = "upload", max_pixels: int = DEFAULT_MAX_PIXELS) -> LoadedImage:
+    """:func:`load_image` for bytes in memory (uploads): nothing touches the disk."""
+    if not data:
+        raise ImageError(f"{name}: empty file (0 bytes)")
+    return _decode(io.BytesIO(data), Path(name), max_pixels)
+
+
+def _decode(source: Path | io.BytesIO, path: Path, max_pixels: int) -> LoadedImage:
     old_limit = Image.MAX_IMAGE_PIXELS
     Image.MAX_IMAGE_PIXELS = None  # we enforce our own limit, with our own message
     try:
-        with Image.open(path) as img:
+        with Image.open(source) as img:
             w, h = img.size
             if w * h > max_pixels:
                 raise ImageError(
@@ -128,7 +140,7 @@ def load_image(path: str | os.PathLike[str], max_pixels: int = DEFAULT_MAX_PIXEL
             if w == 0 or h == 0:
                 raise ImageError(f"{path}: image has zero size ({w}x{h})")
             if getattr(img, "n_frames", 1) > 1:
-                warnings.warn(f"{path}: animated image, using the first frame only", stacklevel=2)
+                warnings.warn(f"{path}: animated image, using the first frame only", stacklevel=3)
                 img.seek(0)
             img.load()
             oriented: Image.Image = ImageOps.exif_transpose(img) or img
@@ -164,6 +176,31 @@ def _pil_format(path: Path) -> str:
     return formats[ext]
 
 
+def to_pil(
+    pixels: NDArray[np.floating], alpha: NDArray[np.floating] | None = None, bit_depth: int = 8,
+    allow_16bit: bool = True,
+) -> Image.Image:
+    """Float [0, 1] ``(H, W)``/``(H, W, 3)`` pixels (+ alpha) to a rounded 8- or 16-bit PIL image.
+
+    16-bit is kept for greyscale without alpha (Pillow cannot write 16-bit RGB).
+    """
+    gray = pixels.ndim == 2
+    if gray and bit_depth == 16 and allow_16bit and alpha is None:
+        return Image.fromarray(np.ascontiguousarray(to_uint(pixels, 16)))  # uint16 -> "I;16"
+    base = to_uint(pixels, 8)
+    if alpha is not None:
+        return Image.fromarray(np.ascontiguousarray(np.dstack([base, to_uint(alpha, 8)])))  # LA/RGBA
+    return Image.fromarray(np.ascontiguousarray(base))  # "L" / "RGB"
+
+
+def encode_png(pixels: NDArray[np.floating], alpha: NDArray[np.floating] | None = None,
+               bit_depth: int = 8) -> bytes:
+    """The PNG bytes :func:`save_image` would write for a ``.png`` path."""
+    buf = io.BytesIO()
+    to_pil(pixels, alpha, bit_depth).save(buf, format="PNG")
+    return buf.getvalue()
+
+
 def save_image(
     path: str | os.PathLike[str],
     pixels: NDArray[np.floating],
@@ -177,18 +214,9 @@ def save_image(
     """
     path = Path(path)
     fmt = _pil_format(path)
-    gray = pixels.ndim == 2
     if alpha is not None and fmt in ("JPEG", "BMP"):
         alpha = None
-    if gray and bit_depth == 16 and fmt in ("PNG", "TIFF") and alpha is None:
-        img = Image.fromarray(np.ascontiguousarray(to_uint(pixels, 16)))  # uint16 -> "I;16"
-    else:
-        base = to_uint(pixels, 8)
-        if alpha is not None:
-            a = to_uint(alpha, 8)
-            img = Image.fromarray(np.ascontiguousarray(np.dstack([base, a])))  # "LA" / "RGBA"
-        else:
-            img = Image.fromarray(np.ascontiguousarray(base))  # "L" / "RGB"
+    img = to_pil(pixels, alpha, bit_depth, allow_16bit=fmt in ("PNG", "TIFF"))
     folder = path.parent if str(path.parent) else Path(".")
     if not folder.is_dir():
         raise ImageError(f"{path}: output folder {folder} does not exist")

@@ -19,6 +19,7 @@ from numpy.typing import NDArray
 
 from vdsr.color import rgb2ycbcr, ycbcr2rgb
 from vdsr.errors import InvalidArgument, VDSRError
+from vdsr.images import LoadedImage
 from vdsr.model import VDSR
 from vdsr.resize import imresize
 
@@ -172,6 +173,25 @@ def upscale_array(
     ycbcr = bicubic_upscale(rgb2ycbcr(pixels), scale)
     ycbcr[..., 0] = run_network(model, ycbcr[None, ..., 0], tile, device, backend)[0]
     return np.clip(ycbcr2rgb(ycbcr), 0.0, 1.0)
+
+
+def upscale_loaded(
+    model: VDSR,
+    image: LoadedImage,
+    scale: float,
+    tile: int | None = DEFAULT_TILE,
+    device: str | torch.device = "cpu",
+    backend: str = "auto",
+) -> tuple[NDArray[np.float64], NDArray[np.float64] | None]:
+    """Upscale a decoded image: ``(pixels, alpha)``, float [0, 1]; alpha is bicubic-upscaled.
+
+    The one path behind ``vdsr upscale`` and ``vdsr serve``.
+    """
+    pixels = upscale_array(model, image.pixels, scale, tile, device, backend)
+    alpha = None
+    if image.alpha is not None:
+        alpha = np.clip(bicubic_upscale(image.alpha, scale), 0.0, 1.0)
+    return pixels, alpha
 
 
 def upscale(
