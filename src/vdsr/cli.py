@@ -340,6 +340,17 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from vdsr.server import Limits, serve
+
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"{PROG}: warning: serving on {args.host}: reachable from other machines", file=sys.stderr)
+    serve(args.host, args.port, args.weights,
+          Limits(max_upload_bytes=args.max_upload_mb * 1024 * 1024, max_pixels=args.max_pixels,
+                 max_jobs=args.max_jobs))
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from vdsr.demo import run_demo
 
@@ -460,6 +471,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--body", choices=("plain", "residual", "dense", "inception"), default="plain",
                    help="VDSR body (with MODEL=vdsr)")
     p.set_defaults(func=cmd_summary)
+
+    p = sub.add_parser("serve", help="local web app: drop images, compare before/after, download")
+    p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--weights", help="weights file (default: the shipped model)")
+    p.add_argument("--max-upload-mb", type=_positive_int, default=20)
+    p.add_argument("--max-pixels", type=_positive_int, default=16_000_000)
+    p.add_argument("--max-jobs", type=_positive_int, default=1, help="images upscaled at once")
+    p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("demo", help="upscale a bundled sample and write a comparison PNG")
     p.add_argument("-o", "--output", default="vdsr-demo", help="output folder (default vdsr-demo)")

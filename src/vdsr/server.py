@@ -1,0 +1,117 @@
+"""``vdsr serve``: a local web app (FastAPI + uvicorn) over the same path as ``vdsr upscale``.
+
+Why FastAPI rather than Gradio: the page needs a custom before/after slider with pixel zoom and a
+plain JSON/PNG API that scripts can call; FastAPI gives both with a single static page and no
+front-end build, and it is small to install and to test (``TestClient`` in-process, Playwright in
+a real browser).
+
+API:
+* ``GET /api/health`` -> ``{"status": "ok", "model": ..., "scales": [...], "limits": {...}}``
+* ``POST /api/upscale?scale=S[&method=vdsr|bicubic]`` with multipart ``file`` -> ``image/png``;
+  errors are JSON ``{"error": "..."}`` with 400 (bad input), 413 (too large) or 503 (busy).
+
+Uploads are decoded in memory and nothing is written to disk.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import warnings
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from fastapi import FastAPI, File, Query, Request, UploadFile
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+
+from vdsr.errors import ImageError, VDSRError
+from vdsr.images import decode_image, encode_png
+from vdsr.inference import DEFAULT_TILE, bicubic_upscale, check_scale, upscale_loaded
+from vdsr.weights import load_model
+
+
+@dataclass
+class Limits:
+    """Server limits, all configurable from ``vdsr serve``."""
+
+    max_upload_bytes: int = 20 * 1024 * 1024
+    max_pixels: int = 16_000_000
+    max_jobs: int = 1
+
+
+def create_app(weights: str | Path | None = None, limits: Limits | None = None) -> Any:
+    """Build the FastAPI application (the model is loaded once, here)."""
+    limits = limits or Limits()
+    model, meta = load_model(weights)
+    jobs = threading.BoundedSemaphore(limits.max_jobs)
+    page = (resources.files("vdsr") / "static" / "index.html").read_text(encoding="utf-8")
+    app = FastAPI(title="vdsr", version="0.1.0", docs_url="/api/docs")
+    app.state.jobs = jobs
+    app.state.limits = limits
+
+    def error(status: int, message: str) -> JSONResponse:
+        return JSONResponse({"error": message}, status_code=status)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0] if exc.errors() else {}
+        where = ".".join(str(x) for x in first.get("loc", []) if x not in ("query", "body"))
+        return error(400, f"{where or 'request'}: {first.get('msg', 'invalid request')}")
+
+    @app.get("/", response_class=HTMLResponse)
+    def index() -> str:
+        return page
+
+    @app.get("/api/health")
+    def health() -> dict[str, Any]:
+        return {"status": "ok", "model": meta.source, "scales": meta.scales,
+                "limits": {"max_upload_bytes": limits.max_upload_bytes,
+                           "max_pixels": limits.max_pixels, "max_jobs": limits.max_jobs}}
+
+    @app.post("/api/upscale")
+    def upscale_endpoint(file: UploadFile = File(...), scale: float = Query(...),  # noqa: B008
+                         method: str = Query("vdsr")) -> Response:
+        if method not in ("vdsr", "bicubic"):
+            return error(400, f"method must be vdsr or bicubic, got {method!r}")
+        if not math.isfinite(scale):
+            return error(400, "scale must be a finite number greater than 1")
+        data = file.file.read(limits.max_upload_bytes + 1)
+        name = Path(file.filename or "upload").name
+        if len(data) > limits.max_upload_bytes:
+            return error(413, f"{name}: file is larger than the limit of {limits.max_upload_bytes:,} bytes")
+        if not jobs.acquire(blocking=False):
+            return error(503, "server busy: another image is being upscaled, try again shortly")
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # out-of-range scale / animated image: still served
+                check_scale(scale, meta.scales)
+                image = decode_image(data, name, max_pixels=limits.max_pixels)
+            if method == "bicubic":
+                pixels = np.clip(bicubic_upscale(image.pixels, scale), 0.0, 1.0)
+                alpha = None if image.alpha is None else np.clip(bicubic_upscale(image.alpha, scale), 0, 1)
+            else:
+                pixels, alpha = upscale_loaded(model, image, scale, DEFAULT_TILE)
+            png = encode_png(pixels, alpha, image.bit_depth)
+        except ImageError as exc:
+            status = 413 if "over the limit" in str(exc) else 400
+            return error(status, str(exc).replace("(raise it with --max-pixels)", "").strip())
+        except VDSRError as exc:
+            return error(400, str(exc))
+        finally:
+            jobs.release()
+        return Response(png, media_type="image/png",
+                        headers={"Content-Disposition": f'attachment; filename="{Path(name).stem}_x{scale:g}.png"'})
+
+    return app
+
+
+def serve(host: str = "127.0.0.1", port: int = 8000, weights: str | None = None,
+          limits: Limits | None = None) -> None:
+    """Run the app with uvicorn until interrupted."""
+    import uvicorn
+
+    uvicorn.run(create_app(weights, limits), host=host, port=port, log_level="info")

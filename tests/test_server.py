@@ -1,0 +1,185 @@
+"""`vdsr serve`: the API (in-process) and an end-to-end test in headless Chromium (Playwright
+driving Debian's /usr/bin/chromium; no browser download)."""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import socket
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from tests.conftest import ROOT, random_rgb, write_png
+from vdsr.cli import main
+from vdsr.server import Limits, create_app
+
+
+@pytest.fixture
+def client(tiny_weights: Path) -> TestClient:
+    return TestClient(create_app(tiny_weights, Limits(max_upload_bytes=200_000, max_pixels=50_000)))
+
+
+def png_bytes(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(array)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_health(client: TestClient) -> None:
+    body = client.get("/api/health").json()
+    assert body["status"] == "ok" and body["limits"]["max_pixels"] == 50_000
+
+
+def test_output_equals_cli_pixel_for_pixel(client: TestClient, tiny_weights: Path, tmp_path: Path,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    for name, array in (("rgb.png", random_rgb(30, 41)),
+                        ("rgba.png", np.dstack([random_rgb(20, 22), np.full((20, 22), 99, np.uint8)]))):
+        src = write_png(tmp_path / name, array)
+        out = tmp_path / f"cli_{name}"
+        assert main(["upscale", str(src), "-s", "3", "-o", str(out), "--weights", str(tiny_weights)]) == 0
+        r = client.post("/api/upscale?scale=3", files={"file": (name, src.read_bytes(), "image/png")})
+        assert r.status_code == 200 and r.headers["content-type"] == "image/png"
+        api = np.asarray(Image.open(io.BytesIO(r.content)))
+        assert np.array_equal(api, np.asarray(Image.open(out)))
+    capsys.readouterr()
+
+
+def test_bicubic_method_and_custom_scale(client: TestClient) -> None:
+    r = client.post("/api/upscale?scale=2.5&method=bicubic", files={"file": ("a.png", png_bytes(random_rgb(10, 12)))})
+    assert r.status_code == 200 and Image.open(io.BytesIO(r.content)).size == (30, 25)
+
+
+@pytest.mark.parametrize(("query", "payload", "status", "needle"), [
+    ("scale=2", b"definitely not an image", 400, "not an image"),
+    ("scale=2", b"", 400, "empty file"),
+    ("scale=1", None, 400, "greater than 1"),
+    ("scale=abc", None, 400, "scale"),
+    ("scale=nan", None, 400, "finite"),
+    ("scale=2&method=magic", None, 400, "method"),
+    ("", None, 400, "scale"),
+])
+def test_bad_uploads_get_4xx_json(client: TestClient, query: str, payload: bytes | None, status: int,
+                                  needle: str) -> None:
+    data = png_bytes(random_rgb(8, 8)) if payload is None else payload
+    r = client.post(f"/api/upscale?{query}", files={"file": ("x.png", data)})
+    assert r.status_code == status, r.text
+    assert needle in r.json()["error"]
+
+
+def test_missing_file_field(client: TestClient) -> None:
+    r = client.post("/api/upscale?scale=2")
+    assert r.status_code == 400 and "file" in r.json()["error"]
+
+
+def test_limits_are_enforced(client: TestClient) -> None:
+    noisy = np.random.default_rng(0).integers(0, 255, (300, 300, 3), dtype=np.uint8)  # > 200 kB
+    r = client.post("/api/upscale?scale=2", files={"file": ("big.png", png_bytes(noisy))})
+    assert r.status_code == 413 and "larger than the limit" in r.json()["error"]
+    r = client.post("/api/upscale?scale=2", files={"file": ("wide.png", png_bytes(np.zeros((100, 600), np.uint8)))})
+    assert r.status_code == 413 and "over the limit of 50,000" in r.json()["error"]
+    client.app.state.jobs.acquire()  # another job is running
+    try:
+        r = client.post("/api/upscale?scale=2", files={"file": ("a.png", png_bytes(random_rgb(8, 8)))})
+        assert r.status_code == 503 and "busy" in r.json()["error"]
+    finally:
+        client.app.state.jobs.release()
+    assert client.get("/api/health").status_code == 200  # still serving
+
+
+def test_nothing_is_left_on_disk(tiny_weights: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    monkeypatch.setenv("TMPDIR", str(scratch))
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    client = TestClient(create_app(tiny_weights))
+    for _ in range(2):
+        r = client.post("/api/upscale?scale=2", files={"file": ("a.png", png_bytes(random_rgb(16, 16)))})
+        assert r.status_code == 200
+    assert list(scratch.iterdir()) == []
+
+
+# ---------------------------------------------------------------------------------------------
+# End to end, in a real browser
+# ---------------------------------------------------------------------------------------------
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def live_server(tiny_weights: Path):  # type: ignore[no-untyped-def]
+    import uvicorn
+
+    port = _free_port()
+    server = uvicorn.Server(uvicorn.Config(create_app(tiny_weights), host="127.0.0.1", port=port,
+                                           log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.time() + 30
+    while not server.started and time.time() < deadline:
+        time.sleep(0.05)
+    assert server.started, "server did not start"
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    thread.join(timeout=10)
+
+
+@pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="Debian chromium not installed (.ci/run installs it)")
+def test_browser_upload_compare_download(live_server: str, tmp_path: Path, tiny_weights: Path) -> None:
+    from playwright.sync_api import sync_playwright
+
+    src = write_png(tmp_path / "photo.png", random_rgb(60, 80, seed=3))
+    expected = tmp_path / "expected.png"
+    assert main(["upscale", str(src), "-s", "3", "-o", str(expected), "--weights", str(tiny_weights)]) == 0
+    with sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path=CHROMIUM, headless=True,
+            args=["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync"])
+        try:
+            page = browser.new_page(viewport={"width": 1100, "height": 820}, accept_downloads=True)
+            page.goto(live_server, timeout=30_000)
+            page.wait_for_selector("#health:has-text('model:')", timeout=30_000)
+            page.select_option("#scale", "3")
+            page.set_input_files("#file", str(src))
+            page.wait_for_selector(".card[data-ready='1']", timeout=60_000)
+            assert "done" in page.inner_text(".card .status")
+            page.select_option(".card .zoom", "2")
+            page.fill(".card .slider", "30")
+            page.dispatch_event(".card .slider", "input")
+            clip = page.eval_on_selector(".card img.after", "e => e.style.clipPath")
+            assert clip.startswith("inset(0px 0px 0px 144px)") or "144px" in clip  # 240 px x 2 zoom x 30 %
+            with page.expect_download() as info:
+                page.click(".card a.download")
+            download = tmp_path / "download.png"
+            info.value.save_as(download)
+            assert info.value.suggested_filename == "photo_x3.png"
+            got = Image.open(download)
+            assert got.size == (240, 180)
+            assert np.array_equal(np.asarray(got), np.asarray(Image.open(expected)))
+            # An error is shown on the page and the server keeps running.
+            bad = tmp_path / "bad.png"
+            bad.write_bytes(b"not an image")
+            page.set_input_files("#file", str(bad))
+            page.wait_for_selector(".card .status.error", timeout=30_000)
+            assert "not an image" in page.inner_text(".card .status.error")
+            shot = Path(os.environ.get("VDSR_SCREENSHOT_DIR", tmp_path)) / "serve.png"
+            page.screenshot(path=str(shot), full_page=False)
+            assert shot.stat().st_size > 10_000
+        finally:
+            browser.close()
+    assert ROOT.exists()
