@@ -72,3 +72,16 @@ def random_rgb(h: int, w: int, seed: int = 0) -> np.ndarray:
 
     img = imresize(base, size=(h, w))
     return np.clip(img * 255, 0, 255).astype(np.uint8)
+
+
+def receptive_span(model: VDSR) -> tuple[int, int]:
+    """Rows and columns of the output that change when one input pixel does (random weights)."""
+    torch.nn.init.normal_(model.output.weight, std=0.01)
+    model.eval()
+    x = torch.rand(1, 1, 61, 61)
+    x2 = x.clone()
+    x2[0, 0, 30, 30] += 1.0
+    with torch.no_grad():
+        diff = (model(x2) - model(x) - (x2 - x)).abs()[0, 0] > 0
+    rows, cols = diff.any(1).nonzero(), diff.any(0).nonzero()
+    return int(rows.max() - rows.min()) + 1, int(cols.max() - cols.min()) + 1

@@ -109,7 +109,21 @@ def dihedral(a: NDArray, k: int) -> NDArray:
     return out
 
 
-class PatchSampler:
+class _Seeded:
+    """A NumPy generator whose whole state round-trips through checkpoints (``state``)."""
+
+    rng: np.random.Generator
+
+    @property
+    def state(self) -> dict[str, Any]:
+        return dict(self.rng.bit_generator.state)
+
+    @state.setter
+    def state(self, value: dict[str, Any]) -> None:
+        self.rng.bit_generator.state = value
+
+
+class PatchSampler(_Seeded):
     """Random (bicubic, hr) patches from in-memory degraded images, reproducible from ``state``.
 
     Images are drawn in proportion to their area, so every pixel is equally likely to be in a
@@ -132,14 +146,6 @@ class PatchSampler:
     def nbytes(self) -> int:
         """Memory held by the degraded images."""
         return sum(im.hr.nbytes + im.bicubic.nbytes for im in self.images)
-
-    @property
-    def state(self) -> dict[str, Any]:
-        return dict(self.rng.bit_generator.state)
-
-    @state.setter
-    def state(self, value: dict[str, Any]) -> None:
-        self.rng.bit_generator.state = value
 
     def batch(self, size: int, part: slice | None = None) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
         """``(inputs, targets)``, each ``(size, C, patch, patch)`` float32.
@@ -233,7 +239,7 @@ def write_hdf5(
     return count
 
 
-class H5Patches:
+class H5Patches(_Seeded):
     """Random batches from an HDF5 patch file: ours (``input``/``label``) or pytorch-vdsr's
     (``data``/``label``), ``N x C x H x W``; the notes' ``N x H x W x C`` layout is accepted too.
     """
@@ -274,14 +280,6 @@ class H5Patches:
     @property
     def channels(self) -> int:
         return int(self.x.shape[3] if self.nhwc else self.x.shape[1])
-
-    @property
-    def state(self) -> dict[str, Any]:
-        return dict(self.rng.bit_generator.state)
-
-    @state.setter
-    def state(self, value: dict[str, Any]) -> None:
-        self.rng.bit_generator.state = value
 
     def batch(self, size: int, part: slice | None = None) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
         idx = self.rng.choice(len(self), size=min(size, len(self)), replace=False)
