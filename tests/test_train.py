@@ -220,3 +220,15 @@ def test_train_cli_errors(tmp_path: Path, train_dir: Path, capsys: pytest.Captur
     code = main(["train", "--run-dir", str(tmp_path / "r"), "--train-dirs", str(empty), "--val-dir", "none"])
     assert code == 1 and "no images found" in capsys.readouterr().err
     assert os.environ.get("WORLD_SIZE") in (None, "1")
+
+
+def test_optimizer_defaults_follow_the_paper() -> None:
+    from vdsr.train import make_optimizer
+
+    model = torch.nn.Linear(2, 2)
+    sgd = make_optimizer(TrainConfig(optimizer="sgd", learning_rate=0.1, val_dir=None), model)
+    assert sgd.param_groups[0]["momentum"] == 0.9 and sgd.param_groups[0]["weight_decay"] == 1e-4
+    sgd0 = make_optimizer(TrainConfig(optimizer="sgd", weight_decay=0.0, val_dir=None), model)
+    assert sgd0.param_groups[0]["weight_decay"] == 0.0
+    adam = make_optimizer(TrainConfig(val_dir=None), model)
+    assert adam.param_groups[0]["weight_decay"] == 0.0 and adam.param_groups[0]["lr"] == 1e-4

@@ -74,7 +74,7 @@ class TrainConfig:
     decay_steps: int = 0  # step/exponential: the period of one x0.1 decay; 0 = half of `steps`
     clip: float = 0.1
     momentum: float = 0.9
-    weight_decay: float = 0.0
+    weight_decay: float | None = None  # None: 0 for Adam, the paper's 1e-4 for SGD
     seed: int = 0
     log_every: int = 10
     val_every: int = 500
@@ -138,9 +138,10 @@ def pick_device(name: str) -> torch.device:
 def make_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
     if config.optimizer == "adam":
         return torch.optim.Adam(model.parameters(), lr=config.learning_rate,
-                                weight_decay=config.weight_decay)
+                                weight_decay=config.weight_decay or 0.0)
+    decay = 1e-4 if config.weight_decay is None else config.weight_decay
     return torch.optim.SGD(model.parameters(), lr=config.learning_rate, momentum=config.momentum,
-                           weight_decay=config.weight_decay or 1e-4)
+                           weight_decay=decay)
 
 
 def clip_gradients(config: TrainConfig, model: nn.Module, current_lr: float) -> None:
