@@ -129,10 +129,8 @@ def cmd_upscale(args: argparse.Namespace) -> int:
 
                 comparison([("bicubic", bicubic_upscale(img.pixels, args.scale)),
                             ("VDSR", out_pixels)], args.compare)
-        except VDSRError as exc:
+        except VDSRError as exc:  # keep going; every failure is listed at the end
             failures.append(str(exc))
-            if len(files) > 1:
-                bar.write(f"{PROG}: error: {exc}", file=sys.stderr)
         bar.update(1)
     bar.close()
     if failures:
