@@ -254,3 +254,43 @@ def test_bad_weights_via_cli(tmp_path: Path, tiny_weights: Path, capsys: pytest.
         code = main(["upscale", str(src), "-s", "2", "-o", str(tmp_path / "o.png"), "--weights", str(weights)])
         check_one_line_error(capsys, code, needle)
     assert not (tmp_path / "o.png").exists()
+
+
+def test_crash_mid_batch_leaves_finished_outputs_whole(tmp_path: Path, tiny_weights: Path) -> None:
+    """SIGKILL while the third output is being written: the first two are complete PNGs and the
+    third never appears under its final name."""
+    import signal
+    import subprocess
+    import sys
+    import textwrap
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for i in range(4):
+        write_png(folder / f"{i}.png", random_rgb(16, 16, seed=i))
+    out = tmp_path / "out"
+    script = textwrap.dedent(f"""
+        import os, signal, sys
+        from PIL import Image
+        from vdsr.cli import main
+        real_save = Image.Image.save
+        count = []
+        def dying_save(self, fp, *a, **k):
+            count.append(1)
+            if len(count) == 3:
+                with open(fp, "wb") as fh:
+                    fh.write(b"\\x89PNG half")
+                os.kill(os.getpid(), signal.SIGKILL)
+            return real_save(self, fp, *a, **k)
+        Image.Image.save = dying_save
+        sys.exit(main(["upscale", {str(folder)!r}, "-s", "2", "-o", {str(out)!r},
+                       "--weights", {str(tiny_weights)!r}]))
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, timeout=120)
+    assert proc.returncode == -signal.SIGKILL
+    finished = sorted(p.name for p in out.iterdir() if not p.name.startswith("."))
+    assert finished == ["0_x2.png", "1_x2.png"]
+    for name in finished:
+        with Image.open(out / name) as im:
+            im.load()
+            assert im.size == (32, 32)
