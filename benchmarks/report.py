@@ -1,0 +1,43 @@
+"""Format benchmarks/results.json (from run.py) as the Markdown tables of BENCHMARKS.md.
+
+    python benchmarks/report.py [benchmarks/results.json]
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+
+def main() -> None:
+    path = sys.argv[1] if len(sys.argv) > 1 else "benchmarks/results.json"
+    r = json.load(open(path))
+    m = r["machine"]
+    peak = r["matmul"]["gflops"]
+    print(f"Machine: {m['cpu']}, {m['cores']} cores, torch {m['torch']} ({m['threads']} threads), "
+          f"onnxruntime {m['onnxruntime']}, Python {m['python']}.\n")
+    print(f"fp32 matmul peak (4096², same run): **{peak:.1f} GFLOP/s**.\n")
+    print("| workload | path | median s | MP/s | effective GFLOP/s | × matmul peak | × baseline | peak RSS MB |")
+    print("|---|---|---|---|---|---|---|---|")
+    for wl in ("set5", "1024"):
+        base = r.get(f"inference/baseline/{wl}")
+        if not base:
+            continue
+        for method in ("baseline", "ours:torch", "ours:onnxruntime"):
+            x = r[f"inference/{method}/{wl}"]
+            runs = len(x["times"])
+            print(f"| {wl} | {method} | {x['seconds']:.2f} ({runs} run{'s' if runs > 1 else ''}) | "
+                  f"{x['megapixels_per_s']:.3f} | {x['gflops']:.1f} | {x['gflops'] / peak:.2f} | "
+                  f"{base['seconds'] / x['seconds']:.2f} | {x['peak_rss_mb']:.0f} |")
+    print()
+    for wl in ("set5", "1024"):
+        if f"equal/{wl}" in r:
+            print(f"- {wl}: max |ours − eager whole-image| = {r[f'equal/{wl}']['max_abs_diff']:.2e} (0–1 scale)")
+    tb, to = r["train/baseline"], r["train/ours"]
+    print(f"\n| training step, batch 64 | patches/s | × baseline |\n|---|---|---|\n"
+          f"| baseline (pytorch-vdsr loop) | {tb['patches_per_s']:.1f} | 1.00 |\n"
+          f"| `vdsr train` step | {to['patches_per_s']:.1f} | {to['patches_per_s'] / tb['patches_per_s']:.2f} |")
+
+
+if __name__ == "__main__":
+    main()
