@@ -52,3 +52,31 @@ def test_two_process_ddp_equals_single_process(tmp_path: Path) -> None:
     rows = (ddp / "metrics.csv").read_text().splitlines()
     steps = [r.split(",")[0] for r in rows[1:]]
     assert len(steps) == len(set(steps))
+
+
+@pytest.mark.slow
+def test_two_node_rendezvous_on_loopback(tmp_path: Path) -> None:
+    """The documented multi-machine command, with both 'machines' on 127.0.0.1: two torchrun
+    launchers, --nnodes 2 and distinct --node_rank, meet at one master address."""
+    data = tmp_path / "hr"
+    data.mkdir()
+    write_png(data / "a.png", random_rgb(48, 48))
+    port = str(_free_port())
+    run = tmp_path / "multi"
+    args = ["train", "--train-dirs", str(data), "--val-dir", "none", "--depth", "3", "--width", "4",
+            "--batch-size", "4", "--steps", "4", "--patch", "21", "--downscales", "1.0", "--threads", "1",
+            "--device", "cpu", "--run-dir", str(run)]
+    launchers = [
+        subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--node_rank", str(rank),
+                          "--nproc_per_node", "1", "--master_addr", "127.0.0.1", "--master_port", port,
+                          "-m", "vdsr", *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        for rank in (0, 1)
+    ]
+    try:
+        outputs = [p.communicate(timeout=240)[0] for p in launchers]
+    finally:
+        for p in launchers:
+            if p.poll() is None:
+                p.kill()
+    assert all(p.returncode == 0 for p in launchers), outputs
+    assert (run / "last.safetensors").exists()
