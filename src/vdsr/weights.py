@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import io
 import json
-import math
-import os
 import pickle
 import struct
 from dataclasses import dataclass, field
@@ -492,13 +490,3 @@ def weights_summary(metadata: WeightsMetadata) -> dict[str, Any]:
     out["parameters"] = sum(p.numel() for p in model.parameters())
     out["receptive_field"] = metadata.config.receptive_field
     return out
-
-
-def _isfinite_number(x: Any) -> bool:
-    return isinstance(x, (int, float)) and math.isfinite(x)
-
-
-def env_path(name: str) -> Path | None:
-    """A path from an environment variable, if set."""
-    value = os.environ.get(name)
-    return Path(value) if value else None
