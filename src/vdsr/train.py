@@ -1,7 +1,7 @@
 """Training VDSR: the notes' pipeline (41x41 bicubic patches, 20 layers, Adam + clipping,
 checkpoints every N steps) made real, resumable bit-for-bit, and logged.
 
-``fit(config)`` runs a whole training job into ``config.run_dir``:
+``Trainer(config).fit()`` runs a whole training job into ``config.run_dir``:
 
 * ``config.json``: the :class:`TrainConfig` (a resumed run reads it back);
 * ``checkpoint.pt``: model, optimiser, schedule, step and every RNG state, written atomically
