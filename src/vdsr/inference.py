@@ -141,6 +141,11 @@ def bicubic_upscale(pixels: NDArray[np.floating], scale: float) -> NDArray[np.fl
     return imresize(pixels, scale=scale, size=size)
 
 
+def bicubic_clipped(pixels: NDArray[np.floating], scale: float) -> NDArray[np.float64]:
+    """:func:`bicubic_upscale` clipped to [0, 1]: how alpha planes and bicubic previews are made."""
+    return np.clip(bicubic_upscale(pixels, scale), 0.0, 1.0)
+
+
 def upscale_array(
     model: VDSR,
     pixels: NDArray[np.floating],
@@ -190,7 +195,7 @@ def upscale_loaded(
     pixels = upscale_array(model, image.pixels, scale, tile, device, backend)
     alpha = None
     if image.alpha is not None:
-        alpha = np.clip(bicubic_upscale(image.alpha, scale), 0.0, 1.0)
+        alpha = bicubic_clipped(image.alpha, scale)
     return pixels, alpha
 
 
@@ -239,7 +244,7 @@ def upscale(
         pixels, alpha = pixels[..., :3], pixels[..., 3]
     out = upscale_array(model, pixels, scale, tile, device, backend)
     if alpha is not None:
-        out = np.dstack([out, np.clip(bicubic_upscale(alpha, scale), 0.0, 1.0)])
+        out = np.dstack([out, bicubic_clipped(alpha, scale)])
     if peak == 1.0:
         return out.astype(arr.dtype)
     return np.clip(np.round(out * peak), 0, peak).astype(arr.dtype)

@@ -23,14 +23,13 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from fastapi import FastAPI, File, Query, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 
 from vdsr.errors import ImageError, VDSRError
 from vdsr.images import decode_image, encode_png
-from vdsr.inference import DEFAULT_TILE, bicubic_upscale, check_scale, upscale_loaded
+from vdsr.inference import DEFAULT_TILE, bicubic_clipped, check_scale, upscale_loaded
 from vdsr.weights import load_model
 
 
@@ -91,8 +90,8 @@ def create_app(weights: str | Path | None = None, limits: Limits | None = None) 
                 check_scale(scale, meta.scales)
                 image = decode_image(data, name, max_pixels=limits.max_pixels)
             if method == "bicubic":
-                pixels = np.clip(bicubic_upscale(image.pixels, scale), 0.0, 1.0)
-                alpha = None if image.alpha is None else np.clip(bicubic_upscale(image.alpha, scale), 0, 1)
+                pixels = bicubic_clipped(image.pixels, scale)
+                alpha = None if image.alpha is None else bicubic_clipped(image.alpha, scale)
             else:
                 pixels, alpha = upscale_loaded(model, image, scale, DEFAULT_TILE)
             png = encode_png(pixels, alpha, image.bit_depth)
