@@ -23,7 +23,9 @@ def main() -> None:
         base = r.get(f"inference/baseline/{wl}")
         if not base:
             continue
-        for method in ("baseline", "ours:torch", "ours:onnxruntime"):
+        for method in ("baseline", "ours:torch", "ours:onnxruntime", "ours:int8"):
+            if f"inference/{method}/{wl}" not in r:
+                continue
             x = r[f"inference/{method}/{wl}"]
             runs = len(x["times"])
             print(f"| {wl} | {method} | {x['seconds']:.2f} ({runs} run{'s' if runs > 1 else ''}) | "
@@ -33,6 +35,10 @@ def main() -> None:
     for wl in ("set5", "1024"):
         if f"equal/{wl}" in r:
             print(f"- {wl}: max |ours − eager whole-image| = {r[f'equal/{wl}']['max_abs_diff']:.2e} (0–1 scale)")
+    q = r.get("int8_psnr", {})
+    if "x2" in q:
+        print("- int8 vs fp32, Set5 Y-PSNR (dB): " + ", ".join(
+            f"×{k[1:]} {v['fp32']:.3f} → {v['int8']:.3f} ({v['delta']:+.3f})" for k, v in q.items()))
     tb, to = r["train/baseline"], r["train/ours"]
     print(f"\n| training step, batch 64 | patches/s | × baseline |\n|---|---|---|\n"
           f"| baseline (pytorch-vdsr loop) | {tb['patches_per_s']:.1f} | 1.00 |\n"

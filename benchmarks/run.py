@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
+METHODS = ("baseline", "ours:torch", "ours:onnxruntime", "ours:int8")
 SET5_SIZES = [(512, 512), (288, 288), (256, 256), (280, 280), (228, 344)]  # HR sizes = x2 outputs
 
 
@@ -78,6 +79,7 @@ def case_inference(method: str, workload: str, repeats: int) -> dict[str, Any]:
     small = np.random.default_rng(1).random((1, 64, 64)).astype(np.float32)
 
     def warmup() -> None:  # on a small input, so the big case is not run an extra time
+        # (for int8 this also calibrates once, or reads the calibrated model from the cache)
         if method == "baseline":
             with torch.no_grad():
                 model(torch.from_numpy(small)[None])
@@ -100,6 +102,22 @@ def case_equal(workload: str) -> dict[str, Any]:
         ref = run_network(model, im, tile=None, backend="torch")
         diffs.append(float(np.abs(run_network(model, im, tile=512) - ref).max()))
     return {"max_abs_diff": max(diffs)}
+
+
+def case_int8_psnr() -> dict[str, Any]:
+    """Set5 Y-PSNR of the int8 backend against fp32 ONNX Runtime, default weights, x2/x3/x4."""
+    from pathlib import Path
+
+    from vdsr.evaluate import evaluate_folder
+
+    folder = Path("../shared/datasets/Set5")
+    if not folder.is_dir():
+        return {"skipped": f"{folder} not found"}
+    model = _model()
+    fp32 = evaluate_folder(model, folder, [2, 3, 4], with_ssim=False, backend="onnxruntime")
+    int8 = evaluate_folder(model, folder, [2, 3, 4], with_ssim=False, backend="int8")
+    return {f"x{a.scale}": {"fp32": a.psnr, "int8": b.psnr, "delta": b.psnr - a.psnr}
+            for a, b in zip(fp32, int8, strict=True)}
 
 
 def case_train(method: str, repeats: int, batch: int = 64) -> dict[str, Any]:
@@ -166,19 +184,21 @@ def main() -> None:
             result = case_inference(params[0], params[1], reps)
         elif kind == "equal":
             result = case_equal(params[0])
+        elif kind == "int8_psnr":
+            result = case_int8_psnr()
         else:
             result = case_train(params[0], reps)
         result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         print(json.dumps(result))
         return
-    reps = "2" if a.quick else "3"
+    nrep = "2" if a.quick else "3"
     results: dict[str, Any] = {"machine": machine(), "command": " ".join(sys.argv)}
-    results["matmul"] = run_case("matmul", [reps])
+    results["matmul"] = run_case("matmul", [nrep])
     peak = results["matmul"]["gflops"]
     workloads = ["set5"] if a.quick else ["set5", "1024"]
     for wl in workloads:
-        r = "1" if wl == "1024" else reps  # one run of each: ~1-2 min apiece on 2 cores
-        for method in ("baseline", "ours:torch", "ours:onnxruntime"):
+        r = "1" if wl == "1024" else nrep  # one run of each: ~1-2 min apiece on 2 cores
+        for method in METHODS:
             res = run_case(f"inference/{method}/{wl}", [r])
             res["fraction_of_matmul_peak"] = res["gflops"] / peak
             results[f"inference/{method}/{wl}"] = res
@@ -186,8 +206,9 @@ def main() -> None:
                   f"{res['gflops']:6.1f} GFLOP/s ({res['fraction_of_matmul_peak']:.2f} of matmul peak)  "
                   f"RSS {res['peak_rss_mb']:.0f} MB", flush=True)
         results[f"equal/{wl}"] = run_case(f"equal/{wl}", [])
+    results["int8_psnr"] = run_case("int8_psnr", [])
     for method in ("baseline", "ours"):
-        res = run_case(f"train/{method}", [reps])
+        res = run_case(f"train/{method}", [nrep])
         results[f"train/{method}"] = res
         print(f"train {method:<8} {res['patches_per_s']:.1f} patches/s", flush=True)
     print(f"matmul peak {peak:.1f} GFLOP/s")

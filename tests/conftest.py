@@ -29,6 +29,14 @@ def _seed() -> None:
     np.random.seed(0)
 
 
+@pytest.fixture(autouse=True)
+def _cache_dir(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Derived-model caches (the int8 backend) go to a per-session temp folder, not ~/.cache."""
+    path = tmp_path_factory.getbasetemp() / "vdsr-cache"
+    monkeypatch.setenv("VDSR_CACHE_DIR", str(path))
+    return path
+
+
 def tiny_model(depth: int = 4, width: int = 8, channels: int = 1, bias: bool = True,
                seed: int = 0) -> VDSR:
     """A small VDSR with a non-zero output layer (so it is not the identity)."""

@@ -16,6 +16,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+_BACKENDS = ("auto", "torch", "onnxruntime", "int8")  # vdsr.inference.BACKENDS, without importing torch
+
 PROG = "vdsr"
 
 
@@ -323,13 +325,15 @@ def cmd_summary(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     from vdsr.errors import VDSRError
-    from vdsr.export import export_onnx, export_torchscript
+    from vdsr.export import export_onnx, export_onnx_int8, export_torchscript
     from vdsr.weights import load_model
 
-    if not args.onnx and not args.torchscript:
-        raise VDSRError("nothing to do: pass --onnx OUT.onnx and/or --torchscript OUT.pt")
+    if not args.onnx and not args.torchscript and not args.onnx_int8:
+        raise VDSRError("nothing to do: pass --onnx OUT.onnx, --onnx-int8 OUT.onnx "
+                        "and/or --torchscript OUT.pt")
     model, _ = load_model(args.weights)
-    for path, writer in ((args.onnx, export_onnx), (args.torchscript, export_torchscript)):
+    for path, writer in ((args.onnx, export_onnx), (args.onnx_int8, export_onnx_int8),
+                         (args.torchscript, export_torchscript)):
         if path:
             if Path(path).exists() and not args.overwrite:
                 raise VDSRError(f"{path}: already exists (pass --overwrite to replace it)")
@@ -376,8 +380,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True, help="output file (one input) or folder")
     p.add_argument("--weights", help="a .safetensors weights file (default: the shipped model)")
     p.add_argument("--tile", type=int, default=512, help="tile side in pixels, 0 = whole image (default 512)")
-    p.add_argument("--backend", choices=("auto", "torch", "onnxruntime"), default="auto",
-                   help="auto: ONNX Runtime on CPU when installed, else PyTorch")
+    p.add_argument("--backend", choices=_BACKENDS, default="auto",
+                   help="auto: ONNX Runtime on CPU when installed, else PyTorch; "
+                        "int8: quantised ONNX Runtime, ~1.7x faster, not exact")
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
     p.add_argument("--max-pixels", type=_positive_int, default=64_000_000, help="refuse larger inputs")
     p.add_argument("--compare", help="also write a bicubic-vs-VDSR side-by-side PNG (one input)")
@@ -393,7 +398,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="rgb8: 8-bit RGB LR (default); ydouble: LR from the double Y channel")
     p.add_argument("--bicubic-only", action="store_true", help="score bicubic alone, no model")
     p.add_argument("--tile", type=int, default=0, help="tile side, 0 = whole image (default)")
-    p.add_argument("--backend", choices=("auto", "torch", "onnxruntime"), default="auto")
+    p.add_argument("--backend", choices=_BACKENDS, default="auto")
     p.add_argument("--max-pixels", type=_positive_int, default=64_000_000)
     common_device(p)
     p.set_defaults(func=cmd_evaluate)
@@ -459,6 +464,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export", help="export weights to ONNX (dynamic H/W) or TorchScript")
     p.add_argument("weights", nargs="?", help="weights file (default: the shipped model)")
     p.add_argument("--onnx", help="ONNX file to write")
+    p.add_argument("--onnx-int8", help="int8-quantised ONNX file to write (the int8 backend's model)")
     p.add_argument("--torchscript", help="TorchScript file to write")
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=cmd_export)

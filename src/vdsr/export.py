@@ -1,20 +1,40 @@
-"""Exporting a model (ONNX with dynamic height/width, TorchScript) and running it with
-ONNX Runtime, the fastest CPU path measured here (see BENCHMARKS.md)."""
+"""Exporting a model (ONNX with dynamic height/width, int8-quantised ONNX, TorchScript) and running
+it with ONNX Runtime, the fastest CPU path measured here (see BENCHMARKS.md).
+
+The int8 model is statically quantised (QDQ, per-channel int8 weights, uint8 activations with
+min/max calibration) on bicubic-degraded crops of scikit-image's bundled photos. The first three
+convolutions, the last one and the global residual addition stay fp32: quantising them cost up to
+1 dB (measured, see BENCHMARKS.md).
+"""
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import io
+import logging
 import os
+import tempfile
 import warnings
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from numpy.typing import NDArray
 
+from vdsr.color import rgb2y
 from vdsr.errors import VDSRError
 from vdsr.fileio import atomic_path
 from vdsr.model import VDSR
+from vdsr.resize import imresize, modcrop
+
+# scikit-image's bundled photos used for int8 calibration (not ``chelsea``: `vdsr demo` scores it).
+CALIBRATION_IMAGES = ("astronaut", "camera", "coffee", "rocket", "coins", "moon")
+CALIBRATION_CROP = 120  # divisible by every scale, so all inputs share one shape
+CALIBRATION_SCALES = (2, 3, 4)
+INT8_VERSION = 1  # part of the cache key: bump when the recipe changes
 
 
 def onnx_bytes(model: VDSR, opset: int = 17) -> bytes:
@@ -41,6 +61,140 @@ def export_onnx(model: VDSR, path: str | os.PathLike[str]) -> None:
         tmp.write_bytes(data)
 
 
+def calibration_inputs(channels: int, crop: int = CALIBRATION_CROP) -> Iterator[NDArray[np.float32]]:
+    """Network inputs for int8 calibration: ``(1, C, crop, crop)`` bicubic-degraded crops in [0, 1].
+
+    The centre crop of each bundled photo is degraded at ×2, ×3 and ×4 (MATLAB bicubic down and
+    back up, as in training).
+    """
+    from skimage import data
+
+    for name in CALIBRATION_IMAGES:
+        hr = np.asarray(getattr(data, name)(), dtype=np.float64) / 255.0
+        if hr.ndim == 2:
+            hr = np.repeat(hr[..., None], 3, axis=2)
+        h, w = hr.shape[:2]
+        top, left = max(0, (h - crop) // 2), max(0, (w - crop) // 2)
+        hr = hr[top : top + crop, left : left + crop]
+        pixels = rgb2y(hr)[..., None] if channels == 1 else hr
+        for scale in CALIBRATION_SCALES:
+            hr_s = modcrop(pixels, scale)
+            bic = np.clip(imresize(imresize(hr_s, 1.0 / scale), scale), 0.0, 1.0)
+            yield np.ascontiguousarray(bic.transpose(2, 0, 1)[None], dtype=np.float32)
+
+
+def _int8_excluded(graph: Any) -> list[str]:
+    """Nodes kept in fp32: the first three and the last convolution and the final (residual) node.
+
+    On the official weights, quantising the 2nd and 3rd convolutions cost 0.05–0.65 dB on Set5
+    (×2/×4); keeping them in fp32 brought that within 0.05 dB (BENCHMARKS.md).
+    """
+    convs = [n.name for n in graph.node if n.op_type == "Conv"]
+    return sorted({*convs[:3], convs[-1], graph.node[-1].name})
+
+
+def _inline_shared_initializers(graph: Any) -> None:
+    """Replace ``Identity(initializer)`` nodes with their own initializer copy.
+
+    The exporter shares equal tensors (e.g. all-zero biases) through Identity nodes; the quantiser
+    only quantises a convolution whose bias is an initializer.
+    """
+    from onnx import numpy_helper
+
+    inits = {t.name: t for t in graph.initializer}
+    for node in [n for n in graph.node if n.op_type == "Identity" and n.input[0] in inits]:
+        copy = numpy_helper.from_array(numpy_helper.to_array(inits[node.input[0]]), node.output[0])
+        graph.initializer.append(copy)
+        graph.node.remove(node)
+
+
+def onnx_int8_bytes(model: VDSR) -> bytes:
+    """The model as a statically quantised int8 ONNX graph (same input/output as :func:`onnx_bytes`)."""
+    try:
+        import onnx
+        from onnxruntime.quantization import (
+            CalibrationDataReader,
+            CalibrationMethod,
+            QuantFormat,
+            QuantType,
+            quantize_static,
+        )
+    except ImportError:
+        raise VDSRError("int8 needs onnx and onnxruntime (pip install onnx onnxruntime)") from None
+
+    class Reader(CalibrationDataReader):  # type: ignore[misc]
+        def __init__(self) -> None:
+            self.items = iter(calibration_inputs(model.config.channels))
+
+        def get_next(self) -> dict[str, NDArray[np.float32]] | None:
+            x = next(self.items, None)
+            return None if x is None else {"input": x}
+
+    fp32 = onnx.load_from_string(onnx_bytes(model))
+    _inline_shared_initializers(fp32.graph)
+    # onnxruntime's quantiser prints its progress and logs advice through the root logger (which
+    # Python would show on stderr): keep both off the user's terminal.
+    with (tempfile.TemporaryDirectory(prefix="vdsr-int8-") as tmp, warnings.catch_warnings(),
+          contextlib.redirect_stdout(io.StringIO()), _logging_disabled()):
+        warnings.simplefilter("ignore")
+        src, dst = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
+        onnx.save(fp32, str(src))
+        quantize_static(
+            str(src), str(dst), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+            calibrate_method=CalibrationMethod.MinMax, nodes_to_exclude=_int8_excluded(fp32.graph),
+        )
+        return dst.read_bytes()
+
+
+@contextlib.contextmanager
+def _logging_disabled() -> Iterator[None]:
+    previous = logging.root.manager.disable
+    logging.disable(logging.WARNING)
+    try:
+        yield
+    finally:
+        logging.disable(previous)
+
+
+def cache_dir() -> Path:
+    """Where derived models are cached: ``$VDSR_CACHE_DIR``, else ``$XDG_CACHE_HOME/vdsr``."""
+    if os.environ.get("VDSR_CACHE_DIR"):
+        return Path(os.environ["VDSR_CACHE_DIR"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "vdsr"
+
+
+def cached_int8_bytes(model: VDSR) -> bytes:
+    """:func:`onnx_int8_bytes`, cached on disk by a hash of the weights (calibration takes seconds).
+
+    A cache that cannot be written is skipped silently: the result is then just not reused.
+    """
+    digest = hashlib.sha256(f"int8-v{INT8_VERSION}-{model.config}".encode())
+    for name, tensor in model.state_dict().items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    path = cache_dir() / f"int8-{digest.hexdigest()[:32]}.onnx"
+    try:
+        return path.read_bytes()
+    except OSError:
+        pass
+    data = onnx_int8_bytes(model)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(path) as tmp:
+            tmp.write_bytes(data)
+    except OSError:
+        pass
+    return data
+
+
+def export_onnx_int8(model: VDSR, path: str | os.PathLike[str]) -> None:
+    """Write the int8-quantised ONNX model to ``path`` atomically."""
+    data = onnx_int8_bytes(model)
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+
+
 def export_torchscript(model: VDSR, path: str | os.PathLike[str]) -> None:
     """Write a TorchScript (traced) module to ``path`` atomically; ``torch.jit.load`` reads it."""
     model = model.eval()
@@ -56,9 +210,12 @@ def _version_key(model: VDSR) -> tuple[int, ...]:
 
 
 class OrtRunner:
-    """ONNX Runtime session for a :class:`VDSR`: ``(N, C, H, W)`` float32 array -> same shape."""
+    """ONNX Runtime session for a :class:`VDSR`: ``(N, C, H, W)`` float32 array -> same shape.
 
-    def __init__(self, model: VDSR, threads: int | None = None) -> None:
+    ``int8=True`` runs the statically quantised model (:func:`cached_int8_bytes`).
+    """
+
+    def __init__(self, model: VDSR, threads: int | None = None, int8: bool = False) -> None:
         try:
             import onnxruntime as ort
         except ImportError:
@@ -67,7 +224,8 @@ class OrtRunner:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if threads:
             options.intra_op_num_threads = threads
-        self.session = ort.InferenceSession(onnx_bytes(model), options,
+        graph = cached_int8_bytes(model) if int8 else onnx_bytes(model)
+        self.session = ort.InferenceSession(graph, options,
                                             providers=["CPUExecutionProvider"])
         self.key = _version_key(model)
 
@@ -84,10 +242,11 @@ def ort_available() -> bool:
     return True
 
 
-def runner_for(model: VDSR) -> OrtRunner:
+def runner_for(model: VDSR, int8: bool = False) -> OrtRunner:
     """A cached :class:`OrtRunner` for ``model``, rebuilt if its weights changed since."""
-    runner: OrtRunner | None = getattr(model, "_ort_runner", None)
+    attr = "_ort_int8_runner" if int8 else "_ort_runner"
+    runner: OrtRunner | None = getattr(model, attr, None)
     if runner is None or runner.key != _version_key(model):
-        runner = OrtRunner(model)
-        object.__setattr__(model, "_ort_runner", runner)
+        runner = OrtRunner(model, int8=int8)
+        object.__setattr__(model, attr, runner)
     return runner

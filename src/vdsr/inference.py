@@ -24,7 +24,7 @@ from vdsr.model import VDSR
 from vdsr.resize import imresize
 
 DEFAULT_TILE = 512  # 552x552 with the halo: ~78 MB per 64-channel activation, 16% halo overhead
-BACKENDS = ("auto", "torch", "onnxruntime")
+BACKENDS = ("auto", "torch", "onnxruntime", "int8")
 MAX_SCALE = 16.0
 
 
@@ -66,8 +66,8 @@ def _pick_backend(backend: str, device: str | torch.device) -> str:
     if backend not in BACKENDS:
         raise InvalidArgument(f"unknown backend {backend!r}; choose from {BACKENDS}")
     if backend != "auto":
-        if backend == "onnxruntime" and torch.device(device).type != "cpu":
-            raise InvalidArgument("the onnxruntime backend runs on the CPU only")
+        if backend in ("onnxruntime", "int8") and torch.device(device).type != "cpu":
+            raise InvalidArgument(f"the {backend} backend runs on the CPU only")
         return backend
     from vdsr.export import ort_available
 
@@ -100,17 +100,21 @@ def run_network(
 
     With ``tile`` set, memory is bounded by one tile plus its halo, and the result equals the
     whole-image result (up to float summation order). ``backend``: ``"torch"``,
-    ``"onnxruntime"`` (CPU), or ``"auto"`` (ONNX Runtime on CPU when installed, else torch).
+    ``"onnxruntime"`` (CPU), ``"int8"`` (ONNX Runtime on a statically quantised model, CPU;
+    faster, not exact: see BENCHMARKS.md) or ``"auto"`` (ONNX Runtime on CPU when installed,
+    else torch).
     """
     if image.ndim != 3:
         raise InvalidArgument(f"run_network expects (C, H, W), got {image.shape}")
     _, h, w = image.shape
     x = np.ascontiguousarray(image, dtype=np.float32)
     tile = check_tile(tile, model)
-    if _pick_backend(backend, device) == "onnxruntime":
+    picked = _pick_backend(backend, device)
+    if picked in ("onnxruntime", "int8"):
         from vdsr.export import runner_for
 
-        forward: Callable[[NDArray[np.float32]], NDArray[np.float32]] = runner_for(model)
+        forward: Callable[[NDArray[np.float32]], NDArray[np.float32]] = runner_for(
+            model, int8=picked == "int8")
     else:
         forward = _torch_forward(model, device)
     if tile is None or (h <= tile and w <= tile):
