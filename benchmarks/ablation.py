@@ -87,6 +87,48 @@ def _speed(model: Any, backend: str, size: int = 256, repeats: int = 5) -> float
     return statistics.median(times)
 
 
+def _train_speed(model: Any, batch: int = 16, repeats: int = 5) -> float:
+    """Patches/s of an Adam training step (41×41, eager fp32) on a copy of ``model``, this CPU."""
+    from vdsr.model import VDSR
+
+    net = VDSR(model.config)
+    net.load_state_dict(model.state_dict())
+    net.train()
+    opt = torch.optim.Adam(net.parameters(), lr=1e-5)
+    x, y = torch.rand(batch, 1, 41, 41), torch.rand(batch, 1, 41, 41)
+
+    def step() -> None:
+        loss = torch.nn.functional.mse_loss(net(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+    step()
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - t)
+    return batch / statistics.median(times)
+
+
+def markdown_table(entries: list[dict[str, Any]]) -> str:
+    """The ablation table (one row per run, then bicubic) in Markdown."""
+    sets = [k for k in entries[0]["scores"] if not k.endswith("_bicubic")]
+    head = ("| body | seed | params | MFLOP/px | train patches/s | 256² torch s | 256² ORT s | "
+            + " | ".join(f"{d} ×{s}" for d in sets for s in (2, 3, 4)) + " |")
+    lines = [head, "|" + "---|" * (7 + 3 * len(sets))]
+    order = {b: i for i, b in enumerate(BODIES)}
+    for e in sorted(entries, key=lambda e: (order[e["body"]], e["seed"])):
+        cells = [f"{e['scores'][d][f'x{s}']:.2f}" for d in sets for s in (2, 3, 4)]
+        lines.append(f"| {e['body']} | {e['seed']} | {e['params']:,} | {e['flops_per_pixel'] / 1e6:.3f} "
+                     f"| {e['train_patches_per_s']:.1f} | {e['seconds_256_torch']:.2f} "
+                     f"| {e['seconds_256_ort']:.2f} | " + " | ".join(cells) + " |")
+    bic = [f"{entries[0]['scores'][d + '_bicubic'][f'x{s}']:.2f}" for d in sets for s in (2, 3, 4)]
+    lines.append("| bicubic | | | | | | | " + " | ".join(bic) + " |")
+    return "\n".join(lines)
+
+
 def report(runs: Path, out_json: Path, out_png: Path, datasets: list[str]) -> None:
     from vdsr.evaluate import evaluate_folder
     from vdsr.model import count_parameters, flops_per_pixel
@@ -110,8 +152,7 @@ def report(runs: Path, out_json: Path, out_png: Path, datasets: list[str]) -> No
             "params": count_parameters(model), "flops_per_pixel": flops_per_pixel(model),
             "seconds_256_torch": _speed(model, "torch"),
             "seconds_256_ort": _speed(model, "onnxruntime"), "scores": scores,
-            "patches_per_s": statistics.median(float(r["patches_per_s"]) for r in rows
-                                               if r.get("patches_per_s")),
+            "train_patches_per_s": _train_speed(model),
             "curve": [{k: float(v) for k, v in r.items() if v} for r in rows],
         })
         print(run.name, json.dumps(scores), flush=True)
@@ -119,6 +160,7 @@ def report(runs: Path, out_json: Path, out_png: Path, datasets: list[str]) -> No
                "torch": torch.__version__}
     out_json.write_text(json.dumps({"machine": machine, "recipe": RECIPE, "runs": entries},
                                    indent=1) + "\n")
+    print(markdown_table(entries))
 
     plt = _figure()
     fig, axes = plt.subplots(1, 4, figsize=(18, 4))
