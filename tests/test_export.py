@@ -69,6 +69,13 @@ def test_int8_backend_close_to_fp32_cached_and_silent(
     monkeypatch.setattr(export, "onnx_int8_bytes", lambda m: pytest.fail("recalibrated"))
     again = tiny_model(depth=8, width=16)
     assert np.array_equal(run_network(again, x, tile=None, backend="int8"), out)
+    # A damaged cache file is recalibrated and replaced, not fed to onnxruntime.
+    cached[0].write_bytes(b"\x00garbage")
+    monkeypatch.undo()
+    monkeypatch.setenv("VDSR_CACHE_DIR", str(tmp_path / "cache"))
+    fresh = tiny_model(depth=8, width=16)
+    assert np.array_equal(run_network(fresh, x, tile=None, backend="int8"), out)
+    assert cached[0].stat().st_size > 1000
     # New weights get their own entry.
     monkeypatch.undo()
     monkeypatch.setenv("VDSR_CACHE_DIR", str(tmp_path / "cache"))

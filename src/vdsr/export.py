@@ -164,10 +164,22 @@ def cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "vdsr"
 
 
+def _valid_onnx(data: bytes) -> bool:
+    import onnx
+
+    try:
+        model = onnx.load_from_string(data)
+        onnx.checker.check_model(model)
+    except Exception:  # protobuf and checker errors have no common base class
+        return False
+    return bool(model.graph.node) and [i.name for i in model.graph.input][:1] == ["input"]
+
+
 def cached_int8_bytes(model: VDSR) -> bytes:
     """:func:`onnx_int8_bytes`, cached on disk by a hash of the weights (calibration takes seconds).
 
-    A cache that cannot be written is skipped silently: the result is then just not reused.
+    A cache that cannot be written is skipped silently (the result is then just not reused); a
+    cached file that is not a valid model is recalibrated and replaced.
     """
     digest = hashlib.sha256(f"int8-v{INT8_VERSION}-{model.config}".encode())
     for name, tensor in model.state_dict().items():
@@ -175,7 +187,9 @@ def cached_int8_bytes(model: VDSR) -> bytes:
         digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
     path = cache_dir() / f"int8-{digest.hexdigest()[:32]}.onnx"
     try:
-        return path.read_bytes()
+        data = path.read_bytes()
+        if _valid_onnx(data):
+            return data
     except OSError:
         pass
     data = onnx_int8_bytes(model)
