@@ -136,6 +136,7 @@ def report(runs: Path, out_json: Path, out_png: Path, datasets: list[str]) -> No
     from vdsr.weights import load_model
 
     entries = []
+    speeds: dict[str, dict[str, float]] = {}  # per body: the weights' values do not change speed
     for run in sorted(p for p in runs.iterdir() if (p / "last.safetensors").exists()):
         model, meta = load_model(run / "last.safetensors")
         model.eval()
@@ -146,13 +147,15 @@ def report(runs: Path, out_json: Path, out_png: Path, datasets: list[str]) -> No
             scores[name] = {f"x{r.scale}": r.psnr for r in results}
             scores[name + "_bicubic"] = {f"x{r.scale}": r.bicubic_psnr for r in results}
         rows = list(csv.DictReader(open(run / "metrics.csv", newline="")))
+        if config["body"] not in speeds:
+            speeds[config["body"]] = {"seconds_256_torch": _speed(model, "torch"),
+                                      "seconds_256_ort": _speed(model, "onnxruntime"),
+                                      "train_patches_per_s": _train_speed(model)}
         entries.append({
             "run": run.name, "body": config["body"], "seed": config["seed"],
             "steps": config["steps"], "patches": config["steps"] * config["batch_size"],
             "params": count_parameters(model), "flops_per_pixel": flops_per_pixel(model),
-            "seconds_256_torch": _speed(model, "torch"),
-            "seconds_256_ort": _speed(model, "onnxruntime"), "scores": scores,
-            "train_patches_per_s": _train_speed(model),
+            **speeds[config["body"]], "scores": scores,
             "curve": [{k: float(v) for k, v in r.items() if v} for r in rows],
         })
         print(run.name, json.dumps(scores), flush=True)

@@ -39,6 +39,8 @@ def main() -> None:
     if "x2" in q:
         print("- int8 vs fp32, Set5 Y-PSNR (dB): " + ", ".join(
             f"×{k[1:]} {v['fp32']:.3f} → {v['int8']:.3f} ({v['delta']:+.3f})" for k, v in q.items()))
+    if "train/baseline" not in r:
+        return
     tb, to = r["train/baseline"], r["train/ours"]
     print(f"\n| training step, batch 64 | patches/s | × baseline |\n|---|---|---|\n"
           f"| baseline (pytorch-vdsr loop) | {tb['patches_per_s']:.1f} | 1.00 |\n"

@@ -172,6 +172,8 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--case")
     parser.add_argument("--quick", action="store_true", help="fewer repeats, no 1024^2 case")
+    parser.add_argument("--int8-only", action="store_true",
+                        help="only the Set5 workload: baseline, onnxruntime, int8, and int8 PSNR")
     parser.add_argument("--out", default="benchmarks/results.json")
     parser.add_argument("rest", nargs="*")
     a = parser.parse_args()
@@ -195,19 +197,21 @@ def main() -> None:
     results: dict[str, Any] = {"machine": machine(), "command": " ".join(sys.argv)}
     results["matmul"] = run_case("matmul", [nrep])
     peak = results["matmul"]["gflops"]
-    workloads = ["set5"] if a.quick else ["set5", "1024"]
+    workloads = ["set5"] if a.quick or a.int8_only else ["set5", "1024"]
+    methods = ("baseline", "ours:onnxruntime", "ours:int8") if a.int8_only else METHODS
     for wl in workloads:
         r = "1" if wl == "1024" else nrep  # one run of each: ~1-2 min apiece on 2 cores
-        for method in METHODS:
+        for method in methods:
             res = run_case(f"inference/{method}/{wl}", [r])
             res["fraction_of_matmul_peak"] = res["gflops"] / peak
             results[f"inference/{method}/{wl}"] = res
             print(f"{wl:>5} {method:<18} {res['seconds']:7.2f} s  {res['megapixels_per_s']:.3f} MP/s  "
                   f"{res['gflops']:6.1f} GFLOP/s ({res['fraction_of_matmul_peak']:.2f} of matmul peak)  "
                   f"RSS {res['peak_rss_mb']:.0f} MB", flush=True)
-        results[f"equal/{wl}"] = run_case(f"equal/{wl}", [])
+        if not a.int8_only:
+            results[f"equal/{wl}"] = run_case(f"equal/{wl}", [])
     results["int8_psnr"] = run_case("int8_psnr", [])
-    for method in ("baseline", "ours"):
+    for method in () if a.int8_only else ("baseline", "ours"):
         res = run_case(f"train/{method}", [nrep])
         results[f"train/{method}"] = res
         print(f"train {method:<8} {res['patches_per_s']:.1f} patches/s", flush=True)
