@@ -132,7 +132,6 @@ def markdown_table(entries: list[dict[str, Any]]) -> str:
 def report(runs: Path, out_json: Path, out_png: Path, datasets: list[str]) -> None:
     from vdsr.evaluate import evaluate_folder
     from vdsr.model import count_parameters, flops_per_pixel
-    from vdsr.plots import _figure
     from vdsr.weights import load_model
 
     entries = []
@@ -165,6 +164,23 @@ def report(runs: Path, out_json: Path, out_png: Path, datasets: list[str]) -> No
                                    indent=1) + "\n")
     print(markdown_table(entries))
 
+    plot_curves(entries, out_png)
+
+
+def _curve_entries(runs: Path) -> list[dict[str, Any]]:
+    entries = []
+    for run in sorted(p for p in runs.iterdir() if (p / "metrics.csv").exists()):
+        config = json.loads((run / "config.json").read_text())
+        rows = list(csv.DictReader(open(run / "metrics.csv", newline="")))
+        entries.append({"body": config["body"], "seed": config["seed"],
+                        "curve": [{k: float(v) for k, v in r.items() if v} for r in rows]})
+    return entries
+
+
+def plot_curves(entries: list[dict[str, Any]], out_png: Path) -> None:
+    """Training loss and Set5 validation PSNR per scale, one line per run (seed 2 dashed)."""
+    from vdsr.plots import _figure
+
     plt = _figure()
     fig, axes = plt.subplots(1, 4, figsize=(18, 4))
     colours = dict(zip(BODIES, ["C0", "C1", "C2", "C3"], strict=True))
@@ -195,7 +211,7 @@ def report(runs: Path, out_json: Path, out_png: Path, datasets: list[str]) -> No
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("what", choices=["train", "report"])
+    parser.add_argument("what", choices=["train", "report", "curves"])
     parser.add_argument("--runs", type=Path, default=Path("runs/ablation"))
     parser.add_argument("--steps", type=int, default=1000)
     parser.add_argument("--json", type=Path, default=Path("docs/ablation.json"))
@@ -204,6 +220,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.what == "train":
         train(args.runs, args.steps)
+    elif args.what == "curves":
+        plot_curves(_curve_entries(args.runs), args.png)
     else:
         report(args.runs, args.json, args.png, args.datasets)
 
