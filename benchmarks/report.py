@@ -38,7 +38,7 @@ def main() -> None:
     q = r.get("int8_psnr", {})
     if "x2" in q:
         print("- int8 vs fp32, Set5 Y-PSNR (dB): " + ", ".join(
-            f"×{k[1:]} {v['fp32']:.3f} → {v['int8']:.3f} ({v['delta']:+.3f})" for k, v in q.items()))
+            f"×{k[1:]} {v['fp32']:.3f} → {v['int8']:.3f} ({v['delta']:+.3f})" for k, v in q.items() if k.startswith("x")))
     if "train/baseline" not in r:
         return
     tb, to = r["train/baseline"], r["train/ours"]
