@@ -19,15 +19,14 @@ import argparse
 import csv
 import json
 import platform
-import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from timing import median_time
 
 BODIES = ["plain", "residual", "dense", "inception"]
 SEEDS = [1, 2]
@@ -77,14 +76,8 @@ def _speed(model: Any, backend: str, size: int = 256, repeats: int = 5) -> float
     from vdsr.inference import run_network
 
     x = np.random.default_rng(0).random((1, size, size)).astype(np.float32)
-    times = []
     with torch.inference_mode():
-        run_network(model, x, None, "cpu", backend)
-        for _ in range(repeats):
-            t = time.perf_counter()
-            run_network(model, x, None, "cpu", backend)
-            times.append(time.perf_counter() - t)
-    return statistics.median(times)
+        return median_time(lambda: run_network(model, x, None, "cpu", backend), repeats)[0]
 
 
 def _train_speed(model: Any, batch: int = 16, repeats: int = 5) -> float:
@@ -103,13 +96,7 @@ def _train_speed(model: Any, batch: int = 16, repeats: int = 5) -> float:
         loss.backward()
         opt.step()
 
-    step()
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - t)
-    return batch / statistics.median(times)
+    return batch / median_time(step, repeats)[0]
 
 
 def markdown_table(entries: list[dict[str, Any]]) -> str:

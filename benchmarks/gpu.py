@@ -10,24 +10,16 @@ from __future__ import annotations
 
 import json
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import torch
+from timing import median_time
 
 
 def timed(fn: Any, repeats: int = 10) -> float:
-    fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(repeats):
-        torch.cuda.synchronize()
-        t = time.perf_counter()
-        fn()
-        torch.cuda.synchronize()
-        times.append(time.perf_counter() - t)
-    return sorted(times)[len(times) // 2]
+    """Median seconds of ``fn()`` on the GPU, synchronised around each run."""
+    return median_time(fn, repeats, sync=torch.cuda.synchronize)[0]
 
 
 def main() -> None:

@@ -14,14 +14,13 @@ import json
 import os
 import platform
 import resource
-import statistics
 import subprocess
 import sys
-import time
 from typing import Any
 
 import numpy as np
 import torch
+from timing import median_time
 
 METHODS = ("baseline", "ours:torch", "ours:onnxruntime", "ours:int8")
 SET5_SIZES = [(512, 512), (288, 288), (256, 256), (280, 280), (228, 344)]  # HR sizes = x2 outputs
@@ -34,19 +33,9 @@ def _model() -> Any:
     return model
 
 
-def _median(fn: Any, repeats: int, warmup: Any = None) -> tuple[float, list[float]]:
-    (warmup or fn)()  # warm-up (ORT session build, oneDNN kernel selection)
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times), times
-
-
 def case_matmul(repeats: int) -> dict[str, Any]:
     a, b = torch.rand(4096, 4096), torch.rand(4096, 4096)
-    med, _ = _median(lambda: a @ b, repeats)
+    med, _ = median_time(lambda: a @ b, repeats)
     return {"seconds": med, "gflops": 2 * 4096**3 / med / 1e9}
 
 
@@ -86,7 +75,7 @@ def case_inference(method: str, workload: str, repeats: int) -> dict[str, Any]:
         else:
             run_network(model, small, backend=method.split(":")[1], tile=512)
 
-    med, times = _median(baseline if method == "baseline" else ours, repeats, warmup)
+    med, times = median_time(baseline if method == "baseline" else ours, repeats, warmup)
     gflop = flops_per_pixel(model) * pixels / 1e9
     return {"seconds": med, "times": times, "megapixels_per_s": pixels / med / 1e6,
             "gflops": gflop / med, "output_megapixels": pixels / 1e6}
@@ -142,7 +131,7 @@ def case_train(method: str, repeats: int, batch: int = 64) -> dict[str, Any]:
 
         def step() -> None:
             trainer.train_step(x, y)
-    med, times = _median(step, repeats)
+    med, times = median_time(step, repeats)
     return {"seconds_per_step": med, "patches_per_s": batch / med, "times": times}
 
 

@@ -13,12 +13,11 @@ layer equals ``F.conv2d`` (to ~1e-5) and times both, stage by stage, on one CPU.
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
+from timing import median_time
 
 # Lavin & Gray, "Fast Algorithms for Convolutional Neural Networks" (2016), F(4, 3).
 BT = torch.tensor([[4, 0, -5, 0, 1, 0], [0, -4, -4, 1, 1, 0], [0, 4, -4, -1, 1, 0],
@@ -74,16 +73,6 @@ class WinogradConv:
         return out
 
 
-def _median(fn: Callable[[], object], repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--size", type=int, default=256)
@@ -96,9 +85,9 @@ def main() -> None:
     with torch.inference_mode():
         ref = F.conv2d(x[None], weight, bias, padding=1)[0]
         diff = (wino(x) - ref).abs().max().item()
-        direct = _median(lambda: F.conv2d(x[None], weight, bias, padding=1), args.repeats)
-        total = _median(lambda: wino(x), args.repeats)
-        parts = [(name, _median(fn, args.repeats)) for name, fn in wino.stages(x)]
+        direct = median_time(lambda: F.conv2d(x[None], weight, bias, padding=1), args.repeats)[0]
+        total = median_time(lambda: wino(x), args.repeats)[0]
+        parts = [(name, median_time(fn, args.repeats)[0]) for name, fn in wino.stages(x)]
     flops = 2 * 64 * 64 * 9 * args.size**2
     print(f"layer 64->64 3x3 on {args.size}x{args.size}, {torch.get_num_threads()} threads; "
           f"max |winograd - conv2d| = {diff:.2e}")
