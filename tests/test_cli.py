@@ -142,3 +142,31 @@ def test_outputs_get_normal_permissions(tmp_path: Path, tiny_weights: Path, caps
     os.umask(mask)
     assert stat.S_IMODE(out.stat().st_mode) == 0o666 & ~mask
     capsys.readouterr()
+
+
+def test_evaluate_record_stores_results_in_the_weights(tmp_path: Path, tiny_weights: Path,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    import torch
+    from safetensors.torch import load_file
+
+    from vdsr.weights import read_metadata
+
+    folder = tmp_path / "Mini"
+    folder.mkdir()
+    write_png(folder / "0.png", random_rgb(48, 60, seed=0))
+    weights = tmp_path / "w.safetensors"
+    weights.write_bytes(tiny_weights.read_bytes())
+    before = load_file(str(weights))
+    for scale in ("2", "3", "2"):  # the repeated ×2 replaces its entry, ×3 is kept
+        out = tmp_path / f"r{scale}.json"
+        code, text, err = run(["evaluate", "--data", str(folder), "--scales", scale, "--weights",
+                               str(weights), "--json", str(out), "--record"], capsys)
+        assert code == 0, err
+        assert "recorded 1 results" in text
+    recorded = read_metadata(weights).extra["evaluation"]["rgb8"]
+    assert [(r["dataset"], r["scale"]) for r in recorded] == [("Mini", 2), ("Mini", 3)]
+    assert recorded[0] == json.loads((tmp_path / "r2.json").read_text())["results"][0]
+    after = load_file(str(weights))
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    code, _, err = run(["evaluate", "--data", str(folder), "--bicubic-only", "--record"], capsys)
+    assert code == 1 and "--bicubic-only" in err

@@ -232,3 +232,24 @@ def test_optimizer_defaults_follow_the_paper() -> None:
     assert sgd0.param_groups[0]["weight_decay"] == 0.0
     adam = make_optimizer(TrainConfig(val_dir=None), model)
     assert adam.param_groups[0]["weight_decay"] == 0.0 and adam.param_groups[0]["lr"] == 1e-4
+
+
+def test_last_weights_carry_their_own_validation(tmp_path: Path, train_dir: Path) -> None:
+    """``last.safetensors`` records the last step's validation, ``best`` the best step's."""
+    import csv
+
+    from vdsr.weights import read_metadata
+
+    val = tmp_path / "val"
+    val.mkdir()
+    write_png(val / "v.png", random_rgb(40, 44, seed=9))
+    run = tmp_path / "r"
+    args = tiny_args(train_dir, run, 30, every=10)
+    args[args.index("--val-dir") + 1] = str(val)
+    assert main([*args, "--val-every", "10", "--scales", "2", "--learning-rate", "3e-2"]) == 0
+    rows = [r for r in csv.DictReader((run / "metrics.csv").open()) if r["val_psnr_mean"]]
+    assert [int(r["step"]) for r in rows] == [10, 20, 30]
+    last, best = read_metadata(run / "last.safetensors"), read_metadata(run / "best.safetensors")
+    assert last.metrics["val_psnr_x2"] == pytest.approx(float(rows[-1]["val_psnr_x2"]))
+    top = max(rows, key=lambda r: float(r["val_psnr_mean"]))
+    assert best.metrics["val_psnr_x2"] == pytest.approx(float(top["val_psnr_x2"]))

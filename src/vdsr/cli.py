@@ -153,11 +153,14 @@ def cmd_upscale(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    from vdsr.errors import VDSRError
     from vdsr.evaluate import evaluate_folder, format_table
     from vdsr.fileio import atomic_write_bytes
     from vdsr.images import list_images
-    from vdsr.weights import load_model
+    from vdsr.weights import default_weights_path, load_model, record_evaluation
 
+    if args.record and args.bicubic_only:
+        raise VDSRError("--record stores a model's results; it cannot go with --bicubic-only")
     model = None
     if not args.bicubic_only:
         model, _ = load_model(args.weights, device=args.device)
@@ -174,6 +177,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         body = {"protocol": args.protocol, "weights": str(args.weights or "default"),
                 "results": [r.to_dict() for r in results]}
         atomic_write_bytes(args.json, (json.dumps(body, indent=2) + "\n").encode())
+    if args.record:
+        target = args.weights or default_weights_path()
+        record_evaluation(target, args.protocol, [r.to_dict() for r in results])
+        print(f"recorded {len(results)} results in {target}'s metadata")
     return 0
 
 
@@ -397,6 +404,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--protocol", choices=("rgb8", "ydouble"), default="rgb8",
                    help="rgb8: 8-bit RGB LR (default); ydouble: LR from the double Y channel")
     p.add_argument("--bicubic-only", action="store_true", help="score bicubic alone, no model")
+    p.add_argument("--record", action="store_true",
+                   help="store the results in the weights file's metadata ('evaluation')")
     p.add_argument("--tile", type=int, default=0, help="tile side, 0 = whole image (default)")
     p.add_argument("--backend", choices=_BACKENDS, default="auto")
     p.add_argument("--max-pixels", type=_positive_int, default=64_000_000)

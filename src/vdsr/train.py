@@ -363,6 +363,7 @@ class Trainer:
         seen = 0
         t0 = time.perf_counter()
         start_step = self.step
+        final: dict[str, float] = {}  # validation of the last step: last.safetensors metadata
         while self.step < c.steps:
             xb, yb = self.sampler.batch(c.batch_size, self.dist.shard(c.batch_size)
                                         if self.dist.enabled else None)
@@ -388,6 +389,8 @@ class Trainer:
             if self.step % c.val_every == 0 or self.step == c.steps:
                 metrics = self.validate()
                 row.update(step=self.step, **metrics)
+                if self.step == c.steps:
+                    final = metrics
                 if metrics and metrics["val_psnr_mean"] > self.best_psnr:
                     self.best_psnr = metrics["val_psnr_mean"]
                     self.best_metrics = metrics
@@ -401,8 +404,9 @@ class Trainer:
                     self.plot()
                 self.save_checkpoint()
         if self.dist.is_main:
-            final = self.validate() if self.step == start_step else {}
-            self.export("last.safetensors", final or self.best_metrics)
+            if self.step == start_step:  # nothing left to train: validate the weights as they are
+                final = self.validate()
+            self.export("last.safetensors", final)  # its own validation, not the best step's
             if self._writer:
                 self._writer.close()
         self.dist.barrier()

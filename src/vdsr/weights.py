@@ -132,6 +132,22 @@ def save_weights(
         save_file(tensors, str(tmp), metadata={METADATA_KEY: metadata.to_json()})
 
 
+def record_evaluation(path: str | Path, protocol: str, results: list[dict[str, Any]]) -> None:
+    """Store measured test-set results in the weights file's own metadata, atomically.
+
+    They go under ``evaluation[protocol]``, one entry per (dataset, scale): a new measurement of
+    a pair replaces the old one, others are kept. The tensors are rewritten unchanged.
+    """
+    state, metadata = load_weights(path)
+    evaluation = metadata.extra.setdefault("evaluation", {})
+    if not isinstance(evaluation, dict):
+        raise WeightsError(f"{path}: metadata 'evaluation' is not a mapping")
+    merged = {(r["dataset"], r["scale"]): r for r in evaluation.get(protocol, [])}
+    merged.update({(r["dataset"], r["scale"]): dict(r) for r in results})
+    evaluation[protocol] = sorted(merged.values(), key=lambda r: (r["dataset"], r["scale"]))
+    save_weights(path, state, metadata)
+
+
 def read_metadata(path: str | Path) -> WeightsMetadata:
     """Read only the JSON header of a weights file."""
     path = Path(path)
