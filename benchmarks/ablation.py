@@ -55,7 +55,7 @@ def _train_one(runs: Path, body: str, seed: int, steps: int) -> None:
 
 
 def _val_mean(run: Path) -> float:
-    rows = list(csv.DictReader(open(run / "metrics.csv", newline="")))
+    rows = list(csv.DictReader((run / "metrics.csv").read_text().splitlines()))
     vals = [float(r["val_psnr_mean"]) for r in rows if r.get("val_psnr_mean")]
     return vals[-1]
 
@@ -132,7 +132,7 @@ def report(runs: Path, out_json: Path, out_png: Path, datasets: list[str]) -> No
             results = evaluate_folder(model, SHARED / name, [2, 3, 4], with_ssim=False)
             scores[name] = {f"x{r.scale}": r.psnr for r in results}
             scores[name + "_bicubic"] = {f"x{r.scale}": r.bicubic_psnr for r in results}
-        rows = list(csv.DictReader(open(run / "metrics.csv", newline="")))
+        rows = list(csv.DictReader((run / "metrics.csv").read_text().splitlines()))
         if config["body"] not in speeds:
             speeds[config["body"]] = {"seconds_256_torch": _speed(model, "torch"),
                                       "seconds_256_ort": _speed(model, "onnxruntime"),
@@ -158,7 +158,7 @@ def _curve_entries(runs: Path) -> list[dict[str, Any]]:
     entries = []
     for run in sorted(p for p in runs.iterdir() if (p / "metrics.csv").exists()):
         config = json.loads((run / "config.json").read_text())
-        rows = list(csv.DictReader(open(run / "metrics.csv", newline="")))
+        rows = list(csv.DictReader((run / "metrics.csv").read_text().splitlines()))
         entries.append({"body": config["body"], "seed": config["seed"],
                         "curve": [{k: float(v) for k, v in r.items() if v} for r in rows]})
     return entries

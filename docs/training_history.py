@@ -12,11 +12,13 @@ with no arguments) and ``docs/training_history.png``.
 from __future__ import annotations
 
 import csv
+import json
 import sys
 from pathlib import Path
 
+from vdsr.plots import _figure
+
 DOCS = Path(__file__).resolve().parent
-BICUBIC = {"x2": 33.69, "x3": 30.41, "x4": 28.43}  # Set5, our evaluate (README)
 FIRST_BAR = {"x2": 36.5, "x3": 32.7, "x4": 30.4}  # the training issue's first bar on Set5
 FIELDS = ["stage", "step", "train_loss", "learning_rate", "val_psnr_x2", "val_psnr_x3", "val_psnr_x4"]
 
@@ -33,12 +35,15 @@ def merge(specs: list[str]) -> list[dict[str, str]]:
     return rows
 
 
+def set5_bicubic() -> dict[str, float]:
+    """Set5 bicubic Y-PSNR per scale, as `vdsr evaluate` measured it (docs/results)."""
+    body = json.loads((DOCS / "results" / "default_rgb8.json").read_text())
+    return {f"x{r['scale']}": r["bicubic_psnr"] for r in body["results"] if r["dataset"] == "Set5"}
+
+
 def plot(rows: list[dict[str, str]], out: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _figure()
+    bicubic = set5_bicubic()
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.2))
     stages = list(dict.fromkeys(r["stage"] for r in rows))
     for stage in stages:
@@ -55,7 +60,7 @@ def plot(rows: list[dict[str, str]], out: Path) -> None:
         pts = [(int(r["step"]), float(r[f"val_psnr_{scale}"])) for r in rows
                if r[f"val_psnr_{scale}"]]
         ax2.plot(*zip(*pts, strict=True), marker="o", ms=3, color=colour, label=f"Set5 {scale}")
-        ax2.axhline(BICUBIC[scale], color=colour, lw=0.8, ls="--")
+        ax2.axhline(bicubic[scale], color=colour, lw=0.8, ls="--")
         ax2.axhline(FIRST_BAR[scale], color=colour, lw=0.8, ls=":")
     ax2.set(xlabel="step (batch 16)",
             ylabel="validation Y-PSNR (dB); -- bicubic, ·· first bar")

@@ -247,7 +247,8 @@ def test_last_weights_carry_their_own_validation(tmp_path: Path, train_dir: Path
     args = tiny_args(train_dir, run, 30, every=10)
     args[args.index("--val-dir") + 1] = str(val)
     assert main([*args, "--val-every", "10", "--scales", "2", "--learning-rate", "3e-2"]) == 0
-    rows = [r for r in csv.DictReader((run / "metrics.csv").open()) if r["val_psnr_mean"]]
+    lines = (run / "metrics.csv").read_text().splitlines()
+    rows = [r for r in csv.DictReader(lines) if r["val_psnr_mean"]]
     assert [int(r["step"]) for r in rows] == [10, 20, 30]
     last, best = read_metadata(run / "last.safetensors"), read_metadata(run / "best.safetensors")
     assert last.metrics["val_psnr_x2"] == pytest.approx(float(rows[-1]["val_psnr_x2"]))

@@ -173,13 +173,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                                        progress=lambda _d: bar.update(1),
                                        max_pixels=args.max_pixels)
     print(format_table(results))
+    rows = [r.to_dict() for r in results]
     if args.json:
-        body = {"protocol": args.protocol, "weights": str(args.weights or "default"),
-                "results": [r.to_dict() for r in results]}
+        body = {"protocol": args.protocol, "weights": str(args.weights or "default"), "results": rows}
         atomic_write_bytes(args.json, (json.dumps(body, indent=2) + "\n").encode())
     if args.record:
         target = args.weights or default_weights_path()
-        record_evaluation(target, args.protocol, [r.to_dict() for r in results])
+        record_evaluation(target, args.protocol, rows)
         print(f"recorded {len(results)} results in {target}'s metadata")
     return 0
 
