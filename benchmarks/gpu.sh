@@ -1,5 +1,8 @@
 #!/usr/bin/env bash
-# One-command GPU benchmark (see benchmarks/gpu.py). Run from the repository root.
+# One-command GPU benchmark (see benchmarks/gpu.py), from the repository root:
+#   bash benchmarks/gpu.sh [--out FILE] [--data DIR]
+# Uses the installed package, else the source tree.
 set -euo pipefail
-python -m pip install -q -e . >/dev/null 2>&1 || true
+cd "$(dirname "$0")/.."
+python -c "import vdsr" 2>/dev/null || export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
 timeout 290 python benchmarks/gpu.py "$@"

@@ -89,6 +89,66 @@ def test_kill_and_resume_reaches_the_same_weights(tmp_path: Path, train_dir: Pat
     assert logged == sorted(set(logged)) and logged[-1] == steps
 
 
+def test_sigterm_stops_at_a_step_with_a_checkpoint_and_resumes_exactly(tmp_path: Path, train_dir: Path) -> None:
+    """SIGTERM (what `timeout`, schedulers and `kill` send) saves the step it stopped at."""
+    steps = 400
+    full = tmp_path / "full"
+    assert main(tiny_args(train_dir, full, steps, every=100)) == 0
+    run = tmp_path / "stopped"
+    proc = subprocess.Popen([sys.executable, "-m", "vdsr", *tiny_args(train_dir, run, steps, every=100)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not (run / "metrics.csv").exists() and time.time() < deadline:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    step = int(load_resume_state(run / "checkpoint.pt")["step"])
+    assert f"at step {step} of {steps}" in err and "--resume" in err
+    assert 100 <= step < steps
+    assert not (run / "last.safetensors").exists()
+    assert main(["train", "--resume", str(run)]) == 0
+    assert _weights_equal(full / "last.safetensors", run / "last.safetensors") == 0.0
+
+
+def test_device_sampler_cuts_the_same_patches(train_dir: Path) -> None:
+    """`batch_tensors` (the GPU feed) draws and cuts exactly what `batch` does."""
+    from vdsr.data import PatchSampler, collect_files, degraded_images
+
+    for channels in (1, 3):
+        images = list(degraded_images(collect_files([train_dir]), [2, 3], channels, [1.0, 0.7], 21))
+        a, b = PatchSampler(images, 21, seed=4), PatchSampler(images, 21, seed=4)
+        for part in (None, slice(2, 7), None):
+            x, y = a.batch(9, part)
+            xt, yt = b.batch_tensors(9, part, torch.device("cpu"))
+            assert np.array_equal(x, xt.numpy()) and np.array_equal(y, yt.numpy())
+        assert a.state == b.state
+    # The whole run fed either way ends at the same weights.
+    cfg = dict(depth=3, width=4, patch=21, batch_size=4, steps=6, val_dir=None, scales=[2, 3],
+               downscales=[1.0], train_dirs=[str(train_dir)], threads=1, seed=1)
+    host = Trainer(TrainConfig(run_dir=str(train_dir / "host"), **cfg))
+    fed = Trainer(TrainConfig(run_dir=str(train_dir / "fed"), **cfg))
+    assert not fed.device_feed  # CPU default: the host loop
+    fed.device_feed = True
+    host.fit()
+    fed.fit()
+    assert _weights_equal(train_dir / "host" / "last.safetensors", train_dir / "fed" / "last.safetensors") == 0.0
+
+
+def test_deferred_loss_check_raises_before_anything_is_saved(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a GPU the loss is read back only at log/validation/checkpoint steps; a non-finite one
+    still stops the run before any weights are written, naming the first bad step."""
+    monkeypatch.setattr(Trainer, "_defer_loss_check", lambda self: True)
+    cfg = TrainConfig(run_dir=str(tmp_path / "r"), depth=3, width=4, patch=21, batch_size=2,
+                      steps=10, log_every=5, checkpoint_every=5, val_dir=None, scales=[2], threads=1)
+    trainer = Trainer(cfg, sampler=_NaNSampler())
+    with pytest.raises(TrainingError, match="at step 1;"):
+        trainer.fit()
+    assert trainer.step == 5
+    assert not (tmp_path / "r" / "checkpoint.pt").exists()
+    assert not (tmp_path / "r" / "last.safetensors").exists()
+
+
 def test_sigkill_while_writing_checkpoint_keeps_previous(tmp_path: Path, train_dir: Path) -> None:
     run = tmp_path / "run"
     script = textwrap.dedent(f"""

@@ -513,13 +513,16 @@ def _version() -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point: returns the exit code (0 ok, 1 error, 2 bad usage, 130 interrupted)."""
-    from vdsr.errors import VDSRError
+    from vdsr.errors import TrainingInterrupted, VDSRError
 
     parser = build_parser()
     args = parser.parse_args(argv)
     warnings.showwarning = _show_warning
     try:
         return int(args.func(args))
+    except TrainingInterrupted as exc:
+        _err(str(exc))
+        return 130
     except VDSRError as exc:
         _err(str(exc))
         return 1

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from numpy.typing import NDArray
 
 from vdsr.color import rgb2y
@@ -147,6 +148,11 @@ class PatchSampler(_Seeded):
         """Memory held by the degraded images."""
         return sum(im.hr.nbytes + im.bicubic.nbytes for im in self.images)
 
+    def _draw(self, size: int) -> tuple[NDArray[np.int64], NDArray[np.float64]]:
+        """The random draws of one batch: image indices and ``(top, left, transform)`` in [0, 1)."""
+        idx = self.rng.choice(len(self.images), size=size, p=self.weights)
+        return idx, self.rng.random((size, 3))
+
     def batch(self, size: int, part: slice | None = None) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
         """``(inputs, targets)``, each ``(size, C, patch, patch)`` float32.
 
@@ -154,8 +160,7 @@ class PatchSampler(_Seeded):
         the same way on every distributed rank) but only that slice of patches is cut.
         """
         p = self.patch
-        idx = self.rng.choice(len(self.images), size=size, p=self.weights)
-        u = self.rng.random((size, 3))  # top, left, transform
+        idx, u = self._draw(size)
         keep = range(size)[part] if part is not None else range(size)
         c = self.images[0].hr.shape[0]
         x = np.empty((len(keep), c, p, p), dtype=np.float32)
@@ -168,6 +173,52 @@ class PatchSampler(_Seeded):
             x[n] = dihedral(im.bicubic[:, top : top + p, left : left + p], k)
             y[n] = dihedral(im.hr[:, top : top + p, left : left + p], k)
         return x, y
+
+    def batch_tensors(self, size: int, part: slice | None, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`batch` cut on ``device`` by one gather: the same draws and the same patches.
+
+        The first call copies every degraded image to ``device`` once (:attr:`nbytes`); after
+        that a batch costs two small random draws on the host and one indexing kernel, so a GPU
+        is not held back by a Python loop over patches.
+        """
+        store = self._device_store(device)
+        idx, u = self._draw(size)
+        if part is not None:
+            idx, u = idx[part], u[part]
+        p, c = self.patch, self.images[0].hr.shape[0]
+        heights, widths = self._sizes[idx, 0], self._sizes[idx, 1]
+        top = (u[:, 0] * (heights - p + 1)).astype(np.int64)
+        left = (u[:, 1] * (widths - p + 1)).astype(np.int64)
+        k = (u[:, 2] * 8).astype(np.int64) if self.augment else np.zeros(len(idx), dtype=np.int64)
+        # Flat index of every output pixel: offset + channel * H * W + row * W + column, where
+        # (row, column) comes from the dihedral transform's own index grid (exact by construction).
+        base = self._offsets[idx] + top * widths + left
+        host = np.stack([base, widths, heights * widths, k], axis=1)
+        b = torch.from_numpy(host).to(device, non_blocking=False)
+        rows, cols = store["rows"][b[:, 3]], store["cols"][b[:, 3]]  # (n, p, p)
+        chan = torch.arange(c, device=device).view(1, c, 1, 1) * b[:, 2].view(-1, 1, 1, 1)
+        flat = (b[:, 0].view(-1, 1, 1, 1) + chan
+                + rows.unsqueeze(1) * b[:, 1].view(-1, 1, 1, 1) + cols.unsqueeze(1))
+        return store["bicubic"][flat], store["hr"][flat]
+
+    def _device_store(self, device: torch.device) -> dict[str, torch.Tensor]:
+        key = str(device)
+        if getattr(self, "_store_key", None) != key:
+            p = self.patch
+            sizes = np.array([im.hr.shape[1:] for im in self.images], dtype=np.int64)
+            counts = np.array([im.hr.size for im in self.images], dtype=np.int64)
+            self._sizes = sizes
+            self._offsets = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
+            grid = np.arange(p * p).reshape(p, p)
+            grids = np.stack([np.ascontiguousarray(dihedral(grid, k)) for k in range(8)])
+            self._store = {
+                "hr": torch.from_numpy(np.concatenate([im.hr.ravel() for im in self.images])).to(device),
+                "bicubic": torch.from_numpy(np.concatenate([im.bicubic.ravel() for im in self.images])).to(device),
+                "rows": torch.from_numpy(grids // p).to(device),
+                "cols": torch.from_numpy(grids % p).to(device),
+            }
+            self._store_key = key
+        return self._store
 
 
 def grid_patches(

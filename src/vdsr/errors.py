@@ -28,5 +28,9 @@ class TrainingError(VDSRError):
     """Training cannot continue (non-finite loss, failed checkpoint, bad resume state)."""
 
 
+class TrainingInterrupted(TrainingError):
+    """Training was stopped by a signal after writing a checkpoint; ``--resume`` continues it."""
+
+
 class InvalidArgument(VDSRError, ValueError):
     """A function was called with an argument it cannot work with (shape, range, scale)."""

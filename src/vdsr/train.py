@@ -19,6 +19,8 @@ import logging
 import math
 import os
 import random
+import signal
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -27,11 +29,12 @@ from typing import Any
 
 import numpy as np
 import torch
+from numpy.typing import NDArray
 from torch import nn
 
 from vdsr.data import H5Patches, PatchSampler, collect_files, degraded_images
 from vdsr.distributed import DistContext
-from vdsr.errors import TrainingError, VDSRError
+from vdsr.errors import TrainingError, TrainingInterrupted, VDSRError
 from vdsr.evaluate import evaluate_folder
 from vdsr.fileio import atomic_path
 from vdsr.model import VDSR, VDSRConfig
@@ -177,6 +180,8 @@ class Trainer:
             if meta.config != self.model.config:
                 raise VDSRError(f"{config.init_weights}: architecture {meta.config} differs from the run's")
             self.model.load_state_dict(state)
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True  # fixed patch shapes: autotune once, reuse
         # channels_last pays on GPUs (tensor cores); on CPU training it measured slightly slower.
         self.memory_format = (torch.channels_last if self.device.type == "cuda"
                               else torch.contiguous_format)
@@ -191,6 +196,8 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda s: lr_factor(config, s))
         self.sampler = sampler if sampler is not None else self._make_sampler()
+        # On a GPU, cut patches there (PatchSampler.batch_tensors): same draws, no host loop.
+        self.device_feed = self.device.type == "cuda" and hasattr(self.sampler, "batch_tensors")
         self.step = 0
         self.best_psnr = -math.inf
         self.best_metrics: dict[str, float] = {}
@@ -333,60 +340,118 @@ class Trainer:
         training_curve(self._csv_path(), self.run_dir / "curve.png")
 
     # -- the loop -----------------------------------------------------------------------------
-    def train_step(self, x: torch.Tensor, y: torch.Tensor) -> float:
+    def _defer_loss_check(self) -> bool:
+        """On a GPU, read the loss back only when logging, validating or saving.
+
+        Reading it every step would make the host wait for the GPU before it could queue the next
+        step. A non-finite loss is still caught before any weights are written (``_drain``);
+        ``skip_nonfinite`` needs the per-step check, so it keeps it.
+        """
+        return self.device.type == "cuda" and not self.config.skip_nonfinite
+
+    def train_step(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """One optimiser step on ``(x, y)``; returns the detached loss (0-d tensor on the device).
+
+        Without deferral (CPU, or ``skip_nonfinite``) a non-finite loss is caught before the
+        update: the step is skipped with ``skip_nonfinite``, otherwise it raises.
+        """
         use_amp = self.device.type == "cuda"
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=use_amp):
             out = self.net(x)
         loss = nn.functional.mse_loss(out.float(), y)
-        value = float(loss.detach())
-        if not math.isfinite(value):
-            if self.config.skip_nonfinite:
-                self.optimizer.zero_grad(set_to_none=True)
-                log.warning("non-finite loss at step %d skipped", self.step + 1)
-                return value
-            raise TrainingError(
-                f"loss became {value} at step {self.step + 1}; stopping without saving non-finite "
-                "weights (lower the learning rate, or pass --skip-nonfinite)"
-            )
+        if not self._defer_loss_check():
+            value = float(loss.detach())
+            if not math.isfinite(value):
+                if self.config.skip_nonfinite:
+                    self.optimizer.zero_grad(set_to_none=True)
+                    log.warning("non-finite loss at step %d skipped", self.step + 1)
+                    return loss.detach()
+                raise self._nonfinite(value, f"at step {self.step + 1}")
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         clip_gradients(self.config, self.model, float(self.scheduler.get_last_lr()[0]))
         self.optimizer.step()
-        return value
+        return loss.detach()
+
+    @staticmethod
+    def _nonfinite(value: float, where: str) -> TrainingError:
+        return TrainingError(
+            f"loss became {value} {where}; stopping without saving non-finite "
+            "weights (lower the learning rate, or pass --skip-nonfinite)"
+        )
+
+    def _read_losses(self, pending: list[torch.Tensor]) -> NDArray[np.float32]:
+        """The finite pending losses (one device read); raises if a deferred one is non-finite."""
+        if not pending:
+            return np.empty(0, dtype=np.float32)
+        values = torch.stack(pending).float().cpu().numpy()
+        finite = np.isfinite(values)
+        if self._defer_loss_check() and not finite.all():
+            first = self.step - len(values) + 1 + int(np.argmin(finite))
+            raise self._nonfinite(float(values[~finite][0]), f"at step {first}")
+        return values[finite]
+
+    def _drain(self, pending: list[torch.Tensor]) -> float:
+        """Mean of the finite losses since the last drain, which are then cleared."""
+        values = self._read_losses(pending)
+        pending.clear()
+        return float(values.mean()) if values.size else float("nan")
+
+    def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The next ``(inputs, targets)`` batch on the training device, in its memory format."""
+        c = self.config
+        part = self.dist.shard(c.batch_size) if self.dist.enabled else None
+        if self.device_feed:
+            x, y = self.sampler.batch_tensors(c.batch_size, part, self.device)
+        else:
+            xb, yb = self.sampler.batch(c.batch_size, part)
+            x = torch.from_numpy(xb).to(self.device, non_blocking=True)
+            y = torch.from_numpy(yb).to(self.device, non_blocking=True)
+        return (x.contiguous(memory_format=self.memory_format),
+                y.contiguous(memory_format=self.memory_format))
 
     def fit(self) -> dict[str, float]:
+        """Train up to ``config.steps``; returns the best validation metrics.
+
+        In a single-process run, SIGINT (Ctrl-C) or SIGTERM stops it cleanly at the end of the
+        step in progress: a checkpoint is written and :class:`TrainingInterrupted` raised, so
+        ``--resume`` continues exactly there. A second Ctrl-C stops at once.
+        """
+        with _StopSignals(enabled=not self.dist.enabled) as stop:
+            return self._fit(stop)
+
+    def _fit(self, stop: _StopSignals) -> dict[str, float]:
         c = self.config
         if self.dist.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
         self.model.train()
-        losses: list[float] = []
+        pending: list[torch.Tensor] = []
         seen = 0
         t0 = time.perf_counter()
         start_step = self.step
         final: dict[str, float] = {}  # validation of the last step: last.safetensors metadata
         while self.step < c.steps:
-            xb, yb = self.sampler.batch(c.batch_size, self.dist.shard(c.batch_size)
-                                        if self.dist.enabled else None)
-            x = torch.from_numpy(xb).to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
-            y = torch.from_numpy(yb).to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
-            loss = self.train_step(x, y)
+            x, y = self.next_batch()
+            pending.append(self.train_step(x, y))
             lr = float(self.scheduler.get_last_lr()[0])
             self.scheduler.step()
             self.step += 1
             seen += c.batch_size
-            if math.isfinite(loss):
-                losses.append(loss)
             row: dict[str, float] = {}
             if self.step % c.log_every == 0 or self.step == c.steps:
+                loss = self._drain(pending)
                 elapsed = time.perf_counter() - t0
                 rate = seen / max(elapsed, 1e-9)
-                row.update(step=self.step, train_loss=float(np.mean(losses)) if losses else float("nan"),
-                           learning_rate=lr, patches_per_s=rate,
+                row.update(step=self.step, train_loss=loss, learning_rate=lr, patches_per_s=rate,
                            eta_s=(c.steps - self.step) * c.batch_size / max(rate, 1e-9))
-                losses.clear()
             if not self.dist.is_main:
                 continue
-            if self.step % c.val_every == 0 or self.step == c.steps:
+            validate = self.step % c.val_every == 0 or self.step == c.steps
+            checkpoint = (self.step % c.checkpoint_every == 0 or self.step == c.steps
+                          or stop.requested is not None)
+            if validate or checkpoint:
+                self._read_losses(pending)  # never validate or save weights after a non-finite loss
+            if validate:
                 metrics = self.validate()
                 row.update(step=self.step, **metrics)
                 if self.step == c.steps:
@@ -399,10 +464,17 @@ class Trainer:
                 self._log_row(row)
                 if self.progress is not None:
                     self.progress(self.step, row)
-            if self.step % c.checkpoint_every == 0 or self.step == c.steps:
+            if checkpoint:
                 if "val_psnr_mean" in row:
                     self.plot()
                 self.save_checkpoint()
+            if stop.requested and self.step < c.steps:
+                if self._writer:
+                    self._writer.close()
+                raise TrainingInterrupted(
+                    f"stopped by {stop.requested} at step {self.step} of {c.steps}; checkpoint "
+                    f"saved: continue with --resume {self.run_dir}"
+                )
         if self.dist.is_main:
             if self.step == start_step:  # nothing left to train: validate the weights as they are
                 final = self.validate()
@@ -411,6 +483,35 @@ class Trainer:
                 self._writer.close()
         self.dist.barrier()
         return self.best_metrics
+
+
+class _StopSignals:
+    """Turns SIGINT/SIGTERM into a request to stop at the next step boundary (main thread only).
+
+    ``requested`` names the signal once one arrived. A second SIGINT raises KeyboardInterrupt at
+    once, for a user who does not want to wait for the step to end.
+    """
+
+    def __init__(self, enabled: bool = True) -> None:
+        self.enabled = enabled and threading.current_thread() is threading.main_thread()
+        self.requested: str | None = None
+        self._old: dict[int, Any] = {}
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.requested = signal.Signals(signum).name
+
+    def __enter__(self) -> _StopSignals:
+        if self.enabled:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+        self._old.clear()
 
 
 def csv_fields(scales: list[int]) -> list[str]:
