@@ -66,19 +66,25 @@ def test_adjustable_gradient_clipping() -> None:
         assert all(float(p.grad.abs().max()) == pytest.approx(bound) for p in model.parameters())
 
 
+def _train_until(args: list[str], marker: Path) -> subprocess.Popen[str]:
+    """Start `vdsr train` in a subprocess and return once ``marker`` exists (it must still run)."""
+    proc = subprocess.Popen([sys.executable, "-m", "vdsr", *args],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not marker.exists() and time.time() < deadline:
+        time.sleep(0.01)
+    assert proc.poll() is None, "training finished before it could be signalled"
+    return proc
+
+
 def test_kill_and_resume_reaches_the_same_weights(tmp_path: Path, train_dir: Path) -> None:
     steps = 400
     full = tmp_path / "full"
     assert main(tiny_args(train_dir, full, steps, every=20)) == 0
     killed = tmp_path / "killed"
-    proc = subprocess.Popen([sys.executable, "-m", "vdsr", *tiny_args(train_dir, killed, steps, every=20)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    while not (killed / "checkpoint.pt").exists() and time.time() < deadline:
-        time.sleep(0.01)
-    assert proc.poll() is None, "training finished before it could be killed"
+    proc = _train_until(tiny_args(train_dir, killed, steps, every=20), killed / "checkpoint.pt")
     proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    proc.communicate()
     step_at_kill = int(load_resume_state(killed / "checkpoint.pt")["step"])
     assert 0 < step_at_kill < steps
     assert main(["train", "--resume", str(killed)]) == 0
@@ -95,11 +101,7 @@ def test_sigterm_stops_at_a_step_with_a_checkpoint_and_resumes_exactly(tmp_path:
     full = tmp_path / "full"
     assert main(tiny_args(train_dir, full, steps, every=100)) == 0
     run = tmp_path / "stopped"
-    proc = subprocess.Popen([sys.executable, "-m", "vdsr", *tiny_args(train_dir, run, steps, every=100)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 120
-    while not (run / "metrics.csv").exists() and time.time() < deadline:
-        time.sleep(0.01)
+    proc = _train_until(tiny_args(train_dir, run, steps, every=100), run / "metrics.csv")
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err
