@@ -292,8 +292,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         if args.resume:
             trainer.resume()
             bar.n = trainer.step
-        best = trainer.fit()
-        bar.close()
+        try:
+            best = trainer.fit()
+        finally:
+            bar.close()  # also when stopped, so the error line starts on a fresh line
     if dist.is_main:
         print(f"done: {config.run_dir} (best validation {json.dumps(best)})")
     return 0

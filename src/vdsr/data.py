@@ -9,7 +9,8 @@ Two feeds:
 
 * :class:`PatchSampler` (the default for ``vdsr train``) keeps each degraded image in memory
   and crops random patches every step: no multi-GB file, memory reported by
-  :attr:`PatchSampler.nbytes`.
+  :attr:`PatchSampler.nbytes`. On a GPU the same patches are cut there
+  (:meth:`PatchSampler.batch_tensors`).
 * :func:`write_hdf5` / :class:`H5Patches`: a patch cache written streaming into chunked HDF5
   (``input``/``label`` as in the notes), and read back; pytorch-vdsr's ``data``/``label`` files
   are read too.
