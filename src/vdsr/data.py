@@ -139,8 +139,10 @@ class PatchSampler(_Seeded):
         self.images = images
         self.patch = patch
         self.augment = augment
-        areas = np.array([(im.hr.shape[1] - patch + 1) * (im.hr.shape[2] - patch + 1) for im in images],
-                         dtype=np.float64)
+        self._sizes = np.array([im.hr.shape[1:] for im in images], dtype=np.int64)  # (H, W) each
+        counts = np.array([im.hr.size for im in images], dtype=np.int64)
+        self._offsets = np.concatenate([[0], np.cumsum(counts)[:-1]])  # into the flat device store
+        areas = ((self._sizes[:, 0] - patch + 1) * (self._sizes[:, 1] - patch + 1)).astype(np.float64)
         self.weights = areas / areas.sum()
         self.rng = np.random.default_rng(seed)
 
@@ -206,10 +208,6 @@ class PatchSampler(_Seeded):
         key = str(device)
         if getattr(self, "_store_key", None) != key:
             p = self.patch
-            sizes = np.array([im.hr.shape[1:] for im in self.images], dtype=np.int64)
-            counts = np.array([im.hr.size for im in self.images], dtype=np.int64)
-            self._sizes = sizes
-            self._offsets = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
             grid = np.arange(p * p).reshape(p, p)
             grids = np.stack([np.ascontiguousarray(dihedral(grid, k)) for k in range(8)])
             self._store = {

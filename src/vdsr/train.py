@@ -417,8 +417,13 @@ class Trainer:
         step in progress: a checkpoint is written and :class:`TrainingInterrupted` raised, so
         ``--resume`` continues exactly there. A second Ctrl-C stops at once.
         """
-        with _StopSignals(enabled=not self.dist.enabled) as stop:
-            return self._fit(stop)
+        try:
+            with _StopSignals(enabled=not self.dist.enabled) as stop:
+                return self._fit(stop)
+        finally:
+            if self._writer:
+                self._writer.close()
+            self._writer = None
 
     def _fit(self, stop: _StopSignals) -> dict[str, float]:
         c = self.config
@@ -469,8 +474,6 @@ class Trainer:
                     self.plot()
                 self.save_checkpoint()
             if stop.requested and self.step < c.steps:
-                if self._writer:
-                    self._writer.close()
                 raise TrainingInterrupted(
                     f"stopped by {stop.requested} at step {self.step} of {c.steps}; checkpoint "
                     f"saved: continue with --resume {self.run_dir}"
@@ -479,8 +482,6 @@ class Trainer:
             if self.step == start_step:  # nothing left to train: validate the weights as they are
                 final = self.validate()
             self.export("last.safetensors", final)  # its own validation, not the best step's
-            if self._writer:
-                self._writer.close()
         self.dist.barrier()
         return self.best_metrics
 
