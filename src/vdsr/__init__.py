@@ -7,10 +7,10 @@ Public API::
     sr = vdsr.upscale(image, 3, model=model)   # uint8/uint16/float image -> same dtype
 """
 
+from vdsr.constants import __version__
 from vdsr.errors import VDSRError
 from vdsr.inference import upscale
 from vdsr.model import VDSR, VDSRConfig
 from vdsr.weights import load_model
 
-__version__ = "0.1.0"
 __all__ = ["VDSR", "VDSRConfig", "VDSRError", "load_model", "upscale", "__version__"]

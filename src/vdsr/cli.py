@@ -25,6 +25,16 @@ def _err(msg: str) -> None:
     print(f"{PROG}: error: {msg}", file=sys.stderr)
 
 
+def _describe(exc: Exception) -> str:
+    """The library's message, with the flag that changes the limit where one does."""
+    from vdsr.errors import TooLarge
+
+    if isinstance(exc, TooLarge):
+        flag = "--max-pixels" if exc.what == "input" else "--max-output-pixels"
+        return f"{exc} (raise it with {flag})"
+    return str(exc)
+
+
 def _show_warning(message: Any, category: Any, filename: str, lineno: int, file: Any = None,
                   line: Any = None) -> None:
     print(f"{PROG}: warning: {message}", file=sys.stderr)
@@ -132,7 +142,7 @@ def cmd_upscale(args: argparse.Namespace) -> int:
                 comparison([("bicubic", bicubic_upscale(img.pixels, args.scale)),
                             ("VDSR", out_pixels)], args.compare)
         except VDSRError as exc:  # keep going; every failure is listed at the end
-            failures.append(str(exc))
+            failures.append(_describe(exc))
         bar.update(1)
     bar.close()
     if failures:
@@ -526,7 +536,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         _err(str(exc))
         return 130
     except VDSRError as exc:
-        _err(str(exc))
+        _err(_describe(exc))
         return 1
     except KeyboardInterrupt:
         _err("interrupted")

@@ -1,8 +1,10 @@
-"""The package's one error type.
+"""The package's errors: typed, with fields, and free of command-line wording.
 
 Library code raises :class:`VDSRError` (or a subclass) for every problem caused by user input:
-bad files, bad options, bad weights. The CLI turns it into one line on stderr and a non-zero
-exit code; anything else escaping is a bug.
+bad files, bad options, bad weights. Each carries a one-line message for people and, where a
+caller must tell cases apart, fields for programs (:class:`TooLarge` has ``pixels`` and
+``limit``). The CLI and the server turn them into their own words, exit codes and HTTP statuses;
+anything else escaping is a bug.
 """
 
 from __future__ import annotations
@@ -13,7 +15,29 @@ class VDSRError(Exception):
 
 
 class ImageError(VDSRError):
-    """An input image could not be read or is unsuitable."""
+    """An input image could not be read, is unsuitable, or an output could not be written."""
+
+
+class TooLarge(ImageError):
+    """An image is over a pixel limit, found before any work is done.
+
+    Attributes:
+        name: the file or upload name.
+        what: ``"input"`` (decoded pixels) or ``"output"`` (input pixels x scale squared).
+        width, height: the image's size in pixels (the output size for ``what="output"``).
+        limit: the limit in pixels that was exceeded.
+    """
+
+    def __init__(self, name: str, what: str, width: int, height: int, limit: int) -> None:
+        self.name, self.what, self.width, self.height, self.limit = name, what, width, height, limit
+        super().__init__(
+            f"{name}: {what} of {width}x{height} = {self.pixels:,} pixels is over the limit "
+            f"of {limit:,}"
+        )
+
+    @property
+    def pixels(self) -> int:
+        return self.width * self.height
 
 
 class WeightsError(VDSRError):
@@ -29,8 +53,24 @@ class TrainingError(VDSRError):
 
 
 class TrainingInterrupted(TrainingError):
-    """Training was stopped by a signal after writing a checkpoint; ``--resume`` continues it."""
+    """Training was stopped by a signal after writing a checkpoint; resuming continues it."""
 
 
 class InvalidArgument(VDSRError, ValueError):
     """A function was called with an argument it cannot work with (shape, range, scale)."""
+
+
+class BadScale(InvalidArgument):
+    """A scale factor that is not a finite number in ``(1, limit]``; ``scale`` holds the value."""
+
+    def __init__(self, scale: object, message: str) -> None:
+        self.scale = scale
+        super().__init__(message)
+
+
+class BackendUnavailable(VDSRError):
+    """The requested inference backend cannot run here (package missing, wrong device)."""
+
+    def __init__(self, backend: str, reason: str) -> None:
+        self.backend, self.reason = backend, reason
+        super().__init__(f"the {backend} backend is not available: {reason}")

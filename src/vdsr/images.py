@@ -18,11 +18,13 @@ import numpy as np
 from numpy.typing import NDArray
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from vdsr.errors import ImageError
+from vdsr.constants import DEFAULT_MAX_PIXELS
+from vdsr.errors import ImageError, TooLarge
 from vdsr.fileio import atomic_path
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm")
-DEFAULT_MAX_PIXELS = 64_000_000  # ~8000x8000: far beyond any photo, well below a decompression bomb
+__all__ = ["DEFAULT_MAX_PIXELS", "IMAGE_SUFFIXES", "LoadedImage", "decode_image", "load_image",
+           "save_image", "encode_png", "list_images", "to_pil", "to_uint"]
 
 
 @dataclass
@@ -133,10 +135,7 @@ def _decode(source: Path | io.BytesIO, path: Path, max_pixels: int) -> LoadedIma
         with Image.open(source) as img:
             w, h = img.size
             if w * h > max_pixels:
-                raise ImageError(
-                    f"{path}: {w}x{h} = {w * h:,} pixels is over the limit of {max_pixels:,} "
-                    "(raise it with --max-pixels)"
-                )
+                raise TooLarge(str(path), "input", w, h, max_pixels)
             if w == 0 or h == 0:
                 raise ImageError(f"{path}: image has zero size ({w}x{h})")
             if getattr(img, "n_frames", 1) > 1:

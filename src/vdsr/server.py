@@ -27,7 +27,8 @@ from fastapi import FastAPI, File, Query, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 
-from vdsr.errors import ImageError, VDSRError
+from vdsr.constants import __version__
+from vdsr.errors import TooLarge, VDSRError
 from vdsr.images import decode_image, encode_png
 from vdsr.inference import DEFAULT_TILE, bicubic_clipped, check_scale, upscale_loaded
 from vdsr.weights import load_model
@@ -48,7 +49,7 @@ def create_app(weights: str | Path | None = None, limits: Limits | None = None) 
     model, meta = load_model(weights)
     jobs = threading.BoundedSemaphore(limits.max_jobs)
     page = (resources.files("vdsr") / "static" / "index.html").read_text(encoding="utf-8")
-    app = FastAPI(title="vdsr", version="0.1.0", docs_url="/api/docs")
+    app = FastAPI(title="vdsr", version=__version__, docs_url="/api/docs")
     app.state.jobs = jobs
     app.state.limits = limits
 
@@ -95,9 +96,8 @@ def create_app(weights: str | Path | None = None, limits: Limits | None = None) 
             else:
                 pixels, alpha = upscale_loaded(model, image, scale, DEFAULT_TILE)
             png = encode_png(pixels, alpha, image.bit_depth)
-        except ImageError as exc:
-            status = 413 if "over the limit" in str(exc) else 400
-            return error(status, str(exc).replace("(raise it with --max-pixels)", "").strip())
+        except TooLarge as exc:
+            return error(413, str(exc))
         except VDSRError as exc:
             return error(400, str(exc))
         finally:

@@ -1,0 +1,23 @@
+"""Constants shared by the library, the CLI and the server: each is defined here and only here.
+
+This module imports nothing, so the CLI can read defaults (and ``vdsr --help`` can show them)
+without importing torch.
+"""
+
+from __future__ import annotations
+
+__version__ = "0.2.0"
+
+DEFAULT_SCALES: tuple[int, ...] = (2, 3, 4)  # the scales the paper trains and reports
+MAX_SCALE = 16.0  # larger factors are refused: VDSR only sharpens a bicubic upscale
+DEFAULT_TILE = 512  # 552x552 with the halo: ~78 MB per 64-channel float32 activation
+DEFAULT_MAX_PIXELS = 64_000_000  # input pixels: ~8000x8000, below a decompression bomb
+DEFAULT_MAX_OUTPUT_PIXELS = 256_000_000  # output pixels (input x scale^2): ~16000x16000
+SERVER_MAX_PIXELS = 16_000_000
+SERVER_MAX_OUTPUT_PIXELS = 64_000_000
+SERVER_MAX_UPLOAD_MB = 20
+
+# Inference backends: "auto" picks the fastest measured one for the device (BENCHMARKS.md).
+BACKENDS: tuple[str, ...] = ("auto", "torch", "compile", "onnxruntime", "int8")
+# Numeric precision of the network's arithmetic; "auto" picks per device (see vdsr.precision).
+PRECISIONS: tuple[str, ...] = ("auto", "fp32", "tf32", "fp16", "bf16")
