@@ -16,7 +16,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-_BACKENDS = ("auto", "torch", "onnxruntime", "int8")  # vdsr.inference.BACKENDS, without importing torch
+from vdsr.constants import BACKENDS as _BACKENDS
+from vdsr.constants import PRECISIONS
 
 PROG = "vdsr"
 
@@ -106,9 +107,10 @@ def _output_paths(files: list[Path], out: Path, scale: float, single_target: boo
 
 
 def cmd_upscale(args: argparse.Namespace) -> int:
+    from vdsr.engine import Upscaler
     from vdsr.errors import VDSRError
     from vdsr.images import IMAGE_SUFFIXES, load_image, save_image
-    from vdsr.inference import check_scale, check_tile, upscale_loaded
+    from vdsr.inference import check_scale, upscale_image
     from vdsr.weights import load_model
 
     files = _expand_inputs(args.inputs)
@@ -119,7 +121,8 @@ def cmd_upscale(args: argparse.Namespace) -> int:
         raise VDSRError(f"{out}: output folder {out.parent} does not exist")
     model, meta = load_model(args.weights, device=args.device)
     check_scale(args.scale, meta.scales)
-    tile = check_tile(args.tile, model)
+    upscaler = Upscaler(model, device=args.device, precision=args.precision, backend=args.backend,
+                        tile=args.tile, ensemble=args.ensemble)
     targets = _output_paths(files, out, args.scale, single_target)
     folder = targets[0].parent
     if not os.access(folder, os.W_OK):
@@ -133,14 +136,17 @@ def cmd_upscale(args: argparse.Namespace) -> int:
             if dst.exists() and not args.overwrite:
                 raise VDSRError(f"{dst}: already exists (pass --overwrite to replace it)")
             img = load_image(src, max_pixels=args.max_pixels)
-            out_pixels, alpha = upscale_loaded(model, img, args.scale, tile, args.device, args.backend)
+            out_pixels, alpha = upscale_image(upscaler, img, args.scale)
             save_image(dst, out_pixels, alpha, img.bit_depth)
             if args.compare and len(files) == 1:
+                import numpy as np
+
                 from vdsr.inference import bicubic_upscale
                 from vdsr.plots import comparison
 
                 comparison([("bicubic", bicubic_upscale(img.pixels, args.scale)),
-                            ("VDSR", out_pixels)], args.compare)
+                            ("VDSR", out_pixels / float(np.iinfo(out_pixels.dtype).max))],
+                           args.compare)
         except VDSRError as exc:  # keep going; every failure is listed at the end
             failures.append(_describe(exc))
         bar.update(1)
@@ -153,7 +159,9 @@ def cmd_upscale(args: argparse.Namespace) -> int:
             for f in failures:
                 print(f"  {f}", file=sys.stderr)
         return 1
-    print(f"wrote {targets[0] if len(targets) == 1 else f'{len(targets)} images to {folder}'}")
+    info = upscaler.info
+    print(f"wrote {targets[0] if len(targets) == 1 else f'{len(targets)} images to {folder}'} "
+          f"({info.backend}, {info.precision}, {info.device}{', ensemble' if info.ensemble else ''})")
     return 0
 
 
@@ -171,25 +179,35 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     if args.record and args.bicubic_only:
         raise VDSRError("--record stores a model's results; it cannot go with --bicubic-only")
-    model = None
+    if args.record and args.ensemble:
+        raise VDSRError("--record stores the plain model's results; run --ensemble without --record")
+    from vdsr.engine import Upscaler
+
+    upscaler = None
     if not args.bicubic_only:
         model, _ = load_model(args.weights, device=args.device)
+        upscaler = Upscaler(model, device=args.device, precision=args.precision,
+                            backend=args.backend, tile=args.tile, ensemble=args.ensemble)
     total = sum(len(list_images(d)) for d in args.data) * len(args.scales)
     results = []
     with _tqdm(total=total, desc="evaluating", unit="img") as bar:
         for folder in args.data:
-            results += evaluate_folder(model, folder, args.scales, protocol=args.protocol,
-                                       tile=args.tile, device=args.device, backend=args.backend,
+            results += evaluate_folder(upscaler, folder, args.scales, protocol=args.protocol,
                                        progress=lambda _d: bar.update(1),
                                        max_pixels=args.max_pixels)
+    run = upscaler.info.to_dict() if upscaler is not None else {}
+    if run:
+        print(f"model run: {run['backend']}, {run['precision']}, {run['device']}"
+              f"{', self-ensemble (x8)' if run['ensemble'] else ''}")
     print(format_table(results))
     rows = [r.to_dict() for r in results]
     if args.json:
-        body = {"protocol": args.protocol, "weights": str(args.weights or "default"), "results": rows}
+        body = {"protocol": args.protocol, "weights": str(args.weights or "default"), "run": run,
+                "results": rows}
         atomic_write_bytes(args.json, (json.dumps(body, indent=2) + "\n").encode())
     if args.record:
         target = args.weights or default_weights_path()
-        record_evaluation(target, args.protocol, rows)
+        record_evaluation(target, args.protocol, [{**row, **run} for row in rows])
         print(f"recorded {len(results)} results in {target}'s metadata")
     return 0
 
@@ -368,7 +386,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(f"{PROG}: warning: serving on {args.host}: reachable from other machines", file=sys.stderr)
     serve(args.host, args.port, args.weights,
           Limits(max_upload_bytes=args.max_upload_mb * 1024 * 1024, max_pixels=args.max_pixels,
-                 max_jobs=args.max_jobs))
+                 max_jobs=args.max_jobs), device=args.device, precision=args.precision)
     return 0
 
 
@@ -383,6 +401,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
 # ----------------------------------------------------------------------------------------------
 # parser
 # ----------------------------------------------------------------------------------------------
+
+
+def _precision_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--precision", choices=PRECISIONS, default="auto",
+                   help="arithmetic of the network: auto = fp32 on CPU, fp16 on CUDA (within "
+                        "0.02 dB of fp32); fp32 is always available (default auto)")
+    p.add_argument("--ensemble", action="store_true",
+                   help="average the 8 flips/rotations of the image: 8x the compute, a little sharper")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -402,6 +428,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", choices=_BACKENDS, default="auto",
                    help="auto: ONNX Runtime on CPU when installed, else PyTorch; "
                         "int8: quantised ONNX Runtime, ~1.7x faster, not exact")
+    _precision_flags(p)
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
     p.add_argument("--max-pixels", type=_positive_int, default=64_000_000, help="refuse larger inputs")
     p.add_argument("--compare", help="also write a bicubic-vs-VDSR side-by-side PNG (one input)")
@@ -420,6 +447,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="store the results in the weights file's metadata ('evaluation')")
     p.add_argument("--tile", type=int, default=0, help="tile side, 0 = whole image (default)")
     p.add_argument("--backend", choices=_BACKENDS, default="auto")
+    _precision_flags(p)
     p.add_argument("--max-pixels", type=_positive_int, default=64_000_000)
     common_device(p)
     p.set_defaults(func=cmd_evaluate)
@@ -504,6 +532,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-upload-mb", type=_positive_int, default=20)
     p.add_argument("--max-pixels", type=_positive_int, default=16_000_000)
     p.add_argument("--max-jobs", type=_positive_int, default=1, help="images upscaled at once")
+    p.add_argument("--precision", choices=PRECISIONS, default="auto",
+                   help="network arithmetic: auto = fp32 on CPU, fp16 on CUDA (default auto)")
+    common_device(p)
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("demo", help="upscale a bundled sample and write a comparison PNG")

@@ -13,6 +13,7 @@ import struct
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -159,10 +160,14 @@ def _decode(source: Path | io.BytesIO, path: Path, max_pixels: int) -> LoadedIma
     return LoadedImage(pixels=pixels, alpha=alpha, bit_depth=depth, path=path)
 
 
-def to_uint(array: NDArray[np.floating], bit_depth: int) -> NDArray:
-    """Float [0, 1] to rounded, clipped uint8 (8) or uint16 (16)."""
+def to_uint(array: NDArray[Any], bit_depth: int) -> NDArray[Any]:
+    """Float [0, 1] (or uint8/uint16, rescaled) to rounded, clipped uint8 (8) or uint16 (16)."""
     peak = 255.0 if bit_depth == 8 else 65535.0
     dtype = np.uint8 if bit_depth == 8 else np.uint16
+    if array.dtype == dtype:
+        return array
+    if array.dtype in (np.uint8, np.uint16):
+        array = array / (255.0 if array.dtype == np.uint8 else 65535.0)
     return np.clip(np.round(np.asarray(array, dtype=np.float64) * peak), 0, peak).astype(dtype)
 
 
@@ -176,7 +181,7 @@ def _pil_format(path: Path) -> str:
 
 
 def to_pil(
-    pixels: NDArray[np.floating], alpha: NDArray[np.floating] | None = None, bit_depth: int = 8,
+    pixels: NDArray[Any], alpha: NDArray[Any] | None = None, bit_depth: int = 8,
     allow_16bit: bool = True,
 ) -> Image.Image:
     """Float [0, 1] ``(H, W)``/``(H, W, 3)`` pixels (+ alpha) to a rounded 8- or 16-bit PIL image.
@@ -192,7 +197,7 @@ def to_pil(
     return Image.fromarray(np.ascontiguousarray(base))  # "L" / "RGB"
 
 
-def encode_png(pixels: NDArray[np.floating], alpha: NDArray[np.floating] | None = None,
+def encode_png(pixels: NDArray[Any], alpha: NDArray[Any] | None = None,
                bit_depth: int = 8) -> bytes:
     """The PNG bytes :func:`save_image` would write for a ``.png`` path."""
     buf = io.BytesIO()
@@ -202,8 +207,8 @@ def encode_png(pixels: NDArray[np.floating], alpha: NDArray[np.floating] | None 
 
 def save_image(
     path: str | os.PathLike[str],
-    pixels: NDArray[np.floating],
-    alpha: NDArray[np.floating] | None = None,
+    pixels: NDArray[Any],
+    alpha: NDArray[Any] | None = None,
     bit_depth: int = 8,
 ) -> None:
     """Write float [0, 1] ``pixels`` (``(H, W)`` or ``(H, W, 3)``) to ``path`` atomically.

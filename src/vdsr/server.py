@@ -27,10 +27,11 @@ from fastapi import FastAPI, File, Query, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 
-from vdsr.constants import __version__
+from vdsr.constants import DEFAULT_TILE, __version__
+from vdsr.engine import Upscaler
 from vdsr.errors import TooLarge, VDSRError
 from vdsr.images import decode_image, encode_png
-from vdsr.inference import DEFAULT_TILE, bicubic_clipped, check_scale, upscale_loaded
+from vdsr.inference import bicubic_clipped, check_scale, upscale_image
 from vdsr.weights import load_model
 
 
@@ -43,10 +44,12 @@ class Limits:
     max_jobs: int = 1
 
 
-def create_app(weights: str | Path | None = None, limits: Limits | None = None) -> Any:
-    """Build the FastAPI application (the model is loaded once, here)."""
+def create_app(weights: str | Path | None = None, limits: Limits | None = None,
+               device: str = "cpu", precision: str = "auto", backend: str = "auto") -> Any:
+    """Build the FastAPI application (the model is loaded and its backend built once, here)."""
     limits = limits or Limits()
-    model, meta = load_model(weights)
+    model, meta = load_model(weights, device=device)
+    upscaler = Upscaler(model, device=device, precision=precision, backend=backend, tile=DEFAULT_TILE)
     jobs = threading.BoundedSemaphore(limits.max_jobs)
     page = (resources.files("vdsr") / "static" / "index.html").read_text(encoding="utf-8")
     app = FastAPI(title="vdsr", version=__version__, docs_url="/api/docs")
@@ -69,6 +72,7 @@ def create_app(weights: str | Path | None = None, limits: Limits | None = None) 
     @app.get("/api/health")
     def health() -> dict[str, Any]:
         return {"status": "ok", "model": meta.source, "scales": meta.scales,
+                "run": upscaler.info.to_dict(),
                 "limits": {"max_upload_bytes": limits.max_upload_bytes,
                            "max_pixels": limits.max_pixels, "max_jobs": limits.max_jobs}}
 
@@ -90,11 +94,13 @@ def create_app(weights: str | Path | None = None, limits: Limits | None = None) 
                 warnings.simplefilter("ignore")  # out-of-range scale / animated image: still served
                 check_scale(scale, meta.scales)
                 image = decode_image(data, name, max_pixels=limits.max_pixels)
+            pixels: Any
+            alpha: Any
             if method == "bicubic":
                 pixels = bicubic_clipped(image.pixels, scale)
                 alpha = None if image.alpha is None else bicubic_clipped(image.alpha, scale)
             else:
-                pixels, alpha = upscale_loaded(model, image, scale, DEFAULT_TILE)
+                pixels, alpha = upscale_image(upscaler, image, scale)
             png = encode_png(pixels, alpha, image.bit_depth)
         except TooLarge as exc:
             return error(413, str(exc))
@@ -109,8 +115,9 @@ def create_app(weights: str | Path | None = None, limits: Limits | None = None) 
 
 
 def serve(host: str = "127.0.0.1", port: int = 8000, weights: str | None = None,
-          limits: Limits | None = None) -> None:
+          limits: Limits | None = None, device: str = "cpu", precision: str = "auto") -> None:
     """Run the app with uvicorn until interrupted."""
     import uvicorn
 
-    uvicorn.run(create_app(weights, limits), host=host, port=port, log_level="info")
+    uvicorn.run(create_app(weights, limits, device=device, precision=precision), host=host,
+                port=port, log_level="info")
