@@ -133,3 +133,49 @@ def imresize_tensor(image: torch.Tensor, scale: float, size: tuple[int, int]) ->
     rows = torch.as_tensor(_resize_matrix(h, size[0], scale), dtype=image.dtype, device=image.device)
     cols = torch.as_tensor(_resize_matrix(w, size[1], scale), dtype=image.dtype, device=image.device)
     return torch.matmul(torch.matmul(rows, image), cols.T)
+
+
+BAND = 128  # columns/rows per band in imresize_banded: ~2048 x 4 x 128 float64 = 8 MB at a time
+
+
+def _axis_plan(in_sz: int, out_sz: int, scale: float) -> tuple[NDArray[np.int64], NDArray[np.float64], list[int]]:
+    """resize-right's own field of view, weights and padding for one axis (its steps 1-3)."""
+    from resize_right import resize_right as rr
+
+    eps = np.finfo(np.float32).eps
+    grid = rr.get_projected_grid(in_sz, out_sz, scale, np, False)
+    method, support = rr.apply_antialiasing_if_needed(
+        interp_methods.cubic, interp_methods.cubic.support_sz, scale, True)
+    fov = rr.get_field_of_view(grid, support, np, eps, None)
+    pad, grid, fov = rr.calc_pad_sz(in_sz, out_sz, fov, grid, scale, False, np, None)
+    return fov, rr.get_weights(method, grid, fov), [int(p) for p in pad]
+
+
+def imresize_banded(plane: NDArray[np.floating], scale: float, size: tuple[int, int]) -> NDArray[np.float64]:
+    """:func:`imresize` of one ``(H, W)`` plane, computed in bands to bound memory.
+
+    resize-right gathers every output pixel's 4 neighbours at once: upscaling a 1024² plane x2
+    briefly holds 256 MB. This applies the same weights, padding and summation order band by band
+    (a few MB), so the result is the same, bit for bit (tested). Upscaling only (``scale >= 1``).
+    """
+    arr = np.asarray(plane, dtype=np.float64)
+    if arr.ndim != 2 or 0 in arr.shape or not scale >= 1.0:
+        raise InvalidArgument(f"imresize_banded upscales a non-empty (H, W) plane, got {arr.shape} x{scale}")
+    (h, w), (out_h, out_w) = arr.shape, size
+    if (out_h, out_w) == (h, w) and scale == 1.0:
+        return arr.copy()
+    fov0, wts0, pad0 = _axis_plan(h, out_h, float(scale))
+    fov1, wts1, pad1 = _axis_plan(w, out_w, float(scale))
+    if min(pad0 + pad1) < 0:  # resize-right crops instead of padding: leave it to imresize
+        return imresize(arr, scale=scale, size=size)
+    padded = np.pad(arr, [pad0, (0, 0)], mode="symmetric")
+    rows = np.empty((out_h, w), dtype=np.float64)  # first axis 0 (resize-right's order), ...
+    for c in range(0, w, BAND):
+        rows[:, c:c + BAND] = (padded[:, c:c + BAND][fov0] * wts0[:, :, None]).sum(1)
+    del padded
+    padded = np.pad(rows.T, [pad1, (0, 0)], mode="symmetric")  # ... then axis 1, swapped first
+    del rows
+    out = np.empty((out_h, out_w), dtype=np.float64)
+    for r in range(0, out_h, BAND):
+        out[r:r + BAND] = (padded[:, r:r + BAND][fov1] * wts1[:, :, None]).sum(1).T
+    return out
