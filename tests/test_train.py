@@ -18,8 +18,8 @@ from safetensors.torch import load_file
 from tests.conftest import random_rgb, write_png
 from vdsr.cli import main
 from vdsr.errors import DataError, TrainingError
+from vdsr.runfolder import load_checkpoint
 from vdsr.train import TrainConfig, Trainer, clip_gradients, lr_factor
-from vdsr.weights import load_resume_state
 
 
 @pytest.fixture
@@ -85,7 +85,7 @@ def test_kill_and_resume_reaches_the_same_weights(tmp_path: Path, train_dir: Pat
     proc = _train_until(tiny_args(train_dir, killed, steps, every=20), killed / "checkpoint.pt")
     proc.send_signal(signal.SIGKILL)
     proc.communicate()
-    step_at_kill = int(load_resume_state(killed / "checkpoint.pt")["step"])
+    step_at_kill = int(load_checkpoint(killed / "checkpoint.pt")["step"])
     assert 0 < step_at_kill < steps
     assert main(["train", "--resume", str(killed)]) == 0
     assert _weights_equal(full / "last.safetensors", killed / "last.safetensors") == 0.0
@@ -105,7 +105,7 @@ def test_sigterm_stops_at_a_step_with_a_checkpoint_and_resumes_exactly(tmp_path:
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err
-    step = int(load_resume_state(run / "checkpoint.pt")["step"])
+    step = int(load_checkpoint(run / "checkpoint.pt")["step"])
     assert f"at step {step} of {steps}" in err and "--resume" in err
     assert 100 <= step < steps
     assert not (run / "last.safetensors").exists()
@@ -171,9 +171,9 @@ def test_sigkill_while_writing_checkpoint_keeps_previous(tmp_path: Path, train_d
     """)
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, timeout=120)
     assert proc.returncode == -signal.SIGKILL
-    assert int(load_resume_state(run / "checkpoint.pt")["step"]) == 10
+    assert int(load_checkpoint(run / "checkpoint.pt")["step"]) == 10
     assert main(["train", "--resume", str(run)]) == 0
-    assert int(load_resume_state(run / "checkpoint.pt")["step"]) == 40
+    assert int(load_checkpoint(run / "checkpoint.pt")["step"]) == 40
 
 
 class _NaNSampler:
