@@ -22,6 +22,7 @@ import dataclasses
 import json
 import os
 import pickle
+import warnings
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -52,16 +53,20 @@ def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
 
     ``torch.load(weights_only=True)`` refuses any pickled object other than tensors and plain
     containers, so a crafted file cannot run code. Raises :class:`TrainingError` naming the file
-    when it is missing, unreadable, unsafe or lacks a checkpoint's keys.
+    when it is missing, unreadable (truncated, foreign), unsafe, or lacks a checkpoint's keys.
     """
     path = Path(path)
     try:
-        state = torch.load(str(path), map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            # torch warns before refusing a pickle of another protocol; the refusal says enough.
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            state = torch.load(str(path), map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise TrainingError(f"{path}: no such checkpoint") from None
-    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise TrainingError(f"{path}: unreadable or unsafe checkpoint ({first})") from None
+    except MemoryError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - arbitrary bytes fail in many ways (KeyError, EOFError, ...)
+        raise TrainingError(f"{path}: {_load_failure(exc)}") from None
     if not isinstance(state, dict):
         raise TrainingError(f"{path}: not a training checkpoint (holds a {type(state).__name__})")
     missing = [k for k in CHECKPOINT_KEYS if k not in state]
@@ -70,9 +75,26 @@ def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
     return state
 
 
-def _describe(config: VDSRConfig) -> str:
-    return (f"depth {config.depth}, width {config.width}, {config.channels} channel(s), "
-            f"{'' if config.bias else 'no '}bias, {config.body} body")
+def _load_failure(exc: Exception) -> str:
+    """Why ``torch.load`` failed, on one line."""
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    if isinstance(exc, pickle.UnpicklingError) and lines and lines[0].startswith("Weights only load failed"):
+        # torch's first line advises loading with weights_only=False, which is what we refuse
+        # to do; the reason is on the lines between it and the pointers to issues and docs.
+        reason = [line.removeprefix("WeightsUnpickler error:").strip() for line in lines[1:]
+                  if not line.startswith(("Please file an issue", "Check the documentation"))]
+        return ("unsafe checkpoint refused by the safe loader ("
+                + (" ".join(r for r in reason if r) or "unsupported content") + ")")
+    # Truncated or foreign bytes fail deep in the zip or pickle reader with messages such as
+    # "97" (a KeyError) that say nothing to a user.
+    return "unreadable checkpoint (truncated, or not written by training)"
+
+
+def model_difference(have: VDSRConfig, want: VDSRConfig) -> tuple[str, str]:
+    """The fields where two architectures differ, as ``("depth 4, width 8", "depth 6, width 16")``."""
+    names = [f.name for f in dataclasses.fields(VDSRConfig) if getattr(have, f.name) != getattr(want, f.name)]
+    return (", ".join(f"{n} {getattr(have, n)}" for n in names),
+            ", ".join(f"{n} {getattr(want, n)}" for n in names))
 
 
 class RunFolder:
@@ -137,10 +159,9 @@ class RunFolder:
         except (TypeError, ValueError, VDSRError) as exc:
             raise TrainingError(f"{self.checkpoint_path}: unreadable run config ({exc})") from None
         if saved != config.model_config():
-            raise TrainingError(
-                f"{self.checkpoint_path}: holds a model of {_describe(saved)}, but "
-                f"{self.config_path.name} describes {_describe(config.model_config())}"
-            )
+            have, want = model_difference(saved, config.model_config())
+            raise TrainingError(f"{self.checkpoint_path}: holds a model with {have}, but "
+                                f"{self.config_path.name} describes {want}")
         try:
             check_state_dict(state["model"], saved, self.checkpoint_path)
         except WeightsError as exc:

@@ -35,7 +35,7 @@ from vdsr.distributed import DistContext
 from vdsr.errors import NonFiniteLoss, TrainingError, TrainingInterrupted, VDSRError, WeightsError
 from vdsr.evaluate import evaluate_folder
 from vdsr.model import VDSR
-from vdsr.runfolder import RunFolder, csv_fields, load_checkpoint
+from vdsr.runfolder import RunFolder, csv_fields, load_checkpoint, model_difference
 from vdsr.trainconfig import OPTIMIZERS, RESUME_OVERRIDES, SCHEDULES, TrainConfig, lr_factor
 from vdsr.weights import load_weights
 
@@ -114,8 +114,9 @@ class Trainer:
         if config.init_weights:
             state, meta = load_weights(config.init_weights)
             if meta.config != self.model.config:
-                raise WeightsError(f"{config.init_weights}: architecture {meta.config} differs "
-                                   f"from the run's {self.model.config}")
+                have, want = model_difference(meta.config, self.model.config)
+                raise WeightsError(f"{config.init_weights}: weights of a model with {have}; "
+                                   f"this run trains {want}")
             self.model.load_state_dict(state)
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True  # fixed patch shapes: autotune once, reuse
