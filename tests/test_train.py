@@ -482,3 +482,28 @@ def test_last_weights_carry_their_own_validation(tmp_path: Path, train_dir: Path
     assert last.metrics["val_psnr_x2"] == pytest.approx(float(rows[-1]["val_psnr_x2"]))
     top = max(rows, key=lambda r: float(r["val_psnr_mean"]))
     assert best.metrics["val_psnr_x2"] == pytest.approx(float(top["val_psnr_x2"]))
+
+
+def test_patch_sources_declare_device_cutting_and_share_the_tensor_feed(tmp_path: Path) -> None:
+    """PatchSource: the trainer asks ``cuts_on_device`` (not ``hasattr``); a source that cannot
+    cut on the device still serves ``batch_tensors`` by copying its host batch."""
+    import h5py
+
+    from vdsr.data import H5Patches, PatchSampler
+
+    assert PatchSampler.cuts_on_device and not H5Patches.cuts_on_device
+    p = tmp_path / "p.h5"
+    with h5py.File(p, "w") as f:
+        f["input"] = np.random.rand(10, 1, 21, 21).astype(np.float32)
+        f["label"] = np.random.rand(10, 1, 21, 21).astype(np.float32)
+    a, b = H5Patches(p, seed=2), H5Patches(p, seed=2)
+    x, y = a.batch(6, slice(1, 4))
+    xt, yt = b.batch_tensors(6, slice(1, 4), torch.device("cpu"))
+    assert np.array_equal(x, xt.numpy()) and np.array_equal(y, yt.numpy()) and a.state == b.state
+    cfg = TrainConfig(run_dir=str(tmp_path / "r"), h5=str(p), depth=3, width=4, patch=21,
+                      batch_size=4, steps=2, val_dir=None, scales=[2], threads=1)
+    trainer = Trainer(cfg)
+    assert isinstance(trainer.sampler, H5Patches) and not trainer.device_feed
+    trainer.device_feed = True  # what a GPU run would ask of it: the copied host batch
+    trainer.fit()
+    assert (tmp_path / "r" / "last.safetensors").exists()
