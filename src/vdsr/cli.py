@@ -281,10 +281,11 @@ def _stop_acknowledged(bar: Any) -> Callable[[str], None]:
 def cmd_train(args: argparse.Namespace) -> int:
     import logging
 
+    from vdsr.constants import RESUME_OVERRIDES
     from vdsr.distributed import distributed_context
     from vdsr.errors import VDSRError
     from vdsr.runfolder import RunFolder
-    from vdsr.train import RESUME_OVERRIDES, Trainer
+    from vdsr.train import Trainer
 
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     with distributed_context() as dist:
@@ -465,6 +466,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=cmd_prepare)
 
+    from vdsr.constants import OPTIMIZERS, SCHEDULES
+
     p = sub.add_parser("train", help="train a VDSR model (resumable)")
     p.add_argument("--run-dir", help="folder for checkpoints, logs and weights (default runs/vdsr)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR")
@@ -481,9 +484,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--patch", type=_positive_int)
     p.add_argument("--batch-size", type=_positive_int)
     p.add_argument("--steps", type=_positive_int)
-    p.add_argument("--optimizer", choices=("adam", "sgd"))
+    p.add_argument("--optimizer", choices=OPTIMIZERS)
     p.add_argument("--learning-rate", type=float)
-    p.add_argument("--schedule", choices=("constant", "step", "exponential", "cosine"))
+    p.add_argument("--schedule", choices=SCHEDULES)
     p.add_argument("--warmup-steps", type=int)
     p.add_argument("--decay-steps", type=int)
     p.add_argument("--clip", type=float, help="gradient clip (Adam: value; SGD: theta)")

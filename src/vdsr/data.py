@@ -5,9 +5,7 @@ scale ``s``: ``hr = modcrop(hr, s)``, ``bicubic = imresize(imresize(hr, 1/s), s)
 MATLAB-exact resize, on the Y channel (or RGB). Patches (41x41 by default) are cut from the pair
 at the same place, then rotated by 0/90/180/270 degrees and flipped.
 
-Two feeds:
-
-Both implement :class:`PatchSource`, the one interface the trainer uses.
+Two feeds, each a :class:`PatchSource` (the one interface the trainer uses):
 
 * :class:`PatchSampler` (the default for ``vdsr train``) keeps each degraded image in memory
   and crops random patches every step: no multi-GB file, memory reported by

@@ -10,13 +10,11 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from vdsr.constants import OPTIMIZERS, RESUME_OVERRIDES, SCHEDULES
 from vdsr.errors import VDSRError
 from vdsr.model import VDSRConfig
 
-OPTIMIZERS = ("adam", "sgd")
-SCHEDULES = ("constant", "step", "exponential", "cosine")
-# What a resumed run may change: how long it runs and how often it reports, never the recipe.
-RESUME_OVERRIDES = ("steps", "val_every", "checkpoint_every", "log_every", "threads", "device")
+__all__ = ["OPTIMIZERS", "RESUME_OVERRIDES", "SCHEDULES", "TrainConfig", "lr_factor"]
 
 
 @dataclass
