@@ -507,3 +507,38 @@ def test_patch_sources_declare_device_cutting_and_share_the_tensor_feed(tmp_path
     trainer.device_feed = True  # what a GPU run would ask of it: the copied host batch
     trainer.fit()
     assert (tmp_path / "r" / "last.safetensors").exists()
+
+
+class _FailingSampler:
+    """Serves ``good`` batches, then fails: a run that dies before its first checkpoint."""
+
+    state: dict = {}
+
+    def __init__(self, good: int) -> None:
+        self.left = good
+
+    def batch(self, size: int, part: slice | None = None) -> tuple[np.ndarray, np.ndarray]:
+        if self.left == 0:
+            raise RuntimeError("died")
+        self.left -= 1
+        x = np.random.rand(size, 1, 21, 21).astype(np.float32)
+        return x, x
+
+
+def test_a_replacing_run_drops_the_old_runs_state(tmp_path: Path, train_dir: Path,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    """`--overwrite` (a fresh run in a used folder): the old checkpoint, weights and log rows go
+    at the start, so dying before the first checkpoint leaves nothing to resume wrongly."""
+    run = tmp_path / "run"
+    assert main(tiny_args(train_dir, run, 10, every=5)) == 0
+    assert (run / "checkpoint.pt").exists() and (run / "last.safetensors").exists()
+    cfg = TrainConfig(run_dir=str(run), depth=4, width=8, patch=21, batch_size=2, steps=20,
+                      log_every=1, checkpoint_every=10, val_dir=None, scales=[2], threads=1)
+    with pytest.raises(RuntimeError, match="died"):
+        Trainer(cfg, sampler=_FailingSampler(good=3)).fit()
+    assert not (run / "checkpoint.pt").exists() and not (run / "last.safetensors").exists()
+    steps = [int(r.split(",")[0]) for r in (run / "metrics.csv").read_text().splitlines()[1:]]
+    assert steps == [1, 2, 3]
+    capsys.readouterr()
+    assert main(["train", "--resume", str(run)]) == 1
+    assert "no checkpoint.pt to resume from" in capsys.readouterr().err

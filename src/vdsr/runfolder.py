@@ -188,8 +188,16 @@ class RunFolder:
     # -- metrics ------------------------------------------------------------------------------
     def start(self, config: TrainConfig, step: int) -> None:
         """Make the folder ready for training from ``step``: write ``config.json`` and drop the
-        metrics rows after ``step`` (logged by a run killed after its last checkpoint, or by the
-        run an ``--overwrite`` replaces), so the log matches the state."""
+        metrics rows after ``step`` (logged by a run killed after its last checkpoint), so the
+        log matches the state.
+
+        From step 0 the folder's previous run, if any, is being replaced: its checkpoint and
+        weights go too, so that a new run killed before its first checkpoint cannot be resumed
+        from the old run's state under the new config.
+        """
+        if step == 0:
+            for name in ("checkpoint.pt", "best.safetensors", "last.safetensors"):
+                (self.path / name).unlink(missing_ok=True)
         self.write_config(config)
         self.truncate_metrics(step, config.scales)
 
