@@ -101,6 +101,7 @@ PY
 fi
 
 budget=$((TOTAL - $(date +%s) + start - 25))    # 25 s for the summary and slack
+((budget > 0)) || fail "stage: no time left for training (TOTAL=$TOTAL s)"   # timeout 0 = none
 if [[ -n $resume_from ]]; then
   if [[ $resume_from != "$RUN" ]]; then
     mkdir -p "$RUN" && cp -r "$FROM/." "$RUN/" || fail "stage: could not copy $FROM to $RUN"
@@ -129,7 +130,6 @@ fi
 
 "$PYTHON" - "$RUN" "$code" "$(($(date +%s) - start))" "${resume_from:+resumed}" >"$TMP/stage.json" <<'PY'
 import csv, json, sys
-from pathlib import Path
 from vdsr.runfolder import RunFolder
 from vdsr.weights import read_metadata
 
