@@ -18,8 +18,8 @@ from safetensors.torch import load_file
 from tests.conftest import random_rgb, write_png
 from vdsr.cli import main
 from vdsr.errors import DataError, TrainingError
+from vdsr.runfolder import load_checkpoint
 from vdsr.train import TrainConfig, Trainer, clip_gradients, lr_factor
-from vdsr.weights import load_resume_state
 
 
 @pytest.fixture
@@ -66,9 +66,12 @@ def test_adjustable_gradient_clipping() -> None:
         assert all(float(p.grad.abs().max()) == pytest.approx(bound) for p in model.parameters())
 
 
-def _train_until(args: list[str], marker: Path) -> subprocess.Popen[str]:
-    """Start `vdsr train` in a subprocess and return once ``marker`` exists (it must still run)."""
-    proc = subprocess.Popen([sys.executable, "-m", "vdsr", *args],
+def _train_until(args: list[str], marker: Path, script: str | None = None) -> subprocess.Popen[str]:
+    """Start `vdsr train` in a subprocess and return once ``marker`` exists (it must still run).
+
+    With ``script``, run that Python code instead (it calls ``main(args)`` itself)."""
+    cmd = ["-c", script] if script is not None else ["-m", "vdsr", *args]
+    proc = subprocess.Popen([sys.executable, *cmd],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
     while not marker.exists() and time.time() < deadline:
@@ -85,7 +88,7 @@ def test_kill_and_resume_reaches_the_same_weights(tmp_path: Path, train_dir: Pat
     proc = _train_until(tiny_args(train_dir, killed, steps, every=20), killed / "checkpoint.pt")
     proc.send_signal(signal.SIGKILL)
     proc.communicate()
-    step_at_kill = int(load_resume_state(killed / "checkpoint.pt")["step"])
+    step_at_kill = int(load_checkpoint(killed / "checkpoint.pt")["step"])
     assert 0 < step_at_kill < steps
     assert main(["train", "--resume", str(killed)]) == 0
     assert _weights_equal(full / "last.safetensors", killed / "last.safetensors") == 0.0
@@ -105,12 +108,175 @@ def test_sigterm_stops_at_a_step_with_a_checkpoint_and_resumes_exactly(tmp_path:
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err
-    step = int(load_resume_state(run / "checkpoint.pt")["step"])
+    step = int(load_checkpoint(run / "checkpoint.pt")["step"])
     assert f"at step {step} of {steps}" in err and "--resume" in err
     assert 100 <= step < steps
     assert not (run / "last.safetensors").exists()
     assert main(["train", "--resume", str(run)]) == 0
     assert _weights_equal(full / "last.safetensors", run / "last.safetensors") == 0.0
+
+
+def _val_dir(tmp_path: Path) -> Path:
+    val = tmp_path / "val"
+    val.mkdir()
+    write_png(val / "v.png", random_rgb(40, 44, seed=9))
+    return val
+
+
+def test_sigint_during_validation_checkpoints_the_step_it_names(tmp_path: Path, train_dir: Path) -> None:
+    """Issue 18: Ctrl-C while validating used to report "checkpoint saved" at a step that had
+    none (the flag was read before validation) and to wait for the whole validation. Now the
+    signal is acknowledged at once, cuts validation short (no partial row), and the checkpoint
+    of the step named is written; resuming ends at the uninterrupted run's weights."""
+    steps = 40
+    args = tiny_args(train_dir, tmp_path / "full", steps, every=25)
+    args[args.index("--val-dir") + 1] = str(_val_dir(tmp_path))
+    args += ["--val-every", "10", "--log-every", "1", "--scales", "2"]
+    assert main(args) == 0
+    run, marker = tmp_path / "stopped", tmp_path / "validating"
+    args[args.index("--run-dir") + 1] = str(run)
+    # Validation made slow (real evaluations, repeated for up to a minute) so the signal lands in it.
+    script = textwrap.dedent(f"""
+        import sys, time
+        from pathlib import Path
+        import vdsr.train
+        from vdsr.cli import main
+        real = vdsr.train.evaluate_folder
+        def slow_validation(*a, **k):
+            Path({str(marker)!r}).touch()
+            deadline = time.time() + 60
+            while True:
+                result = real(*a, **k)
+                if time.time() > deadline:
+                    return result
+        vdsr.train.evaluate_folder = slow_validation
+        sys.exit(main({args!r}))
+    """)
+    proc = _train_until(args, marker, script)
+    signalled = time.time()
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    took = time.time() - signalled
+    assert proc.returncode == 130, err
+    assert "vdsr: stopping at the end of this step... (Ctrl-C again to stop at once)" in err
+    step = int(load_checkpoint(run / "checkpoint.pt")["step"])
+    assert step == 10, err
+    assert f"stopped by SIGINT at step 10 of {steps}" in err and f"--resume {run}" in err
+    assert took < 20, f"took {took:.1f} s to stop"
+    lines = (run / "metrics.csv").read_text().splitlines()
+    assert lines[-1].startswith("10,") and lines[-1].endswith(",")  # step 10 logged, not validated
+    assert main(["train", "--resume", str(run)]) == 0
+    assert _weights_equal(tmp_path / "full" / "last.safetensors", run / "last.safetensors") == 0.0
+
+
+def test_stop_request_is_acknowledged_and_cuts_validation_short(tmp_path: Path, train_dir: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """Library side: ``on_stop_requested`` hears the signal at once; validation stops at the
+    next image; the interruption names the step of the checkpoint it wrote."""
+    import vdsr.train
+    from vdsr.errors import TrainingInterrupted
+
+    evaluated: list[str] = []
+    real = vdsr.train.evaluate_folder
+
+    def validation_interrupted(*a: object, **k: object) -> object:
+        os.kill(os.getpid(), signal.SIGINT)
+        progress = k["progress"]
+        evaluated.append("first")
+        progress("v.png")  # type: ignore[operator]  # the check after the first image
+        evaluated.append("rest")
+        return real(*a, **k)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(vdsr.train, "evaluate_folder", validation_interrupted)
+    heard: list[str] = []
+    cfg = TrainConfig(run_dir=str(tmp_path / "r"), train_dirs=[str(train_dir)], depth=3, width=4,
+                      patch=21, batch_size=2, steps=20, val_every=4, checkpoint_every=100,
+                      val_dir=str(_val_dir(tmp_path)), scales=[2], downscales=[1.0], threads=1)
+    trainer = Trainer(cfg, on_stop_requested=heard.append)
+    with pytest.raises(TrainingInterrupted) as info:
+        trainer.fit()
+    assert heard == ["SIGINT"] and evaluated == ["first"]
+    assert (info.value.signal, info.value.step, info.value.steps) == ("SIGINT", 4, 20)
+    assert int(load_checkpoint(tmp_path / "r" / "checkpoint.pt")["step"]) == 4
+    assert not (tmp_path / "r" / "best.safetensors").exists()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored
+
+
+def _tree(folder: Path) -> dict[str, tuple[int, bytes]]:
+    return {str(p.relative_to(folder)): (p.stat().st_mtime_ns, p.read_bytes())
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def _one_error_line(capsys: pytest.CaptureFixture[str], code: int, *needles: str) -> None:
+    out, err = capsys.readouterr()
+    assert code == 1, (out, err)
+    assert len(err.strip().splitlines()) == 1 and err.startswith("vdsr: error: "), err
+    for needle in needles:
+        assert needle in err, (needle, err)
+
+
+def test_resume_refuses_a_missing_corrupt_or_mismatched_checkpoint_and_writes_nothing(
+        tmp_path: Path, train_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Issue 14: each bad resume stops with one line and leaves the run folder byte-identical
+    (no config.json rewrite with the new --steps, no metrics cut, no new files)."""
+    import json
+    import pickle
+
+    from vdsr.model import VDSR, VDSRConfig
+
+    run = tmp_path / "run"
+    assert main(tiny_args(train_dir, run, 10, every=5)) == 0
+    capsys.readouterr()
+    good = (run / "checkpoint.pt").read_bytes()
+    config_text = (run / "config.json").read_text()
+    marker = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self) -> tuple[object, tuple[str]]:
+            return (os.system, (f"touch {marker}",))
+
+    def other_model_state(path: Path) -> None:
+        state = load_checkpoint(path)
+        state["model"] = VDSR(VDSRConfig(depth=5, width=8)).state_dict()
+        torch.save(state, path)
+
+    cases = [
+        ("no checkpoint.pt to resume from", lambda p: p.unlink()),
+        ("unreadable checkpoint (truncated", lambda p: p.write_bytes(good[: len(good) // 2])),
+        ("unreadable checkpoint (truncated", lambda p: p.write_bytes(b"half a checkpoint")),
+        ("unsafe checkpoint refused", lambda p: p.write_bytes(pickle.dumps(Evil(), protocol=2))),
+        ("unsafe checkpoint refused", lambda p: p.write_bytes(pickle.dumps(Evil()))),
+        ("not a training checkpoint (missing", lambda p: torch.save({"step": 3}, p)),
+        ("weights do not match the architecture", other_model_state),
+    ]
+    for needle, spoil in cases:
+        (run / "checkpoint.pt").write_bytes(good)
+        spoil(run / "checkpoint.pt")
+        before = _tree(run)
+        _one_error_line(capsys, main(["train", "--resume", str(run), "--steps", "30"]), str(run), needle)
+        assert _tree(run) == before, needle
+    assert not marker.exists()
+    # config.json describing another architecture than the checkpoint's
+    (run / "checkpoint.pt").write_bytes(good)
+    (run / "config.json").write_text(json.dumps(json.loads(config_text) | {"depth": 6}))
+    before = _tree(run)
+    _one_error_line(capsys, main(["train", "--resume", str(run), "--steps", "30"]),
+                    "holds a model with depth 4, but config.json describes depth 6")
+    assert _tree(run) == before
+
+
+def test_init_weights_of_another_architecture_stop_before_writing(
+        tmp_path: Path, train_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from tests.conftest import tiny_model
+    from vdsr.weights import WeightsMetadata, save_weights
+
+    model = tiny_model(depth=3)
+    weights = tmp_path / "d3.safetensors"
+    save_weights(weights, model.state_dict(), WeightsMetadata(config=model.config, source="test"))
+    run = tmp_path / "run"
+    _one_error_line(capsys, main([*tiny_args(train_dir, run, 10), "--init-weights", str(weights)]),
+                    str(weights), "weights of a model with depth 3; this run trains depth 4")
+    assert not run.exists()
 
 
 def test_device_sampler_cuts_the_same_patches(train_dir: Path) -> None:
@@ -171,9 +337,9 @@ def test_sigkill_while_writing_checkpoint_keeps_previous(tmp_path: Path, train_d
     """)
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, timeout=120)
     assert proc.returncode == -signal.SIGKILL
-    assert int(load_resume_state(run / "checkpoint.pt")["step"]) == 10
+    assert int(load_checkpoint(run / "checkpoint.pt")["step"]) == 10
     assert main(["train", "--resume", str(run)]) == 0
-    assert int(load_resume_state(run / "checkpoint.pt")["step"]) == 40
+    assert int(load_checkpoint(run / "checkpoint.pt")["step"]) == 40
 
 
 class _NaNSampler:
@@ -316,3 +482,63 @@ def test_last_weights_carry_their_own_validation(tmp_path: Path, train_dir: Path
     assert last.metrics["val_psnr_x2"] == pytest.approx(float(rows[-1]["val_psnr_x2"]))
     top = max(rows, key=lambda r: float(r["val_psnr_mean"]))
     assert best.metrics["val_psnr_x2"] == pytest.approx(float(top["val_psnr_x2"]))
+
+
+def test_patch_sources_declare_device_cutting_and_share_the_tensor_feed(tmp_path: Path) -> None:
+    """PatchSource: the trainer asks ``cuts_on_device`` (not ``hasattr``); a source that cannot
+    cut on the device still serves ``batch_tensors`` by copying its host batch."""
+    import h5py
+
+    from vdsr.data import H5Patches, PatchSampler
+
+    assert PatchSampler.cuts_on_device and not H5Patches.cuts_on_device
+    p = tmp_path / "p.h5"
+    with h5py.File(p, "w") as f:
+        f["input"] = np.random.rand(10, 1, 21, 21).astype(np.float32)
+        f["label"] = np.random.rand(10, 1, 21, 21).astype(np.float32)
+    a, b = H5Patches(p, seed=2), H5Patches(p, seed=2)
+    x, y = a.batch(6, slice(1, 4))
+    xt, yt = b.batch_tensors(6, slice(1, 4), torch.device("cpu"))
+    assert np.array_equal(x, xt.numpy()) and np.array_equal(y, yt.numpy()) and a.state == b.state
+    cfg = TrainConfig(run_dir=str(tmp_path / "r"), h5=str(p), depth=3, width=4, patch=21,
+                      batch_size=4, steps=2, val_dir=None, scales=[2], threads=1)
+    trainer = Trainer(cfg)
+    assert isinstance(trainer.sampler, H5Patches) and not trainer.device_feed
+    trainer.device_feed = True  # what a GPU run would ask of it: the copied host batch
+    trainer.fit()
+    assert (tmp_path / "r" / "last.safetensors").exists()
+
+
+class _FailingSampler:
+    """Serves ``good`` batches, then fails: a run that dies before its first checkpoint."""
+
+    state: dict = {}
+
+    def __init__(self, good: int) -> None:
+        self.left = good
+
+    def batch(self, size: int, part: slice | None = None) -> tuple[np.ndarray, np.ndarray]:
+        if self.left == 0:
+            raise RuntimeError("died")
+        self.left -= 1
+        x = np.random.rand(size, 1, 21, 21).astype(np.float32)
+        return x, x
+
+
+def test_a_replacing_run_drops_the_old_runs_state(tmp_path: Path, train_dir: Path,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    """`--overwrite` (a fresh run in a used folder): the old checkpoint, weights and log rows go
+    at the start, so dying before the first checkpoint leaves nothing to resume wrongly."""
+    run = tmp_path / "run"
+    assert main(tiny_args(train_dir, run, 10, every=5)) == 0
+    assert (run / "checkpoint.pt").exists() and (run / "last.safetensors").exists()
+    cfg = TrainConfig(run_dir=str(run), depth=4, width=8, patch=21, batch_size=2, steps=20,
+                      log_every=1, checkpoint_every=10, val_dir=None, scales=[2], threads=1)
+    with pytest.raises(RuntimeError, match="died"):
+        Trainer(cfg, sampler=_FailingSampler(good=3)).fit()
+    assert not (run / "checkpoint.pt").exists() and not (run / "last.safetensors").exists()
+    steps = [int(r.split(",")[0]) for r in (run / "metrics.csv").read_text().splitlines()[1:]]
+    assert steps == [1, 2, 3]
+    capsys.readouterr()
+    assert main(["train", "--resume", str(run)]) == 1
+    assert "no checkpoint.pt to resume from" in capsys.readouterr().err

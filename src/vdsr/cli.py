@@ -12,7 +12,7 @@ import math
 import os
 import sys
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,11 +28,13 @@ def _err(msg: str) -> None:
 
 def _describe(exc: Exception) -> str:
     """The library's message, with the flag that changes the limit where one does."""
-    from vdsr.errors import TooLarge
+    from vdsr.errors import NonFiniteLoss, TooLarge
 
     if isinstance(exc, TooLarge):
         flag = "--max-pixels" if exc.what == "input" else "--max-output-pixels"
         return f"{exc} (raise it with {flag})"
+    if isinstance(exc, NonFiniteLoss):
+        return f"{exc} (lower --learning-rate, or pass --skip-nonfinite)"
     return str(exc)
 
 
@@ -273,29 +275,47 @@ def _train_config(args: argparse.Namespace) -> Any:
     return TrainConfig(**values)
 
 
+def _stop_acknowledged(bar: Any) -> Callable[[str], None]:
+    """Trainer's ``on_stop_requested``: say at once that the signal was heard.
+
+    It runs inside the signal handler, which may have interrupted a write to stderr, so it
+    writes to the file descriptor directly rather than through the (locked) text stream.
+    """
+
+    def acknowledge(signal_name: str) -> None:
+        what = ("(Ctrl-C again to stop at once)" if signal_name == "SIGINT"
+                else f"({signal_name}; Ctrl-C to stop at once)")
+        text = f"{PROG}: stopping at the end of this step... {what}\n"
+        if not bar.disable:
+            text = "\n" + text  # below the progress bar's line
+        try:
+            os.write(sys.stderr.fileno(), text.encode())
+        except (OSError, ValueError, AttributeError):  # stderr replaced by one without a descriptor
+            sys.stderr.write(text)
+
+    return acknowledge
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     import logging
 
+    from vdsr.constants import RESUME_OVERRIDES
     from vdsr.distributed import distributed_context
     from vdsr.errors import VDSRError
-    from vdsr.train import Trainer, read_config, write_config
+    from vdsr.runfolder import RunFolder
+    from vdsr.train import Trainer
 
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     with distributed_context() as dist:
+        state = None
         if args.resume:
-            config = read_config(args.resume)
-            overrides = {k: getattr(args, k) for k in ("steps", "val_every", "checkpoint_every",
-                                                       "log_every", "threads", "device")
-                         if getattr(args, k, None) is not None}
-            for k, v in overrides.items():
-                setattr(config, k, v)
-            if not (Path(args.resume) / "checkpoint.pt").exists():
-                raise VDSRError(f"{args.resume}: no checkpoint.pt to resume from")
+            overrides = {k: getattr(args, k) for k in RESUME_OVERRIDES if getattr(args, k, None) is not None}
+            config, state = RunFolder(args.resume).resume(overrides)  # checked; writes nothing
         else:
             config = _train_config(args)
-            run = Path(config.run_dir)
-            if (run / "checkpoint.pt").exists() and not args.overwrite:
-                raise VDSRError(f"{run}: already holds a run; use --resume {run} or --overwrite")
+            if RunFolder(config.run_dir).has_checkpoint() and not args.overwrite:
+                raise VDSRError(f"{config.run_dir}: already holds a run; use --resume "
+                                f"{config.run_dir} or --overwrite")
         bar = _tqdm(total=config.steps, desc="training", unit="step",
                     disable=True if not dist.is_main else None)
 
@@ -314,14 +334,13 @@ def cmd_train(args: argparse.Namespace) -> int:
             if bar.disable or "val_psnr_mean" in row:
                 bar.write(" ".join(parts), file=sys.stderr)
 
-        trainer = Trainer(config, progress=progress, dist=dist)
-        if dist.is_main:
-            write_config(config)
-        if args.resume:
-            trainer.resume()
-            bar.n = trainer.step
         try:
-            best = trainer.fit()
+            trainer = Trainer(config, progress=progress, dist=dist,
+                              on_stop_requested=_stop_acknowledged(bar))
+            if state is not None:
+                trainer.load_state_dict(state)
+                bar.n = trainer.step
+            best = trainer.fit()  # writes config.json, then trains
         finally:
             bar.close()  # also when stopped, so the error line starts on a fresh line
     if dist.is_main:
@@ -475,6 +494,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=cmd_prepare)
 
+    from vdsr.constants import OPTIMIZERS, SCHEDULES
+
     p = sub.add_parser("train", help="train a VDSR model (resumable)")
     p.add_argument("--run-dir", help="folder for checkpoints, logs and weights (default runs/vdsr)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR")
@@ -491,9 +512,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--patch", type=_positive_int)
     p.add_argument("--batch-size", type=_positive_int)
     p.add_argument("--steps", type=_positive_int)
-    p.add_argument("--optimizer", choices=("adam", "sgd"))
+    p.add_argument("--optimizer", choices=OPTIMIZERS)
     p.add_argument("--learning-rate", type=float)
-    p.add_argument("--schedule", choices=("constant", "step", "exponential", "cosine"))
+    p.add_argument("--schedule", choices=SCHEDULES)
     p.add_argument("--warmup-steps", type=int)
     p.add_argument("--decay-steps", type=int)
     p.add_argument("--clip", type=float, help="gradient clip (Adam: value; SGD: theta)")
@@ -564,7 +585,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args))
     except TrainingInterrupted as exc:
-        _err(str(exc))
+        _err(f"{exc}: continue with --resume {exc.run_dir}")
         return 130
     except VDSRError as exc:
         _err(_describe(exc))

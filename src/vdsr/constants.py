@@ -21,3 +21,10 @@ SERVER_MAX_UPLOAD_MB = 20
 BACKENDS: tuple[str, ...] = ("auto", "torch", "compile", "onnxruntime", "int8")
 # Numeric precision of the network's arithmetic; "auto" picks per device (see vdsr.precision).
 PRECISIONS: tuple[str, ...] = ("auto", "fp32", "tf32", "fp16", "bf16")
+
+# Training: the optimisers and learning-rate schedules `vdsr train` offers, and what a resumed
+# run may change (how long it goes on and how often it reports, never the recipe).
+OPTIMIZERS: tuple[str, ...] = ("adam", "sgd")
+SCHEDULES: tuple[str, ...] = ("constant", "step", "exponential", "cosine")
+RESUME_OVERRIDES: tuple[str, ...] = ("steps", "val_every", "checkpoint_every", "log_every",
+                                     "threads", "device")

@@ -5,7 +5,7 @@ scale ``s``: ``hr = modcrop(hr, s)``, ``bicubic = imresize(imresize(hr, 1/s), s)
 MATLAB-exact resize, on the Y channel (or RGB). Patches (41x41 by default) are cut from the pair
 at the same place, then rotated by 0/90/180/270 degrees and flipped.
 
-Two feeds:
+Two feeds, each a :class:`PatchSource` (the one interface the trainer uses):
 
 * :class:`PatchSampler` (the default for ``vdsr train``) keeps each degraded image in memory
   and crops random patches every step: no multi-GB file, memory reported by
@@ -22,7 +22,7 @@ import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -111,6 +111,36 @@ def dihedral(a: NDArray, k: int) -> NDArray:
     return out
 
 
+class PatchSource(Protocol):
+    """Where training batches come from: what :class:`vdsr.train.Trainer` needs of a feed.
+
+    ``batch`` returns ``(inputs, targets)``, each ``(n, C, P, P)`` float32 in [0, 1]; with
+    ``part`` (a distributed rank's share) the random draws for the whole batch are still made,
+    so every rank's generator advances alike, but only ``part`` is returned. ``state`` is the
+    generator state, JSON-able, saved in checkpoints and set back on resume.
+
+    ``batch_tensors`` is the same batch as tensors on ``device``. A source that can cut patches
+    there itself (``cuts_on_device``) saves the host a loop over patches; for the others this
+    default copies :meth:`batch`'s arrays, so a trainer can always call it.
+    """
+
+    cuts_on_device: bool
+
+    @property
+    def state(self) -> dict[str, Any]: ...
+
+    @state.setter
+    def state(self, value: dict[str, Any]) -> None: ...
+
+    def batch(self, size: int, part: slice | None = None) -> tuple[NDArray[np.float32], NDArray[np.float32]]: ...
+
+    def batch_tensors(self, size: int, part: slice | None,
+                      device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        x, y = self.batch(size, part)
+        return (torch.from_numpy(x).to(device, non_blocking=True),
+                torch.from_numpy(y).to(device, non_blocking=True))
+
+
 class _Seeded:
     """A NumPy generator whose whole state round-trips through checkpoints (``state``)."""
 
@@ -125,12 +155,14 @@ class _Seeded:
         self.rng.bit_generator.state = value
 
 
-class PatchSampler(_Seeded):
+class PatchSampler(_Seeded, PatchSource):
     """Random (bicubic, hr) patches from in-memory degraded images, reproducible from ``state``.
 
     Images are drawn in proportion to their area, so every pixel is equally likely to be in a
     patch; each patch gets a random one of the 8 rotations/flips.
     """
+
+    cuts_on_device = True  # batch_tensors: one gather on the device
 
     def __init__(self, images: list[DegradedImage], patch: int = 41, seed: int = 0,
                  augment: bool = True) -> None:
@@ -289,10 +321,12 @@ def write_hdf5(
     return count
 
 
-class H5Patches(_Seeded):
+class H5Patches(_Seeded, PatchSource):
     """Random batches from an HDF5 patch file: ours (``input``/``label``) or pytorch-vdsr's
     (``data``/``label``), ``N x C x H x W``; the notes' ``N x H x W x C`` layout is accepted too.
     """
+
+    cuts_on_device = False  # patches come from the file: read on the host, then copied
 
     def __init__(self, path: str | os.PathLike[str], seed: int = 0) -> None:
         import h5py

@@ -52,8 +52,34 @@ class TrainingError(VDSRError):
     """Training cannot continue (non-finite loss, failed checkpoint, bad resume state)."""
 
 
+class NonFiniteLoss(TrainingError):
+    """The training loss became NaN or inf; nothing was saved after it.
+
+    Attributes:
+        value: the first non-finite loss.
+        step: the 1-based optimiser step that produced it.
+    """
+
+    def __init__(self, value: float, step: int) -> None:
+        self.value, self.step = value, step
+        super().__init__(f"loss became {value} at step {step}; stopping without saving "
+                         "non-finite weights")
+
+
 class TrainingInterrupted(TrainingError):
-    """Training was stopped by a signal after writing a checkpoint; resuming continues it."""
+    """Training was stopped by a signal after writing a checkpoint; resuming continues it.
+
+    Attributes:
+        signal: the signal's name (``"SIGINT"``, ``"SIGTERM"``).
+        step: the step the run stopped at, which is the step of the checkpoint just written.
+        steps: the run's total steps.
+        run_dir: the run folder holding that checkpoint.
+    """
+
+    def __init__(self, signal: str, step: int, steps: int, run_dir: str) -> None:
+        self.signal, self.step, self.steps, self.run_dir = signal, step, steps, run_dir
+        super().__init__(f"stopped by {signal} at step {step} of {steps}; checkpoint of step "
+                         f"{step} saved in {run_dir}")
 
 
 class InvalidArgument(VDSRError, ValueError):

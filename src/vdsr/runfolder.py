@@ -1,0 +1,271 @@
+"""A training run's folder: everything a run leaves on disk, and how it is read back.
+
+::
+
+    RUN/config.json          the TrainConfig (what --resume reads back)
+    RUN/checkpoint.pt        resume state: plain containers, loaded with weights_only=True
+    RUN/metrics.csv          one row per logged step: loss, learning rate, rate, validation PSNR
+    RUN/tb/                  the same rows as TensorBoard events
+    RUN/curve.png            loss and validation PSNR against steps
+    RUN/best.safetensors     weights of the best mean validation PSNR so far
+    RUN/last.safetensors     weights of the last step
+
+Every file is written atomically (:func:`vdsr.fileio.atomic_path`), so a crash leaves the old
+file or the new one. Only :meth:`RunFolder.start` and the writers create anything; reading a run
+back and checking it (:meth:`RunFolder.resume`) writes nothing.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import os
+import pickle
+import warnings
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from vdsr.errors import InvalidArgument, TrainingError, VDSRError, WeightsError
+from vdsr.fileio import atomic_path
+from vdsr.model import VDSR, VDSRConfig
+from vdsr.trainconfig import RESUME_OVERRIDES, TrainConfig
+from vdsr.weights import WeightsMetadata, check_state_dict, save_weights
+
+# The keys of a checkpoint written by Trainer.state_dict; a file without them is not one.
+CHECKPOINT_KEYS = ("step", "model", "optimizer", "scheduler", "sampler", "torch_rng",
+                   "python_rng", "best_psnr", "best_metrics", "config")
+# Recipe keys left out of exported weights' metadata: where and how it ran, not what it learned.
+_NOT_RECIPE = ("run_dir", "device", "threads", "log_every")
+
+
+def csv_fields(scales: list[int]) -> list[str]:
+    """Columns of ``metrics.csv`` for a run validated at ``scales``."""
+    return (["step", "train_loss", "learning_rate", "patches_per_s", "eta_s"]
+            + [f"val_psnr_x{s}" for s in scales] + ["val_psnr_mean"])
+
+
+def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Load a checkpoint written by :meth:`RunFolder.save_checkpoint`, safely.
+
+    ``torch.load(weights_only=True)`` refuses any pickled object other than tensors and plain
+    containers, so a crafted file cannot run code. Raises :class:`TrainingError` naming the file
+    when it is missing, unreadable (truncated, foreign), unsafe, or lacks a checkpoint's keys.
+    """
+    path = Path(path)
+    try:
+        with warnings.catch_warnings():
+            # torch warns before refusing a pickle of another protocol; the refusal says enough.
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            state = torch.load(str(path), map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise TrainingError(f"{path}: no such checkpoint") from None
+    except MemoryError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - arbitrary bytes fail in many ways (KeyError, EOFError, ...)
+        raise TrainingError(f"{path}: {_load_failure(exc)}") from None
+    if not isinstance(state, dict):
+        raise TrainingError(f"{path}: not a training checkpoint (holds a {type(state).__name__})")
+    missing = [k for k in CHECKPOINT_KEYS if k not in state]
+    if missing:
+        raise TrainingError(f"{path}: not a training checkpoint (missing {', '.join(missing)})")
+    return state
+
+
+def _load_failure(exc: Exception) -> str:
+    """Why ``torch.load`` failed, on one line."""
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    if isinstance(exc, pickle.UnpicklingError) and lines and lines[0].startswith("Weights only load failed"):
+        # torch's first line advises loading with weights_only=False, which is what we refuse
+        # to do; the reason is on the lines between it and the pointers to issues and docs.
+        reason = [line.removeprefix("WeightsUnpickler error:").strip() for line in lines[1:]
+                  if not line.startswith(("Please file an issue", "Check the documentation"))]
+        return ("unsafe checkpoint refused by the safe loader ("
+                + (" ".join(r for r in reason if r) or "unsupported content") + ")")
+    # Truncated or foreign bytes fail deep in the zip or pickle reader with messages such as
+    # "97" (a KeyError) that say nothing to a user.
+    return "unreadable checkpoint (truncated, or not written by training)"
+
+
+def model_difference(have: VDSRConfig, want: VDSRConfig) -> tuple[str, str]:
+    """The fields where two architectures differ, as ``("depth 4, width 8", "depth 6, width 16")``."""
+    names = [f.name for f in dataclasses.fields(VDSRConfig) if getattr(have, f.name) != getattr(want, f.name)]
+    return (", ".join(f"{n} {getattr(have, n)}" for n in names),
+            ", ".join(f"{n} {getattr(want, n)}" for n in names))
+
+
+class RunFolder:
+    """The files of one training run in ``path`` (see the module docstring for the layout)."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        self._writer: Any = None  # TensorBoard SummaryWriter, opened at the first logged row
+
+    @property
+    def config_path(self) -> Path:
+        return self.path / "config.json"
+
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.path / "checkpoint.pt"
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.path / "metrics.csv"
+
+    def has_checkpoint(self) -> bool:
+        return self.checkpoint_path.exists()
+
+    # -- config -------------------------------------------------------------------------------
+    def read_config(self) -> TrainConfig:
+        """The run's :class:`TrainConfig`; :class:`VDSRError` if the folder holds none."""
+        if not self.config_path.exists():
+            raise VDSRError(f"{self.path}: not a training run folder (no config.json)")
+        try:
+            data = json.loads(self.config_path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise VDSRError(f"{self.config_path}: not valid JSON") from None
+        if not isinstance(data, dict):
+            raise VDSRError(f"{self.config_path}: not a training config")
+        return TrainConfig.from_dict(data)
+
+    def write_config(self, config: TrainConfig) -> None:
+        self.path.mkdir(parents=True, exist_ok=True)
+        with atomic_path(self.config_path) as tmp:
+            tmp.write_text(json.dumps(asdict(config), indent=2))
+
+    def resume(self, overrides: dict[str, Any] | None = None) -> tuple[TrainConfig, dict[str, Any]]:
+        """The run's config with ``overrides`` applied, and its checkpoint, both checked.
+
+        ``overrides`` may change only :data:`vdsr.trainconfig.RESUME_OVERRIDES` (how long the run
+        goes on and how often it reports), never the recipe. The checkpoint must be readable and
+        hold a model of the architecture ``config.json`` describes. Writes nothing: the caller
+        persists the config once training actually continues (:meth:`start`).
+        """
+        overrides = overrides or {}
+        unknown = sorted(set(overrides) - set(RESUME_OVERRIDES))
+        if unknown:
+            raise InvalidArgument(f"a resumed run cannot change {', '.join(unknown)}; "
+                                  f"only {', '.join(RESUME_OVERRIDES)}")
+        config = dataclasses.replace(self.read_config(), run_dir=str(self.path), **overrides)
+        if not self.has_checkpoint():
+            raise TrainingError(f"{self.path}: no checkpoint.pt to resume from")
+        state = load_checkpoint(self.checkpoint_path)
+        try:
+            saved = TrainConfig.from_dict(json.loads(state["config"])).model_config()
+        except (TypeError, ValueError, VDSRError) as exc:
+            raise TrainingError(f"{self.checkpoint_path}: unreadable run config ({exc})") from None
+        if saved != config.model_config():
+            have, want = model_difference(saved, config.model_config())
+            raise TrainingError(f"{self.checkpoint_path}: holds a model with {have}, but "
+                                f"{self.config_path.name} describes {want}")
+        try:
+            check_state_dict(state["model"], saved, self.checkpoint_path)
+        except WeightsError as exc:
+            raise TrainingError(str(exc)) from None
+        return config, state
+
+    # -- checkpoint ---------------------------------------------------------------------------
+    def save_checkpoint(self, state: dict[str, Any]) -> Path:
+        """Write ``state`` (plain containers and tensors) atomically; the old file stays on error."""
+        path = self.checkpoint_path
+        try:
+            with atomic_path(path) as tmp:
+                torch.save(state, tmp)
+        except OSError as exc:
+            raise TrainingError(
+                f"{path}: could not write checkpoint at step {state.get('step')} "
+                f"({exc.strerror or exc}); the previous checkpoint is kept"
+            ) from None
+        return path
+
+    def load_checkpoint(self) -> dict[str, Any]:
+        return load_checkpoint(self.checkpoint_path)
+
+    # -- metrics ------------------------------------------------------------------------------
+    def start(self, config: TrainConfig, step: int) -> None:
+        """Make the folder ready for training from ``step``: write ``config.json`` and drop the
+        metrics rows after ``step`` (logged by a run killed after its last checkpoint), so the
+        log matches the state.
+
+        From step 0 the folder's previous run, if any, is being replaced: its checkpoint and
+        weights go too, so that a new run killed before its first checkpoint cannot be resumed
+        from the old run's state under the new config.
+        """
+        if step == 0:
+            for name in ("checkpoint.pt", "best.safetensors", "last.safetensors"):
+                (self.path / name).unlink(missing_ok=True)
+        self.write_config(config)
+        self.truncate_metrics(step, config.scales)
+
+    def truncate_metrics(self, step: int, scales: list[int]) -> None:
+        """Keep only the rows of ``metrics.csv`` at or before ``step``."""
+        if not self.metrics_path.exists():
+            return
+        with open(self.metrics_path, newline="") as fh:
+            rows = list(csv.DictReader(fh))
+        keep = [r for r in rows if int(r["step"]) <= step]
+        if len(keep) == len(rows):
+            return
+        with atomic_path(self.metrics_path) as tmp, open(tmp, "w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=csv_fields(scales))
+            writer.writeheader()
+            writer.writerows(keep)
+
+    def log(self, row: dict[str, float], scales: list[int]) -> None:
+        """Append ``row`` (``step`` plus any of :func:`csv_fields`) to ``metrics.csv`` and
+        TensorBoard (``train_loss`` is shown as ``train/loss``)."""
+        step = int(row["step"])
+        new = not self.metrics_path.exists()
+        fields = csv_fields(scales)
+        with open(self.metrics_path, "a", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=fields)
+            if new:
+                writer.writeheader()
+            writer.writerow({k: row.get(k, "") for k in fields})
+        if self._writer is None:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                # purge_step: a resumed run hides the events a killed run logged after its
+                # checkpoint, as truncate_metrics does for the CSV.
+                self._writer = SummaryWriter(str(self.path / "tb"), purge_step=step)
+            except ImportError:  # tensorboard is a declared dependency; tolerate its absence
+                self._writer = False
+        if self._writer:
+            for k, v in row.items():
+                if k != "step" and v != "" and v is not None:
+                    self._writer.add_scalar(k.replace("_", "/", 1), v, step)
+            self._writer.flush()
+
+    def plot(self) -> None:
+        """Draw ``curve.png`` from ``metrics.csv``."""
+        from vdsr.plots import training_curve
+
+        training_curve(self.metrics_path, self.path / "curve.png")
+
+    def close(self) -> None:
+        """Close the TensorBoard writer; the next :meth:`log` opens a new one."""
+        if self._writer:
+            self._writer.close()
+        self._writer = None
+
+    # -- weights ------------------------------------------------------------------------------
+    def export(self, name: str, model: VDSR, config: TrainConfig, step: int,
+               metrics: dict[str, float]) -> Path:
+        """Write ``model``'s weights to ``name`` (``best``/``last.safetensors``) with the recipe,
+        the step and the validation ``metrics`` in their metadata."""
+        meta = WeightsMetadata(
+            config=model.config,
+            scales=list(config.scales),
+            source=f"trained by `vdsr train` ({self.path.name}), step {step}",
+            recipe={k: v for k, v in asdict(config).items() if k not in _NOT_RECIPE}
+            | {"trained_steps": step},
+            metrics={"validation": Path(config.val_dir).name if config.val_dir else None, **metrics},
+        )
+        path = self.path / name
+        save_weights(path, model.state_dict(), meta)
+        return path
