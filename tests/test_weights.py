@@ -16,10 +16,9 @@ from safetensors.torch import save_file
 from tests.conftest import DATASETS, REFERENCE, needs_shared, tiny_model
 from vdsr.errors import WeightsError
 from vdsr.evaluate import PAPER, evaluate_folder
+from vdsr.importers import RestrictedUnpickler, import_pytorch_vdsr
 from vdsr.weights import (
-    RestrictedUnpickler,
     WeightsMetadata,
-    import_pytorch_vdsr,
     load_model,
     load_resume_state,
     load_weights,
@@ -162,7 +161,7 @@ def test_official_weights_reach_paper_on_set5(official_weights: Path) -> None:
 def test_pytorch_vdsr_weights_on_set5(tmp_path: Path) -> None:
     """pytorch-vdsr's checkpoint, double-precision Y protocol: 37.65 / 33.77 / 31.45 measured
     by an independent implementation; ours must agree within 0.02 dB."""
-    from vdsr.weights import convert
+    from vdsr.importers import convert
 
     out = tmp_path / "pv.safetensors"
     convert(REFERENCE / "pytorch_vdsr_model_epoch_50.pth", out)

@@ -201,7 +201,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def cmd_convert(args: argparse.Namespace) -> int:
     from vdsr.errors import VDSRError
-    from vdsr.weights import convert
+    from vdsr.importers import convert
 
     dst = Path(args.output)
     if dst.exists() and not args.overwrite:
