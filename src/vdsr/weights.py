@@ -4,6 +4,12 @@ The metadata (safetensors' string-to-string header, key ``"vdsr"``) holds everyt
 rebuild and use the model without pickling code: the :class:`~vdsr.model.VDSRConfig`, the colour
 convention, trained scales, provenance, the training recipe and measured PSNR.
 
+Tensor names in the file are the model's ``state_dict`` keys with a ``vdsr.`` prefix
+(``vdsr.input.weight``, ``vdsr.body.0.weight``, ...). Unprefixed, ``body.0.weight`` and
+``body.1.weight`` are exactly what spandrel (chaiNNer's loader) takes for Real-ESRGAN's
+SRVGGNetCompact; with the prefix no spandrel detector matches and it reports the file as
+unsupported. Files written before the prefix (unprefixed keys) still load.
+
 Loading never executes code from a file: safetensors holds raw tensors only and ``.pth`` resume
 states go through ``torch.load(weights_only=True)``. Other formats (the authors' MatConvNet model,
 pytorch-vdsr's pickled checkpoints) are read by :mod:`vdsr.importers`.
@@ -31,6 +37,10 @@ FORMAT = "vdsr-weights"
 FORMAT_VERSION = 1
 METADATA_KEY = "vdsr"
 DEFAULT_WEIGHTS_NAME = "vdsr_x234.safetensors"
+# Prefix of every tensor name in a file (not in the model: attribute names never change).
+# spandrel strips only "module." and "netG." and unwraps "model"/"net"/"params"... dicts, so
+# "vdsr." survives its canonicalisation and no architecture detector recognises our keys.
+KEY_PREFIX = "vdsr."
 # The convention every model here follows unless its metadata says otherwise.
 Y_CONVENTION = "Y of MATLAB rgb2ycbcr (BT.601, Y in [16,235]/255), input = bicubic-upscaled LR in [0,1]"
 
@@ -119,12 +129,35 @@ def check_state_dict(state: dict[str, torch.Tensor], config: VDSRConfig, path: s
             raise WeightsError(f"{path}: tensor {name} contains NaN or inf values")
 
 
+def to_file_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The model's ``state_dict`` named as in a file: every key gets :data:`KEY_PREFIX`."""
+    return {KEY_PREFIX + k: v for k, v in state.items()}
+
+
+def from_file_keys(tensors: dict[str, torch.Tensor], path: str | Path = "") -> dict[str, torch.Tensor]:
+    """A file's tensors named as the model's ``state_dict``: strips :data:`KEY_PREFIX`.
+
+    Files written before the prefix existed have no prefixed key and pass unchanged; a file
+    that mixes both layouts is refused.
+    """
+    prefixed = [k.startswith(KEY_PREFIX) for k in tensors]
+    if all(prefixed):
+        return {k[len(KEY_PREFIX):]: v for k, v in tensors.items()}
+    if any(prefixed):
+        raise WeightsError(f"{path}: tensor names mix the '{KEY_PREFIX}' layout and the old one")
+    return dict(tensors)
+
+
 def save_weights(
     path: str | Path, state: dict[str, torch.Tensor], metadata: WeightsMetadata
 ) -> None:
-    """Validate and write ``state`` with ``metadata`` to ``path`` atomically."""
+    """Validate and write ``state`` (a model ``state_dict``) with ``metadata`` to ``path`` atomically.
+
+    Tensors are stored as float32 under the names of :func:`to_file_keys`.
+    """
     check_state_dict(state, metadata.config, path)
-    tensors = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in state.items()}
+    tensors = {k: v.detach().to("cpu", torch.float32).contiguous()
+               for k, v in to_file_keys(state).items()}
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata={METADATA_KEY: metadata.to_json()})
 
@@ -181,7 +214,10 @@ def check_file(path: Path) -> None:
 
 
 def load_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], WeightsMetadata]:
-    """Load a ``.safetensors`` weights file and its metadata, validated against the architecture."""
+    """Load a ``.safetensors`` weights file and its metadata, validated against the architecture.
+
+    The returned state is named as the model's ``state_dict`` (either key layout on disk).
+    """
     path = Path(path)
     if path.suffix.lower() in (".pth", ".pt", ".pkl", ".mat"):
         raise WeightsError(
@@ -190,7 +226,7 @@ def load_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], WeightsMeta
         )
     metadata = read_metadata(path)
     try:
-        state = load_file(str(path))
+        state = from_file_keys(load_file(str(path)), path)
     except (SafetensorError, OSError, ValueError) as exc:
         raise WeightsError(f"{path}: corrupt safetensors file ({exc})") from None
     check_state_dict(state, metadata.config, path)
