@@ -55,3 +55,6 @@ def ycbcr2rgb(ycbcr: NDArray[np.floating]) -> NDArray[np.float64]:
     ycbcr = np.asarray(ycbcr, dtype=np.float64)
     _check_last_axis(ycbcr, "ycbcr2rgb")
     return (ycbcr * 255.0 - _OFFSET) @ _YCBCR2RGB.T
+
+# The same matrices for code that rebuilds the conversion elsewhere (the RGB ONNX graph).
+RGB2YCBCR, YCBCR_OFFSET, YCBCR2RGB = _RGB2YCBCR, _OFFSET, _YCBCR2RGB
