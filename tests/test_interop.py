@@ -164,13 +164,15 @@ def test_rgb_onnx_equals_vdsr_upscale(scale: int) -> None:
     graph = onnx.load_from_string(data)
     assert graph.opset_import[0].version == OPSET
     assert {n.op_type for n in graph.graph.node} <= DOCUMENTED_OPS
+    onnx.checker.check_model(graph, full_check=True)  # strict shape inference included
     props = {p.key: p.value for p in graph.metadata_props}
     assert props["vdsr.scale"] == str(scale)
     assert json.loads(props["vdsr.model"])["depth"] == 20
     assert "[0, 1]" in props["vdsr.input"] and f"{scale}*H" in props["vdsr.output"]
     session = _session(data)
-    for h, w in ((37, 53), (20, 31)):  # one graph, any size: H and W are dynamic
-        rgb = random_rgb(h, w, seed=h).astype(np.float64) / 255.0
+    for h, w in ((37, 53), (20, 31), (1, 1), (2, 5)):  # one graph, any size: H, W are dynamic
+        rgb = np.random.default_rng(h).random((h, w, 3)) if h < 4 else \
+            random_rgb(h, w, seed=h).astype(np.float64) / 255.0
         ours = _run(session, rgb)
         ref = upscale_array(model, rgb, scale)
         assert ours.shape == ref.shape == (scale * h, scale * w, 3)
