@@ -109,8 +109,9 @@ def test_spandrel_mistook_the_old_key_layout(spandrel: Any, tmp_path: Path,
 # RGB ONNX (vdsr export --rgb-onnx)
 # --------------------------------------------------------------------------------------------
 
+# The operators README's 'Use in other tools' lists for TensorRT (plain body).
 DOCUMENTED_OPS = {"Conv", "Slice", "Concat", "DepthToSpace", "Relu", "Add", "Clip", "Cast",
-                  "Shape", "Gather", "Unsqueeze", "Sub", "Constant"}
+                  "Identity", "Shape", "Gather", "Unsqueeze", "Sub", "Constant"}
 
 
 def _psnr8(a: np.ndarray, b: np.ndarray) -> tuple[float, int]:

@@ -20,8 +20,9 @@ zero). ONNX's own cubic ``Resize`` is a different filter at the borders and in i
 conversions and runs on the upscaled RGB, as ``vdsr upscale`` does.
 
 The graph uses opset 17 and only these operators: Conv, Slice, Concat, DepthToSpace, Relu, Add,
-Clip, Cast (fp16 variant) and, for the dynamic shapes, Shape/Gather/Unsqueeze where the
-exporter emits them; all are supported by TensorRT and ONNX Runtime.
+Clip, Cast (fp16 variant), Identity (the exporter shares equal weight tensors through it), the
+shape arithmetic of the dynamic borders (Shape, Gather, Unsqueeze, Sub, Constant) and, for the
+``inception`` body only, MaxPool; all are supported by TensorRT's ONNX parser and ONNX Runtime.
 """
 
 from __future__ import annotations
