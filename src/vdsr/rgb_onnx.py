@@ -42,7 +42,7 @@ from torch import nn
 
 from vdsr.color import RGB2YCBCR, YCBCR2RGB, YCBCR_OFFSET
 from vdsr.constants import MAX_SCALE, __version__
-from vdsr.errors import BadScale, VDSRError
+from vdsr.errors import BadScale, InvalidArgument
 from vdsr.fileio import atomic_path
 from vdsr.model import VDSR
 
@@ -153,7 +153,7 @@ class RGBUpscaler(nn.Module):
         self.fp16 = fp16
         self.luma = model.config.channels == 1
         if model.config.channels not in (1, 3):
-            raise VDSRError(f"an RGB model needs a 1- or 3-channel network, not {model.config.channels}")
+            raise InvalidArgument(f"an RGB model needs a 1- or 3-channel network, not {model.config.channels}")
         self.up = MatlabBicubicUp(self.scale, 3)
         # ycbcr = (M @ rgb + offset) / 255 and rgb = M^-1 @ (255 * ycbcr - offset)
         self.to_ycbcr = _colour_conv(RGB2YCBCR / 255.0, YCBCR_OFFSET / 255.0)
