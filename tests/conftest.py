@@ -56,7 +56,7 @@ def tiny_weights(tmp_path: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def official_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from vdsr.weights import convert
+    from vdsr.importers import convert
 
     if not (REFERENCE / "vdsr_official_matconvnet.mat").exists():
         pytest.skip(f"official weights not found in {REFERENCE}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -11,17 +12,16 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
 from tests.conftest import DATASETS, REFERENCE, needs_shared, tiny_model
-from vdsr.errors import WeightsError
+from vdsr.errors import TrainingError, WeightsError
 from vdsr.evaluate import PAPER, evaluate_folder
+from vdsr.importers import RestrictedUnpickler, import_pytorch_vdsr
 from vdsr.weights import (
-    RestrictedUnpickler,
     WeightsMetadata,
-    import_pytorch_vdsr,
+    default_weights_path,
     load_model,
-    load_resume_state,
     load_weights,
     read_metadata,
     save_weights,
@@ -129,8 +129,10 @@ def test_malicious_pickle_is_refused(tmp_path: Path) -> None:
     # Resume states go through torch.load(weights_only=True), which refuses it too.
     ckpt = tmp_path / "checkpoint.pt"
     ckpt.write_bytes(payload)
-    with pytest.raises(WeightsError, match="unsafe|unreadable"):
-        load_resume_state(ckpt)
+    from vdsr.runfolder import load_checkpoint
+
+    with pytest.raises(TrainingError, match="unsafe|unreadable"):
+        load_checkpoint(ckpt)
     assert not marker.exists()
 
 
@@ -162,7 +164,7 @@ def test_official_weights_reach_paper_on_set5(official_weights: Path) -> None:
 def test_pytorch_vdsr_weights_on_set5(tmp_path: Path) -> None:
     """pytorch-vdsr's checkpoint, double-precision Y protocol: 37.65 / 33.77 / 31.45 measured
     by an independent implementation; ours must agree within 0.02 dB."""
-    from vdsr.weights import convert
+    from vdsr.importers import convert
 
     out = tmp_path / "pv.safetensors"
     convert(REFERENCE / "pytorch_vdsr_model_epoch_50.pth", out)
@@ -183,3 +185,40 @@ def test_legacy_reader_rejects_bad_magic(tmp_path: Path) -> None:
     with pytest.raises(WeightsError, match="zip"):
         import_pytorch_vdsr(p)
     assert struct  # keep import used
+
+
+def test_file_keys_carry_the_vdsr_prefix_and_old_files_still_load(tmp_path: Path,
+                                                                  tiny_weights: Path) -> None:
+    """New files name tensors ``vdsr.<state_dict key>``; files without the prefix still load."""
+    on_disk = load_file(str(tiny_weights))
+    model_keys = set(tiny_model().state_dict())
+    assert set(on_disk) == {"vdsr." + k for k in model_keys}
+    state, meta = load_weights(tiny_weights)
+    assert set(state) == model_keys
+    # The layout written before the prefix: the model's own keys.
+    old = _write(tmp_path / "old.safetensors", {k[5:]: v for k, v in on_disk.items()}, meta.to_json())
+    old_state, old_meta = load_weights(old)
+    assert old_meta == meta
+    assert all(torch.equal(old_state[k], state[k]) for k in model_keys)
+    load_model(old)
+    mixed = dict(on_disk)
+    mixed["input.weight"] = mixed.pop("vdsr.input.weight")
+    with pytest.raises(WeightsError, match="mix"):
+        load_weights(_write(tmp_path / "mixed.safetensors", mixed, meta.to_json()))
+
+
+# SHA-256 over (state_dict key, float32 bytes) in key order of the shipped model's tensors, taken
+# from the file before its keys were renamed (commit 412a15a); retraining the model changes it.
+SHIPPED_TENSORS_SHA256 = "9aad47f0f64eee1c3a6f33e1594df03597287dc6df9e595240d5e01957c8eb33"
+
+
+def test_shipped_file_uses_prefixed_keys_with_the_same_tensors() -> None:
+    path = default_weights_path()
+    assert all(k.startswith("vdsr.") for k in load_file(str(path)))
+    state, meta = load_weights(path)
+    digest = hashlib.sha256()
+    for key in sorted(state):
+        digest.update(key.encode())
+        digest.update(state[key].numpy().tobytes())
+    assert digest.hexdigest() == SHIPPED_TENSORS_SHA256
+    assert meta.scales == [2, 3, 4] and meta.config.depth == 20

@@ -221,7 +221,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def cmd_convert(args: argparse.Namespace) -> int:
     from vdsr.errors import VDSRError
-    from vdsr.weights import convert
+    from vdsr.importers import convert
 
     dst = Path(args.output)
     if dst.exists() and not args.overwrite:
@@ -384,10 +384,11 @@ def cmd_export(args: argparse.Namespace) -> int:
     from vdsr.export import export_onnx, export_onnx_int8, export_torchscript
     from vdsr.weights import load_model
 
-    if not args.onnx and not args.torchscript and not args.onnx_int8:
-        raise VDSRError("nothing to do: pass --onnx OUT.onnx, --onnx-int8 OUT.onnx "
-                        "and/or --torchscript OUT.pt")
-    model, _ = load_model(args.weights)
+    if not args.onnx and not args.torchscript and not args.onnx_int8 and not args.rgb_onnx:
+        raise VDSRError("nothing to do: pass --onnx OUT.onnx, --onnx-int8 OUT.onnx, "
+                        "--rgb-onnx OUT.onnx --scale S and/or --torchscript OUT.pt")
+    rgb_jobs = _rgb_onnx_paths(args)
+    model, meta = load_model(args.weights)
     for path, writer in ((args.onnx, export_onnx), (args.onnx_int8, export_onnx_int8),
                          (args.torchscript, export_torchscript)):
         if path:
@@ -395,7 +396,35 @@ def cmd_export(args: argparse.Namespace) -> int:
                 raise VDSRError(f"{path}: already exists (pass --overwrite to replace it)")
             writer(model, path)
             print(f"wrote {path}")
+    if rgb_jobs:
+        from vdsr.rgb_onnx import export_rgb_onnx
+
+        props = {"weights_source": meta.source, "trained_scales": meta.scales}
+        for path, scale in rgb_jobs:
+            if Path(path).exists() and not args.overwrite:
+                raise VDSRError(f"{path}: already exists (pass --overwrite to replace it)")
+            export_rgb_onnx(model, path, scale, fp16=args.fp16, metadata=props)
+            print(f"wrote {path} (x{scale}{', fp16 network' if args.fp16 else ''})")
     return 0
+
+
+def _rgb_onnx_paths(args: argparse.Namespace) -> list[tuple[str, int]]:
+    """``(path, scale)`` per ``--scale`` of ``--rgb-onnx``: the name itself for one scale,
+    ``NAME_x{S}.onnx`` for several. Checked before anything is loaded or written."""
+    from vdsr.errors import VDSRError
+    from vdsr.rgb_onnx import check_integer_scale
+
+    if not args.rgb_onnx:
+        if args.scale or args.fp16:
+            raise VDSRError("--scale and --fp16 apply to --rgb-onnx only")
+        return []
+    if not args.scale:
+        raise VDSRError("--rgb-onnx needs --scale S (one or more integer factors, e.g. --scale 2 4)")
+    scales = list(dict.fromkeys(check_integer_scale(s) for s in args.scale))
+    out = Path(args.rgb_onnx)
+    if len(scales) == 1:
+        return [(str(out), scales[0])]
+    return [(str(out.with_name(f"{out.stem}_x{s}{out.suffix}")), s) for s in scales]
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -536,6 +565,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--onnx", help="ONNX file to write")
     p.add_argument("--onnx-int8", help="int8-quantised ONNX file to write (the int8 backend's model)")
     p.add_argument("--torchscript", help="TorchScript file to write")
+    p.add_argument("--rgb-onnx", metavar="OUT.onnx",
+                   help="self-contained RGB-in/RGB-out ONNX model (YCbCr, MATLAB bicubic, network "
+                        "and merge in the graph) for chaiNNer, TensorRT, ...; needs --scale")
+    p.add_argument("--scale", type=float, nargs="+", metavar="S",
+                   help="integer scale(s) of --rgb-onnx; several write OUT_x{S}.onnx each")
+    p.add_argument("--fp16", action="store_true",
+                   help="--rgb-onnx with the network in fp16 (input and output stay float32)")
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=cmd_export)
 

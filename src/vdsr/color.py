@@ -74,3 +74,7 @@ def ycbcr2rgb_tensor(ycbcr: torch.Tensor) -> torch.Tensor:
     m = torch.as_tensor(_YCBCR2RGB, dtype=ycbcr.dtype, device=ycbcr.device)
     offset = torch.as_tensor(_OFFSET, dtype=ycbcr.dtype, device=ycbcr.device)
     return torch.einsum("ij,njhw->nihw", m, ycbcr * 255.0 - offset[:, None, None])
+
+
+# The same matrices for code that rebuilds the conversion elsewhere (the RGB ONNX graph).
+RGB2YCBCR, YCBCR_OFFSET, YCBCR2RGB = _RGB2YCBCR, _OFFSET, _YCBCR2RGB
