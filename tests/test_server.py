@@ -183,3 +183,19 @@ def test_browser_upload_compare_download(live_server: str, tmp_path: Path, tiny_
         finally:
             browser.close()
     assert ROOT.exists()
+
+
+def test_output_pixels_are_limited(tiny_weights: Path) -> None:
+    """Bug 3: a small upload at a large scale is refused (413) before any work, both methods."""
+    from vdsr.constants import SERVER_MAX_OUTPUT_PIXELS
+
+    assert Limits().max_output_pixels == SERVER_MAX_OUTPUT_PIXELS
+    client = TestClient(create_app(tiny_weights, Limits(max_output_pixels=10_000)))
+    assert client.get("/api/health").json()["limits"]["max_output_pixels"] == 10_000
+    data = png_bytes(np.zeros((30, 40), np.uint8))  # x3: 90x120 = 10,800 pixels
+    for method in ("vdsr", "bicubic"):
+        r = client.post(f"/api/upscale?scale=3&method={method}", files={"file": ("g.png", data)})
+        assert r.status_code == 413
+        assert r.json()["error"] == "g.png: output of 120x90 = 10,800 pixels is over the limit of 10,000"
+    r = client.post("/api/upscale?scale=2", files={"file": ("g.png", data)})  # 80x60 fits
+    assert r.status_code == 200

@@ -16,6 +16,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from vdsr import constants as C  # imports nothing: defaults for --help without torch
+
 _BACKENDS = ("auto", "torch", "onnxruntime", "int8")  # vdsr.inference.BACKENDS, without importing torch
 
 PROG = "vdsr"
@@ -107,7 +109,7 @@ def _output_paths(files: list[Path], out: Path, scale: float, single_target: boo
 
 def cmd_upscale(args: argparse.Namespace) -> int:
     from vdsr.errors import VDSRError
-    from vdsr.images import IMAGE_SUFFIXES, load_image, save_image
+    from vdsr.images import IMAGE_SUFFIXES, check_output_size, load_image, save_image
     from vdsr.inference import check_scale, check_tile, upscale_loaded
     from vdsr.weights import load_model
 
@@ -133,6 +135,7 @@ def cmd_upscale(args: argparse.Namespace) -> int:
             if dst.exists() and not args.overwrite:
                 raise VDSRError(f"{dst}: already exists (pass --overwrite to replace it)")
             img = load_image(src, max_pixels=args.max_pixels)
+            check_output_size(str(src), img.height, img.width, args.scale, args.max_output_pixels)
             out_pixels, alpha = upscale_loaded(model, img, args.scale, tile, args.device, args.backend)
             save_image(dst, out_pixels, alpha, img.bit_depth)
             if args.compare and len(files) == 1:
@@ -368,7 +371,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(f"{PROG}: warning: serving on {args.host}: reachable from other machines", file=sys.stderr)
     serve(args.host, args.port, args.weights,
           Limits(max_upload_bytes=args.max_upload_mb * 1024 * 1024, max_pixels=args.max_pixels,
-                 max_jobs=args.max_jobs))
+                 max_output_pixels=args.max_output_pixels, max_jobs=args.max_jobs))
     return 0
 
 
@@ -403,7 +406,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="auto: ONNX Runtime on CPU when installed, else PyTorch; "
                         "int8: quantised ONNX Runtime, ~1.7x faster, not exact")
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
-    p.add_argument("--max-pixels", type=_positive_int, default=64_000_000, help="refuse larger inputs")
+    p.add_argument("--max-pixels", type=_positive_int, default=C.DEFAULT_MAX_PIXELS,
+                   help="refuse inputs with more pixels (default %(default)s)")
+    p.add_argument("--max-output-pixels", type=_positive_int, default=C.DEFAULT_MAX_OUTPUT_PIXELS,
+                   help="refuse outputs (input pixels x scale²) with more pixels (default %(default)s)")
     p.add_argument("--compare", help="also write a bicubic-vs-VDSR side-by-side PNG (one input)")
     common_device(p)
     p.set_defaults(func=cmd_upscale)
@@ -501,8 +507,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--weights", help="weights file (default: the shipped model)")
-    p.add_argument("--max-upload-mb", type=_positive_int, default=20)
-    p.add_argument("--max-pixels", type=_positive_int, default=16_000_000)
+    p.add_argument("--max-upload-mb", type=_positive_int, default=C.SERVER_MAX_UPLOAD_MB,
+                   help="refuse larger uploads (default %(default)s)")
+    p.add_argument("--max-pixels", type=_positive_int, default=C.SERVER_MAX_PIXELS,
+                   help="refuse images with more pixels (default %(default)s)")
+    p.add_argument("--max-output-pixels", type=_positive_int, default=C.SERVER_MAX_OUTPUT_PIXELS,
+                   help="refuse results (image pixels x scale²) with more pixels (default %(default)s)")
     p.add_argument("--max-jobs", type=_positive_int, default=1, help="images upscaled at once")
     p.set_defaults(func=cmd_serve)
 

@@ -23,7 +23,7 @@ from vdsr.errors import ImageError, TooLarge
 from vdsr.fileio import atomic_path
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm")
-__all__ = ["DEFAULT_MAX_PIXELS", "IMAGE_SUFFIXES", "LoadedImage", "decode_image", "load_image",
+__all__ = ["DEFAULT_MAX_PIXELS", "IMAGE_SUFFIXES", "LoadedImage", "check_output_size", "decode_image", "load_image",
            "save_image", "encode_png", "list_images", "to_pil", "to_uint"]
 
 
@@ -157,6 +157,18 @@ def _decode(source: Path | io.BytesIO, path: Path, max_pixels: int) -> LoadedIma
     if pixels.shape[0] == 0 or pixels.shape[1] == 0:
         raise ImageError(f"{path}: image has zero size")
     return LoadedImage(pixels=pixels, alpha=alpha, bit_depth=depth, path=path)
+
+
+def check_output_size(name: str, height: int, width: int, scale: float, limit: int) -> tuple[int, int]:
+    """The output size ``(round(scale * height), round(scale * width))`` of an upscale, checked.
+
+    Raises :class:`TooLarge` (``what="output"``) when it is over ``limit`` pixels, so callers
+    refuse an upscale before any of its work or memory is spent.
+    """
+    out_h, out_w = max(1, round(height * scale)), max(1, round(width * scale))
+    if out_h * out_w > limit:
+        raise TooLarge(name, "output", out_w, out_h, limit)
+    return out_h, out_w
 
 
 def to_uint(array: NDArray[np.floating], bit_depth: int) -> NDArray:

@@ -27,9 +27,14 @@ from fastapi import FastAPI, File, Query, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 
-from vdsr.constants import __version__
+from vdsr.constants import (
+    SERVER_MAX_OUTPUT_PIXELS,
+    SERVER_MAX_PIXELS,
+    SERVER_MAX_UPLOAD_MB,
+    __version__,
+)
 from vdsr.errors import TooLarge, VDSRError
-from vdsr.images import decode_image, encode_png
+from vdsr.images import check_output_size, decode_image, encode_png
 from vdsr.inference import DEFAULT_TILE, bicubic_clipped, check_scale, upscale_loaded
 from vdsr.weights import load_model
 
@@ -38,8 +43,9 @@ from vdsr.weights import load_model
 class Limits:
     """Server limits, all configurable from ``vdsr serve``."""
 
-    max_upload_bytes: int = 20 * 1024 * 1024
-    max_pixels: int = 16_000_000
+    max_upload_bytes: int = SERVER_MAX_UPLOAD_MB * 1024 * 1024
+    max_pixels: int = SERVER_MAX_PIXELS  # decoded image pixels
+    max_output_pixels: int = SERVER_MAX_OUTPUT_PIXELS  # result pixels: image pixels x scale^2
     max_jobs: int = 1
 
 
@@ -70,7 +76,8 @@ def create_app(weights: str | Path | None = None, limits: Limits | None = None) 
     def health() -> dict[str, Any]:
         return {"status": "ok", "model": meta.source, "scales": meta.scales,
                 "limits": {"max_upload_bytes": limits.max_upload_bytes,
-                           "max_pixels": limits.max_pixels, "max_jobs": limits.max_jobs}}
+                           "max_pixels": limits.max_pixels,
+                           "max_output_pixels": limits.max_output_pixels, "max_jobs": limits.max_jobs}}
 
     @app.post("/api/upscale")
     def upscale_endpoint(file: UploadFile = File(...), scale: float = Query(...),  # noqa: B008
@@ -90,6 +97,7 @@ def create_app(weights: str | Path | None = None, limits: Limits | None = None) 
                 warnings.simplefilter("ignore")  # out-of-range scale / animated image: still served
                 check_scale(scale, meta.scales)
                 image = decode_image(data, name, max_pixels=limits.max_pixels)
+            check_output_size(name, image.height, image.width, scale, limits.max_output_pixels)
             if method == "bicubic":
                 pixels = bicubic_clipped(image.pixels, scale)
                 alpha = None if image.alpha is None else bicubic_clipped(image.alpha, scale)
