@@ -42,3 +42,27 @@ def test_output_pixels_are_limited_before_any_work(tmp_path: Path, tiny_weights:
                         "--max-output-pixels", "80000"], capsys)
     assert code == 0, err
     assert random_rgb  # shared helper import kept for the tests below
+
+
+def test_uncreatable_output_folder_is_one_line(tmp_path: Path, tiny_weights: Path,
+                                               capsys: pytest.CaptureFixture[str],
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """Bug 4: ``-o RO/sub`` gave a raw OSError traceback from ``out.mkdir``."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    write_png(folder / "a.png", random_rgb(8, 8))
+    blocker = tmp_path / "file"
+    blocker.write_text("a file where a folder should go")
+    code, _, err = run(["upscale", str(folder), "-s", "2", "-o", str(blocker / "sub"),
+                        "--weights", str(tiny_weights)], capsys)
+    assert code == 1 and err.startswith(f"vdsr: error: {blocker / 'sub'}: cannot create the output folder")
+    assert len(err.strip().splitlines()) == 1
+
+    def read_only(*_a: object, **_k: object) -> None:  # as root, chmod cannot make a folder read-only
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(Path, "mkdir", read_only)
+    code, _, err = run(["upscale", str(folder), "-s", "2", "-o", str(tmp_path / "ro" / "sub"),
+                        "--weights", str(tiny_weights)], capsys)
+    assert code == 1
+    assert err.strip() == f"vdsr: error: {tmp_path / 'ro' / 'sub'}: cannot create the output folder (Permission denied)"

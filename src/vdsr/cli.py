@@ -99,7 +99,10 @@ def _output_paths(files: list[Path], out: Path, scale: float, single_target: boo
         return [out]
     if out.exists() and not out.is_dir():
         raise VDSRError(f"{out}: several inputs need an output folder, and this is a file")
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # read-only place, a file in the way, no permission
+        raise VDSRError(f"{out}: cannot create the output folder ({exc.strerror or exc})") from None
     names = [out / f"{f.stem}_x{scale:g}.png" for f in files]
     dupes = {n for n in names if names.count(n) > 1}
     if dupes:
