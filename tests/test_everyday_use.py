@@ -66,3 +66,19 @@ def test_uncreatable_output_folder_is_one_line(tmp_path: Path, tiny_weights: Pat
                         "--weights", str(tiny_weights)], capsys)
     assert code == 1
     assert err.strip() == f"vdsr: error: {tmp_path / 'ro' / 'sub'}: cannot create the output folder (Permission denied)"
+
+
+@pytest.mark.parametrize("scale", ["1", "0.5", "abc", "nan", "100", "16.5"])
+def test_every_bad_scale_is_a_usage_error(scale: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """Bug 7: ``-s 100`` exited 1 (a run-time error) where ``-s 1/0.5/abc`` exit 2 (usage)."""
+    with pytest.raises(SystemExit) as exc:
+        main(["upscale", "x.png", "-s", scale, "-o", "y.png"])
+    assert exc.value.code == 2
+    assert "argument --scale/-s" in capsys.readouterr().err
+
+
+def test_scale_cap_is_in_help(capsys: pytest.CaptureFixture[str]) -> None:
+    """Bug 7: the 16x cap was not in ``--help``."""
+    with pytest.raises(SystemExit):
+        main(["upscale", "--help"])
+    assert "S <= 16" in " ".join(capsys.readouterr().out.split())

@@ -59,6 +59,8 @@ def _scale(text: str) -> float:
         raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
     if not math.isfinite(value) or value <= 1:
         raise argparse.ArgumentTypeError(f"must be a finite number greater than 1, got {text}")
+    if value > C.MAX_SCALE:  # a usage error like the others (exit 2), not a run-time one
+        raise argparse.ArgumentTypeError(f"must be at most {C.MAX_SCALE:g}, got {text}")
     return value
 
 
@@ -401,7 +403,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("upscale", help="super-resolve images")
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files or folders")
-    p.add_argument("--scale", "-s", type=_scale, required=True, help="upscaling factor > 1")
+    p.add_argument("--scale", "-s", type=_scale, required=True, metavar="S",
+                   help=f"upscaling factor, 1 < S <= {C.MAX_SCALE:g}; the model is trained for 2-4, "
+                        "other factors work with a warning")
     p.add_argument("-o", "--output", required=True, help="output file (one input) or folder")
     p.add_argument("--weights", help="a .safetensors weights file (default: the shipped model)")
     p.add_argument("--tile", type=int, default=512, help="tile side in pixels, 0 = whole image (default 512)")
