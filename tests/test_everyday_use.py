@@ -82,3 +82,20 @@ def test_scale_cap_is_in_help(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit):
         main(["upscale", "--help"])
     assert "S <= 16" in " ".join(capsys.readouterr().out.split())
+
+
+def test_serve_on_a_port_in_use_is_one_line_and_exit_1(tiny_weights: Path) -> None:
+    """Bug 6: uvicorn printed a multi-line log and exited 3; the README promises one line, exit 1."""
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        proc = subprocess.run([sys.executable, "-m", "vdsr", "serve", "--port", str(port),
+                               "--weights", str(tiny_weights)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1, proc.stderr
+    assert proc.stderr.strip() == (f"vdsr: error: cannot listen on 127.0.0.1:{port}: address already in use "
+                                   "(choose another with --port or --host)")

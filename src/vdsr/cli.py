@@ -29,11 +29,13 @@ def _err(msg: str) -> None:
 
 def _describe(exc: Exception) -> str:
     """The library's message, with the flag that changes the limit where one does."""
-    from vdsr.errors import TooLarge
+    from vdsr.errors import AddressUnavailable, TooLarge
 
     if isinstance(exc, TooLarge):
         flag = "--max-pixels" if exc.what == "input" else "--max-output-pixels"
         return f"{exc} (raise it with {flag})"
+    if isinstance(exc, AddressUnavailable):
+        return f"{exc} (choose another with --port or --host)"
     return str(exc)
 
 
@@ -376,7 +378,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(f"{PROG}: warning: serving on {args.host}: reachable from other machines", file=sys.stderr)
     serve(args.host, args.port, args.weights,
           Limits(max_upload_bytes=args.max_upload_mb * 1024 * 1024, max_pixels=args.max_pixels,
-                 max_output_pixels=args.max_output_pixels, max_jobs=args.max_jobs))
+                 max_output_pixels=args.max_output_pixels, max_jobs=args.max_jobs),
+          on_ready=lambda url: print(f"serving on {url} (Ctrl-C to stop)", flush=True))
     return 0
 
 

@@ -15,9 +15,12 @@ Uploads are decoded in memory and nothing is written to disk.
 
 from __future__ import annotations
 
+import errno
 import math
+import socket
 import threading
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -33,7 +36,7 @@ from vdsr.constants import (
     SERVER_MAX_UPLOAD_MB,
     __version__,
 )
-from vdsr.errors import TooLarge, VDSRError
+from vdsr.errors import AddressUnavailable, TooLarge, VDSRError
 from vdsr.images import check_output_size, decode_image, encode_png
 from vdsr.inference import DEFAULT_TILE, bicubic_clipped, check_scale, upscale_loaded
 from vdsr.weights import load_model
@@ -116,9 +119,44 @@ def create_app(weights: str | Path | None = None, limits: Limits | None = None) 
     return app
 
 
+def listen_socket(host: str, port: int) -> socket.socket:
+    """A TCP socket bound to ``host``:``port``; raises :class:`AddressUnavailable` if it cannot be.
+
+    Bound here rather than by uvicorn, which logs a multi-line error and exits the process
+    itself (code 3) when the port is taken.
+    """
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except (OSError, UnicodeError) as exc:
+        raise AddressUnavailable(host, port, f"unknown host ({exc})") from None
+    family, kind, proto, _, address = infos[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does
+        sock.bind(address)
+    except OSError as exc:
+        sock.close()
+        reason = "address already in use" if exc.errno == errno.EADDRINUSE else (exc.strerror or str(exc))
+        raise AddressUnavailable(host, port, reason) from None
+    sock.set_inheritable(True)
+    return sock
+
+
 def serve(host: str = "127.0.0.1", port: int = 8000, weights: str | None = None,
-          limits: Limits | None = None) -> None:
-    """Run the app with uvicorn until interrupted."""
+          limits: Limits | None = None, on_ready: Callable[[str], None] | None = None) -> None:
+    """Run the app with uvicorn until interrupted; ``on_ready(url)`` is called once it is loaded.
+
+    Raises :class:`AddressUnavailable` before loading the model if the port cannot be used.
+    """
     import uvicorn
 
-    uvicorn.run(create_app(weights, limits), host=host, port=port, log_level="info")
+    sock = listen_socket(host, port)
+    try:
+        app = create_app(weights, limits)
+        if on_ready is not None:
+            shown = f"[{host}]" if ":" in host else host
+            on_ready(f"http://{shown}:{sock.getsockname()[1]}")
+        config = uvicorn.Config(app, host=host, port=port, log_level="info")
+        uvicorn.Server(config).run(sockets=[sock])
+    finally:
+        sock.close()
