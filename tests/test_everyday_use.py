@@ -99,3 +99,41 @@ def test_serve_on_a_port_in_use_is_one_line_and_exit_1(tiny_weights: Path) -> No
     assert proc.returncode == 1, proc.stderr
     assert proc.stderr.strip() == (f"vdsr: error: cannot listen on 127.0.0.1:{port}: address already in use "
                                    "(choose another with --port or --host)")
+
+
+def test_training_checkpoint_advice_works(tmp_path: Path, tiny_weights: Path,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    """Bug 5: ``--weights checkpoint.pt`` advised ``vdsr convert … checkpoint.pt``, which refused it."""
+    from safetensors.torch import load_file
+
+    from vdsr.weights import read_metadata
+
+    hr = tmp_path / "hr"
+    hr.mkdir()
+    for i in range(2):
+        write_png(hr / f"{i}.png", random_rgb(48, 48, seed=i))
+    run_dir = tmp_path / "run"
+    code, _, err = run(["train", "--run-dir", str(run_dir), "--train-dirs", str(hr), "--val-dir", "none",
+                        "--depth", "4", "--width", "8", "--batch-size", "4", "--steps", "3", "--patch", "21",
+                        "--downscales", "1.0", "--checkpoint-every", "3", "--threads", "1", "--scales", "2", "3"],
+                       capsys)
+    assert code == 0, err
+    checkpoint = run_dir / "checkpoint.pt"
+    src = write_png(tmp_path / "a.png", random_rgb(10, 10))
+    code, _, err = run(["upscale", str(src), "-s", "2", "-o", str(tmp_path / "o.png"), "--weights", str(checkpoint)],
+                       capsys)
+    assert code == 1
+    advice = err.split("`")[1]  # the command the error line suggests
+    assert advice.startswith("vdsr convert ")
+    converted = tmp_path / "checkpoint.safetensors"
+    code, out, err = run(advice.split()[1:-1] + [str(converted)], capsys)
+    assert code == 0, err
+    meta = read_metadata(converted)
+    assert (meta.config.depth, meta.config.width, meta.scales) == (4, 8, [2, 3])
+    assert "step 3" in meta.source
+    last = load_file(str(run_dir / "last.safetensors"))  # the same step's model
+    got = load_file(str(converted))
+    assert got.keys() == last.keys() and all(bool((got[k] == last[k]).all()) for k in got)
+    code, _, err = run(["upscale", str(src), "-s", "2", "-o", str(tmp_path / "o.png"), "--weights", str(converted)],
+                       capsys)
+    assert code == 0, err

@@ -465,15 +465,45 @@ def import_pytorch_vdsr(path: str | Path) -> tuple[dict[str, torch.Tensor], Weig
     return state, meta
 
 
+def import_training_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], WeightsMetadata] | None:
+    """The model in a ``vdsr train`` ``checkpoint.pt``, or ``None`` if ``path`` is not one.
+
+    Our checkpoints are plain containers (loaded with ``weights_only=True``) holding the model's
+    ``state_dict`` under ``"model"`` and the training config as JSON under ``"config"``.
+    """
+    path = Path(path)
+    try:
+        checkpoint = load_resume_state(path)
+    except WeightsError:  # not loadable with weights_only: e.g. a pytorch-vdsr pickle
+        return None
+    if not (isinstance(checkpoint.get("model"), dict) and isinstance(checkpoint.get("config"), str)):
+        return None
+    try:
+        train = json.loads(checkpoint["config"])
+        config = VDSRConfig(**{k: train[k] for k in ("depth", "width", "channels", "bias", "body") if k in train})
+    except (ValueError, TypeError) as exc:
+        raise WeightsError(f"{path}: training checkpoint with an unreadable config ({exc})") from None
+    state = {k: v.float().contiguous() for k, v in checkpoint["model"].items()}
+    step = checkpoint.get("step")
+    meta = WeightsMetadata(
+        config=config, scales=list(train.get("scales") or [2, 3, 4]),
+        source=f"`vdsr train` checkpoint {path.name} (step {step})",
+        recipe={k: v for k, v in train.items() if k not in ("run_dir", "device", "threads", "log_every")}
+        | {"trained_steps": step},
+    )
+    return state, meta
+
+
 def convert(src: str | Path, dst: str | Path) -> WeightsMetadata:
-    """Import ``src`` (MatConvNet ``.mat``, pytorch-vdsr ``.pth`` or our own ``.safetensors``)."""
+    """Import ``src``: MatConvNet ``.mat``, a ``vdsr train`` ``checkpoint.pt``, a pytorch-vdsr
+    ``.pth`` or our own ``.safetensors``."""
     src = Path(src)
     _check_file(src)
     suffix = src.suffix.lower()
     if suffix == ".mat":
         state, meta = import_matconvnet(src)
     elif suffix in (".pth", ".pt", ".pkl"):
-        state, meta = import_pytorch_vdsr(src)
+        state, meta = import_training_checkpoint(src) or import_pytorch_vdsr(src)
     elif suffix == ".safetensors":
         state, meta = load_weights(src)
     else:
