@@ -84,12 +84,6 @@ def test_limits_are_enforced(client: TestClient) -> None:
     assert r.status_code == 413 and "larger than the limit" in r.json()["error"]
     r = client.post("/api/upscale?scale=2", files={"file": ("wide.png", png_bytes(np.zeros((100, 600), np.uint8)))})
     assert r.status_code == 413 and "over the limit of 50,000" in r.json()["error"]
-    client.app.state.jobs.acquire()  # another job is running
-    try:
-        r = client.post("/api/upscale?scale=2", files={"file": ("a.png", png_bytes(random_rgb(8, 8)))})
-        assert r.status_code == 503 and "busy" in r.json()["error"]
-    finally:
-        client.app.state.jobs.release()
     assert client.get("/api/health").status_code == 200  # still serving
 
 
@@ -199,3 +193,81 @@ def test_output_pixels_are_limited(tiny_weights: Path) -> None:
         assert r.json()["error"] == "g.png: output of 120x90 = 10,800 pixels is over the limit of 10,000"
     r = client.post("/api/upscale?scale=2", files={"file": ("g.png", data)})  # 80x60 fits
     assert r.status_code == 200
+
+
+def _blocking_upscale(monkeypatch: pytest.MonkeyPatch) -> tuple[threading.Event, list[str]]:
+    """Make VDSR jobs wait for the returned event; the list records which ran, in order."""
+    import vdsr.server
+
+    gate, order = threading.Event(), []
+    real = vdsr.server.upscale_loaded
+
+    def slow(model, image, *args, **kwargs):  # type: ignore[no-untyped-def]
+        order.append(image.path.name)
+        assert gate.wait(30), "test gate never opened"
+        return real(model, image, *args, **kwargs)
+
+    monkeypatch.setattr(vdsr.server, "upscale_loaded", slow)
+    return gate, order
+
+
+def test_simultaneous_uploads_queue_instead_of_503(tiny_weights: Path) -> None:
+    """Bug 2: 12 uploads at once with max_jobs=1 gave 1x200 and 11x503; now they all wait their turn."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    data = png_bytes(random_rgb(24, 24))
+    with TestClient(create_app(tiny_weights, Limits(max_jobs=1))) as client:
+        def post(i: int) -> int:
+            r = client.post("/api/upscale?scale=2", files={"file": (f"{i}.png", data)})
+            return r.status_code
+
+        with ThreadPoolExecutor(12) as pool:
+            codes = list(pool.map(post, range(12)))
+        assert codes == [200] * 12
+        assert client.get("/api/health").json()["queue"] == {"running": 0, "waiting": 0}
+
+
+def test_queue_positions_full_queue_and_bicubic_bypass(tiny_weights: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Bug 2: the page can show each job's place; only a full queue gets 503 (with Retry-After);
+    bicubic previews do not wait behind VDSR jobs."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    gate, order = _blocking_upscale(monkeypatch)
+    data = png_bytes(random_rgb(16, 16))
+    with TestClient(create_app(tiny_weights, Limits(max_jobs=1, max_queue=2))) as client:
+        def post(ticket: str) -> int:
+            r = client.post(f"/api/upscale?scale=2&ticket={ticket}", files={"file": (f"{ticket}.png", data)})
+            return r.status_code
+
+        def position(ticket: str) -> int | None:
+            return client.get(f"/api/queue?ticket={ticket}").json()["position"]
+
+        with ThreadPoolExecutor(3) as pool:
+            futures = [pool.submit(post, "a")]
+            _wait_for(lambda: position("a") == 0)
+            futures.append(pool.submit(post, "b"))
+            _wait_for(lambda: position("b") == 1)
+            futures.append(pool.submit(post, "c"))
+            _wait_for(lambda: position("c") == 2)
+            assert client.get("/api/queue").json() == {"running": 1, "waiting": 2, "position": None}
+            r = client.post("/api/upscale?scale=2&ticket=d", files={"file": ("d.png", data)})
+            assert r.status_code == 503 and int(r.headers["Retry-After"]) >= 1
+            assert "busy" in r.json()["error"]
+            r = client.post("/api/upscale?scale=2&ticket=b", files={"file": ("b.png", data)})
+            assert r.status_code == 400 and "already in the queue" in r.json()["error"]
+            t0 = time.monotonic()
+            r = client.post("/api/upscale?scale=2&method=bicubic", files={"file": ("p.png", data)})
+            assert r.status_code == 200 and time.monotonic() - t0 < 10  # not behind a, b, c
+            r = client.post("/api/upscale?scale=2", files={"file": ("bad.png", b"not an image")})
+            assert r.status_code == 400  # refused at once, without waiting for a place
+            gate.set()
+            assert [f.result(timeout=60) for f in futures] == [200, 200, 200]
+        assert order == ["a.png", "b.png", "c.png"]  # first come, first served
+        assert position("a") is None
+
+
+def _wait_for(condition, timeout: float = 20.0) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.time() + timeout
+    while not condition():
+        assert time.time() < deadline, "condition not reached"
+        time.sleep(0.02)

@@ -378,7 +378,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(f"{PROG}: warning: serving on {args.host}: reachable from other machines", file=sys.stderr)
     serve(args.host, args.port, args.weights,
           Limits(max_upload_bytes=args.max_upload_mb * 1024 * 1024, max_pixels=args.max_pixels,
-                 max_output_pixels=args.max_output_pixels, max_jobs=args.max_jobs),
+                 max_output_pixels=args.max_output_pixels, max_jobs=args.max_jobs, max_queue=args.max_queue),
           on_ready=lambda url: print(f"serving on {url} (Ctrl-C to stop)", flush=True))
     return 0
 
@@ -523,7 +523,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="refuse images with more pixels (default %(default)s)")
     p.add_argument("--max-output-pixels", type=_positive_int, default=C.SERVER_MAX_OUTPUT_PIXELS,
                    help="refuse results (image pixels x scale²) with more pixels (default %(default)s)")
-    p.add_argument("--max-jobs", type=_positive_int, default=1, help="images upscaled at once")
+    p.add_argument("--max-jobs", type=_positive_int, default=1,
+                   help="images upscaled at once; others wait in a queue (default %(default)s)")
+    p.add_argument("--max-queue", type=_positive_int, default=C.SERVER_MAX_QUEUE,
+                   help="images that may wait; more get '503 busy' (default %(default)s)")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("demo", help="upscale a bundled sample and write a comparison PNG")

@@ -24,6 +24,7 @@ from vdsr.fileio import atomic_path
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm")
 __all__ = ["DEFAULT_MAX_PIXELS", "IMAGE_SUFFIXES", "LoadedImage", "check_output_size", "decode_image", "load_image",
+           "probe_image",
            "save_image", "encode_png", "list_images", "to_pil", "to_uint"]
 
 
@@ -126,6 +127,32 @@ def decode_image(data: bytes, name: str = "upload", max_pixels: int = DEFAULT_MA
     if not data:
         raise ImageError(f"{name}: empty file (0 bytes)")
     return _decode(io.BytesIO(data), Path(name), max_pixels)
+
+
+def probe_image(data: bytes, name: str = "upload", max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[int, int]:
+    """``(height, width)`` of encoded ``data`` from its header alone, without decoding pixels.
+
+    The cheap checks (empty, not an image, over ``max_pixels``) before a job waits for its turn;
+    :func:`decode_image` still finds truncated data. Raises :class:`ImageError`/:class:`TooLarge`.
+    """
+    if not data:
+        raise ImageError(f"{name}: empty file (0 bytes)")
+    old_limit = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = None  # our own limit, with our own message
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            w, h = img.size
+    except UnidentifiedImageError:
+        raise ImageError(f"{name}: not an image, or an unsupported format") from None
+    except (OSError, SyntaxError, ValueError, EOFError, TypeError, IndexError, KeyError, struct.error) as exc:
+        raise ImageError(f"{name}: truncated or corrupt image ({str(exc).strip() or type(exc).__name__})") from None
+    finally:
+        Image.MAX_IMAGE_PIXELS = old_limit
+    if w * h > max_pixels:
+        raise TooLarge(name, "input", w, h, max_pixels)
+    if w == 0 or h == 0:
+        raise ImageError(f"{name}: image has zero size ({w}x{h})")
+    return h, w  # EXIF rotation may swap them; the pixel count, all the limits need, is the same
 
 
 def _decode(source: Path | io.BytesIO, path: Path, max_pixels: int) -> LoadedImage:

@@ -6,20 +6,29 @@ front-end build, and it is small to install and to test (``TestClient`` in-proce
 a real browser).
 
 API:
-* ``GET /api/health`` -> ``{"status": "ok", "model": ..., "scales": [...], "limits": {...}}``
-* ``POST /api/upscale?scale=S[&method=vdsr|bicubic]`` with multipart ``file`` -> ``image/png``;
-  errors are JSON ``{"error": "..."}`` with 400 (bad input), 413 (too large) or 503 (busy).
+* ``GET /api/health`` -> ``{"status": "ok", "model": ..., "scales": [...], "limits": {...},
+  "queue": {"running": R, "waiting": W}}``
+* ``POST /api/upscale?scale=S[&method=vdsr|bicubic][&ticket=T]`` with multipart ``file`` ->
+  ``image/png``; errors are JSON ``{"error": "..."}`` with 400 (bad input), 413 (too large) or
+  503 with ``Retry-After`` (the queue is full). VDSR jobs wait in a bounded first-come queue
+  (``max_jobs`` run at once); bicubic previews skip it.
+* ``GET /api/queue?ticket=T`` -> ``{"running": R, "waiting": W, "position": P}``: P is 0 while
+  ticket T's job runs, n while it is n-th in line, ``null`` otherwise.
 
 Uploads are decoded in memory and nothing is written to disk.
 """
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import math
 import socket
 import threading
+import time
+import uuid
 import warnings
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
@@ -29,15 +38,17 @@ from typing import Any
 from fastapi import FastAPI, File, Query, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
+from starlette.concurrency import run_in_threadpool
 
 from vdsr.constants import (
     SERVER_MAX_OUTPUT_PIXELS,
     SERVER_MAX_PIXELS,
+    SERVER_MAX_QUEUE,
     SERVER_MAX_UPLOAD_MB,
     __version__,
 )
 from vdsr.errors import AddressUnavailable, TooLarge, VDSRError
-from vdsr.images import check_output_size, decode_image, encode_png
+from vdsr.images import check_output_size, decode_image, encode_png, probe_image
 from vdsr.inference import DEFAULT_TILE, bicubic_clipped, check_scale, upscale_loaded
 from vdsr.weights import load_model
 
@@ -49,21 +60,106 @@ class Limits:
     max_upload_bytes: int = SERVER_MAX_UPLOAD_MB * 1024 * 1024
     max_pixels: int = SERVER_MAX_PIXELS  # decoded image pixels
     max_output_pixels: int = SERVER_MAX_OUTPUT_PIXELS  # result pixels: image pixels x scale^2
-    max_jobs: int = 1
+    max_jobs: int = 1  # VDSR jobs running at once
+    max_queue: int = SERVER_MAX_QUEUE  # VDSR jobs waiting for their turn; beyond this: 503
+
+
+class QueueFull(Exception):
+    """Every place in the :class:`JobQueue` is taken; ``waiting`` jobs are ahead."""
+
+    def __init__(self, waiting: int) -> None:
+        self.waiting = waiting
+        super().__init__(f"{waiting} jobs waiting")
+
+
+class JobQueue:
+    """First-come, first-served admission of VDSR jobs: ``workers`` run, up to ``capacity`` wait.
+
+    Each job has a ticket (any short string) so a page can ask for its place in line while it
+    waits. Waiting costs no thread: a waiter is an asyncio future, woken (on its own event loop)
+    by :meth:`release` when a running job ends. State changes hold a lock, so releases from other
+    threads or loops are safe.
+    """
+
+    def __init__(self, workers: int, capacity: int) -> None:
+        self.workers, self.capacity = workers, capacity
+        self._lock = threading.Lock()
+        self._running: set[str] = set()
+        self._waiting: OrderedDict[str, asyncio.Future[None]] = OrderedDict()
+        self._seconds = 0.0  # mean duration of a job, for Retry-After (0: none finished yet)
+
+    def position(self, ticket: str) -> int | None:
+        """0: running; n >= 1: n-th in line; ``None``: not in the queue (finished or unknown)."""
+        with self._lock:
+            if ticket in self._running:
+                return 0
+            for place, waiting in enumerate(self._waiting, start=1):
+                if waiting == ticket:
+                    return place
+            return None
+
+    def counts(self) -> tuple[int, int]:
+        """``(running, waiting)``."""
+        with self._lock:
+            return len(self._running), len(self._waiting)
+
+    def retry_after(self) -> int:
+        """Seconds after which a refused job is likely to find a free place (at least 1)."""
+        running, waiting = self.counts()
+        return max(1, math.ceil((self._seconds or 5.0) * (waiting + 1) / max(1, running)))
+
+    def record(self, seconds: float) -> None:
+        """Fold one finished job's duration into the mean used by :meth:`retry_after`."""
+        self._seconds = seconds if not self._seconds else 0.8 * self._seconds + 0.2 * seconds
+
+    async def acquire(self, ticket: str) -> None:
+        """Wait for a free place; raises :class:`QueueFull`, or ``ValueError`` for a ticket in use."""
+        with self._lock:
+            if ticket in self._running or ticket in self._waiting:
+                raise ValueError(f"ticket {ticket!r} is already in the queue")
+            if len(self._running) < self.workers and not self._waiting:
+                self._running.add(ticket)
+                return
+            if len(self._waiting) >= self.capacity:
+                raise QueueFull(len(self._waiting))
+            turn: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self._waiting[ticket] = turn
+        try:
+            await turn
+        except asyncio.CancelledError:
+            with self._lock:
+                given = self._waiting.pop(ticket, None) is None  # else it was still waiting
+            if given:
+                self.release(ticket)
+            raise
+
+    def release(self, ticket: str) -> None:
+        """End ``ticket``'s job and hand its place to the next in line."""
+        with self._lock:
+            self._running.discard(ticket)
+            while self._waiting and len(self._running) < self.workers:
+                following, turn = self._waiting.popitem(last=False)
+                self._running.add(following)
+                turn.get_loop().call_soon_threadsafe(_wake, turn)
+
+
+def _wake(turn: asyncio.Future[None]) -> None:
+    if not turn.done():  # a cancelled waiter releases its place itself
+        turn.set_result(None)
 
 
 def create_app(weights: str | Path | None = None, limits: Limits | None = None) -> Any:
     """Build the FastAPI application (the model is loaded once, here)."""
     limits = limits or Limits()
     model, meta = load_model(weights)
-    jobs = threading.BoundedSemaphore(limits.max_jobs)
+    queue = JobQueue(limits.max_jobs, limits.max_queue)
     page = (resources.files("vdsr") / "static" / "index.html").read_text(encoding="utf-8")
     app = FastAPI(title="vdsr", version=__version__, docs_url="/api/docs")
-    app.state.jobs = jobs
+    app.state.queue = queue
     app.state.limits = limits
 
-    def error(status: int, message: str) -> JSONResponse:
-        return JSONResponse({"error": message}, status_code=status)
+    def error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+        return JSONResponse({"error": message}, status_code=status, headers=headers)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -77,42 +173,75 @@ def create_app(weights: str | Path | None = None, limits: Limits | None = None) 
 
     @app.get("/api/health")
     def health() -> dict[str, Any]:
+        running, waiting = queue.counts()
         return {"status": "ok", "model": meta.source, "scales": meta.scales,
                 "limits": {"max_upload_bytes": limits.max_upload_bytes,
                            "max_pixels": limits.max_pixels,
-                           "max_output_pixels": limits.max_output_pixels, "max_jobs": limits.max_jobs}}
+                           "max_output_pixels": limits.max_output_pixels, "max_jobs": limits.max_jobs,
+                           "max_queue": limits.max_queue},
+                "queue": {"running": running, "waiting": waiting}}
+
+    @app.get("/api/queue")
+    def queue_state(ticket: str | None = Query(None, max_length=64)) -> dict[str, Any]:  # noqa: B008
+        running, waiting = queue.counts()
+        return {"running": running, "waiting": waiting,
+                "position": None if ticket is None else queue.position(ticket)}
+
+    def work(data: bytes, name: str, scale: float, method: str) -> bytes:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # out-of-range scale / animated image: still served
+            image = decode_image(data, name, max_pixels=limits.max_pixels)
+        if method == "bicubic":
+            pixels = bicubic_clipped(image.pixels, scale)
+            alpha = None if image.alpha is None else bicubic_clipped(image.alpha, scale)
+        else:
+            pixels, alpha = upscale_loaded(model, image, scale, DEFAULT_TILE)
+        return encode_png(pixels, alpha, image.bit_depth)
 
     @app.post("/api/upscale")
-    def upscale_endpoint(file: UploadFile = File(...), scale: float = Query(...),  # noqa: B008
-                         method: str = Query("vdsr")) -> Response:
+    async def upscale_endpoint(file: UploadFile = File(...), scale: float = Query(...),  # noqa: B008
+                               method: str = Query("vdsr"),
+                               ticket: str | None = Query(None, max_length=64)) -> Response:  # noqa: B008
         if method not in ("vdsr", "bicubic"):
             return error(400, f"method must be vdsr or bicubic, got {method!r}")
         if not math.isfinite(scale):
             return error(400, "scale must be a finite number greater than 1")
-        data = file.file.read(limits.max_upload_bytes + 1)
+        data = await file.read(limits.max_upload_bytes + 1)
         name = Path(file.filename or "upload").name
         if len(data) > limits.max_upload_bytes:
             return error(413, f"{name}: file is larger than the limit of {limits.max_upload_bytes:,} bytes")
-        if not jobs.acquire(blocking=False):
-            return error(503, "server busy: another image is being upscaled, try again shortly")
-        try:
+        try:  # the cheap checks, before the job waits for its turn
             with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # out-of-range scale / animated image: still served
+                warnings.simplefilter("ignore")
                 check_scale(scale, meta.scales)
-                image = decode_image(data, name, max_pixels=limits.max_pixels)
-            check_output_size(name, image.height, image.width, scale, limits.max_output_pixels)
-            if method == "bicubic":
-                pixels = bicubic_clipped(image.pixels, scale)
-                alpha = None if image.alpha is None else bicubic_clipped(image.alpha, scale)
-            else:
-                pixels, alpha = upscale_loaded(model, image, scale, DEFAULT_TILE)
-            png = encode_png(pixels, alpha, image.bit_depth)
+            height, width = probe_image(data, name, max_pixels=limits.max_pixels)
+            check_output_size(name, height, width, scale, limits.max_output_pixels)
+        except TooLarge as exc:
+            return error(413, str(exc))
+        except VDSRError as exc:
+            return error(400, str(exc))
+        ticket = ticket or uuid.uuid4().hex
+        queued = method == "vdsr"  # bicubic previews are cheap: they never wait behind VDSR jobs
+        if queued:
+            try:
+                await queue.acquire(ticket)
+            except QueueFull as exc:
+                wait = queue.retry_after()
+                return error(503, f"server busy: {exc.waiting} images are waiting; try again in {wait} s",
+                             headers={"Retry-After": str(wait)})
+            except ValueError as exc:
+                return error(400, str(exc))
+        started = time.monotonic()
+        try:
+            png = await run_in_threadpool(work, data, name, scale, method)
         except TooLarge as exc:
             return error(413, str(exc))
         except VDSRError as exc:
             return error(400, str(exc))
         finally:
-            jobs.release()
+            if queued:
+                queue.record(time.monotonic() - started)
+                queue.release(ticket)
         return Response(png, media_type="image/png",
                         headers={"Content-Disposition": f'attachment; filename="{Path(name).stem}_x{scale:g}.png"'})
 
