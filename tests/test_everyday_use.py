@@ -137,3 +137,13 @@ def test_training_checkpoint_advice_works(tmp_path: Path, tiny_weights: Path,
     code, _, err = run(["upscale", str(src), "-s", "2", "-o", str(tmp_path / "o.png"), "--weights", str(converted)],
                        capsys)
     assert code == 0, err
+
+
+def test_demo_output_folder_is_ignored_by_git() -> None:
+    """Rough edge: ``vdsr demo`` writes ``vdsr-demo/`` (its default) in the checkout; git ignores it."""
+    import subprocess
+
+    from tests.conftest import ROOT
+
+    proc = subprocess.run(["git", "check-ignore", "-q", "vdsr-demo/compare.png"], cwd=ROOT, timeout=30)
+    assert proc.returncode == 0
