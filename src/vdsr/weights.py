@@ -474,8 +474,8 @@ def import_training_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor
     path = Path(path)
     try:
         checkpoint = load_resume_state(path)
-    except WeightsError:  # not loadable with weights_only: e.g. a pytorch-vdsr pickle
-        return None
+    except Exception:  # noqa: BLE001 - torch's safe unpickler fails in many ways on other pickles
+        return None  # not ours: the pytorch-vdsr importer reports what the file is
     if not (isinstance(checkpoint.get("model"), dict) and isinstance(checkpoint.get("config"), str)):
         return None
     try:
