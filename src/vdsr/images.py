@@ -2,7 +2,12 @@
 
 Images come back as float64 arrays on the [0, 1] scale: ``(H, W, 3)`` for colour, ``(H, W)`` for
 greyscale, plus an optional ``(H, W)`` alpha plane and the source bit depth (8 or 16), so the
-output can be written back at the input's precision.
+output can be written back at the input's precision, and the file's :class:`ImageMetadata`
+(EXIF, ICC profile, DPI), so the output keeps it.
+
+Colour management: the network sharpens the encoded values, so an RGB or grey image's ICC
+profile still describes the result and is passed through unchanged. CMYK/Lab images are
+converted to sRGB through their profile (when they have one) and written untagged, i.e. sRGB.
 """
 
 from __future__ import annotations
@@ -11,7 +16,7 @@ import io
 import os
 import struct
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -23,9 +28,33 @@ from vdsr.errors import ImageError, TooLarge
 from vdsr.fileio import atomic_path
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm")
-__all__ = ["DEFAULT_MAX_PIXELS", "IMAGE_SUFFIXES", "LoadedImage", "check_output_size", "decode_image", "load_image",
+__all__ = ["DEFAULT_MAX_PIXELS", "IMAGE_SUFFIXES", "OUTPUT_FORMATS", "OUTPUT_SUFFIXES", "ImageMetadata",
+           "LoadedImage", "check_output_size", "decode_image", "load_image",
            "probe_image",
            "save_image", "encode_png", "list_images", "to_pil", "to_uint"]
+
+
+# Output formats by name (``vdsr upscale --format``) and the file extensions that select them.
+OUTPUT_FORMATS: dict[str, str] = {"png": "PNG", "jpg": "JPEG", "webp": "WEBP", "tiff": "TIFF", "bmp": "BMP"}
+_EXTENSIONS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".bmp": "BMP", ".tif": "TIFF",
+               ".tiff": "TIFF", ".webp": "WEBP"}
+OUTPUT_SUFFIXES = tuple(_EXTENSIONS)
+_EXIF_IFD, _EXIF_WIDTH, _EXIF_HEIGHT = 0x8769, 0xA002, 0xA003
+
+
+@dataclass
+class ImageMetadata:
+    """What a file says about its pixels, carried from input to output.
+
+    Attributes:
+        exif: raw EXIF bytes, orientation already applied to the pixels (the tag is removed).
+        icc_profile: the ICC profile bytes the pixel values are encoded in (``None``: sRGB).
+        dpi: ``(x, y)`` dots per inch, when the file states it.
+    """
+
+    exif: bytes | None = None
+    icc_profile: bytes | None = None
+    dpi: tuple[float, float] | None = None
 
 
 @dataclass
@@ -36,6 +65,7 @@ class LoadedImage:
     alpha: NDArray[np.float64] | None
     bit_depth: int
     path: Path
+    metadata: ImageMetadata = field(default_factory=ImageMetadata)
 
     @property
     def height(self) -> int:
@@ -168,8 +198,13 @@ def _decode(source: Path | io.BytesIO, path: Path, max_pixels: int) -> LoadedIma
             if getattr(img, "n_frames", 1) > 1:
                 warnings.warn(f"{path}: animated image, using the first frame only", stacklevel=3)
                 img.seek(0)
+            if img.format in ("PNG", "TIFF") and img.mode in ("RGB", "RGBA") and any(
+                    ";16" in str(t[3]) for t in img.tile):  # Pillow reads 16-bit colour as 8-bit
+                warnings.warn(f"{path}: 16-bit colour is read, and written, with 8 bits per channel",
+                              stacklevel=3)
             img.load()
             oriented: Image.Image = ImageOps.exif_transpose(img) or img
+            oriented, metadata = _metadata(oriented, path)
             pixels, alpha, depth = _to_float(oriented, path)
     except ImageError:
         raise
@@ -183,7 +218,30 @@ def _decode(source: Path | io.BytesIO, path: Path, max_pixels: int) -> LoadedIma
         Image.MAX_IMAGE_PIXELS = old_limit
     if pixels.shape[0] == 0 or pixels.shape[1] == 0:
         raise ImageError(f"{path}: image has zero size")
-    return LoadedImage(pixels=pixels, alpha=alpha, bit_depth=depth, path=path)
+    return LoadedImage(pixels=pixels, alpha=alpha, bit_depth=depth, path=path, metadata=metadata)
+
+
+def _metadata(img: Image.Image, path: Path) -> tuple[Image.Image, ImageMetadata]:
+    """The image's :class:`ImageMetadata`; CMYK/Lab with a profile is converted to sRGB here."""
+    exif = img.getexif()
+    icc = img.info.get("icc_profile") or None
+    dpi = img.info.get("dpi")
+    if img.mode in ("CMYK", "LAB") and icc:
+        from PIL import ImageCms
+
+        try:
+            src = ImageCms.ImageCmsProfile(io.BytesIO(icc))
+            img = ImageCms.profileToProfile(img, src, ImageCms.createProfile("sRGB"), outputMode="RGB") or img
+        except (ImageCms.PyCMSError, OSError, ValueError):
+            warnings.warn(f"{path}: unreadable {img.mode} colour profile; converting without it", stacklevel=4)
+        icc = None  # the pixels are now sRGB (or a plain conversion): the old profile no longer applies
+    elif img.mode in ("CMYK", "LAB"):
+        icc = None
+    try:
+        dpi_pair = (float(dpi[0]), float(dpi[1])) if dpi else None
+    except (TypeError, ValueError, IndexError):
+        dpi_pair = None
+    return img, ImageMetadata(exif=exif.tobytes() if len(exif) else None, icc_profile=icc, dpi=dpi_pair)
 
 
 def check_output_size(name: str, height: int, width: int, scale: float, limit: int) -> tuple[int, int]:
@@ -207,11 +265,37 @@ def to_uint(array: NDArray[np.floating], bit_depth: int) -> NDArray:
 
 def _pil_format(path: Path) -> str:
     ext = path.suffix.lower()
-    formats = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".bmp": "BMP", ".tif": "TIFF",
-               ".tiff": "TIFF", ".webp": "WEBP"}
-    if ext not in formats:
-        raise ImageError(f"{path}: cannot write '{ext}' files (use .png, .jpg, .bmp, .tif or .webp)")
-    return formats[ext]
+    if ext not in _EXTENSIONS:
+        raise ImageError(f"{path}: cannot write '{ext}' files (use .png, .jpg, .webp, .tif or .bmp)")
+    return _EXTENSIONS[ext]
+
+
+def _save_options(fmt: str, metadata: ImageMetadata | None, size: tuple[int, int],
+                  quality: int) -> dict[str, object]:
+    """Pillow ``save`` keywords for ``fmt``: quality, and the metadata the format can hold.
+
+    EXIF's pixel-size tags, where present, are set to the output ``size`` (width, height).
+    """
+    options: dict[str, object] = {"quality": quality} if fmt in ("JPEG", "WEBP") else {}
+    if metadata is None:
+        return options
+    if metadata.dpi and fmt in ("PNG", "JPEG", "TIFF", "BMP"):
+        options["dpi"] = metadata.dpi
+    if fmt == "BMP":
+        return options
+    if metadata.icc_profile:
+        options["icc_profile"] = metadata.icc_profile
+    if metadata.exif:
+        exif = Image.Exif()
+        try:
+            exif.load(metadata.exif)
+            ifd = exif.get_ifd(_EXIF_IFD)
+            if _EXIF_WIDTH in ifd or _EXIF_HEIGHT in ifd:
+                ifd[_EXIF_WIDTH], ifd[_EXIF_HEIGHT] = size
+            options["exif"] = exif.tobytes()
+        except (SyntaxError, ValueError, KeyError, TypeError, struct.error):
+            options["exif"] = metadata.exif  # unparseable here: passed on as it came
+    return options
 
 
 def to_pil(
@@ -232,10 +316,11 @@ def to_pil(
 
 
 def encode_png(pixels: NDArray[np.floating], alpha: NDArray[np.floating] | None = None,
-               bit_depth: int = 8) -> bytes:
+               bit_depth: int = 8, metadata: ImageMetadata | None = None) -> bytes:
     """The PNG bytes :func:`save_image` would write for a ``.png`` path."""
     buf = io.BytesIO()
-    to_pil(pixels, alpha, bit_depth).save(buf, format="PNG")
+    img = to_pil(pixels, alpha, bit_depth)
+    img.save(buf, format="PNG", **_save_options("PNG", metadata, img.size, 95))
     return buf.getvalue()
 
 
@@ -244,11 +329,15 @@ def save_image(
     pixels: NDArray[np.floating],
     alpha: NDArray[np.floating] | None = None,
     bit_depth: int = 8,
+    metadata: ImageMetadata | None = None,
+    quality: int = 95,
 ) -> None:
     """Write float [0, 1] ``pixels`` (``(H, W)`` or ``(H, W, 3)``) to ``path`` atomically.
 
-    16-bit output is kept for PNG/TIFF greyscale; colour is written as 8-bit (Pillow cannot
-    write 16-bit RGB). JPEG/BMP drop the alpha plane.
+    The format follows the extension (.png, .jpg/.jpeg, .webp, .tif/.tiff, .bmp). 16-bit output
+    is kept for PNG/TIFF greyscale; colour is written as 8-bit (Pillow cannot write 16-bit RGB).
+    JPEG/BMP drop the alpha plane. ``metadata`` (EXIF, ICC profile, DPI) is written where the
+    format can hold it (BMP: DPI only); ``quality`` (1-100) applies to JPEG and WebP.
     """
     path = Path(path)
     fmt = _pil_format(path)
@@ -260,6 +349,6 @@ def save_image(
         raise ImageError(f"{path}: output folder {folder} does not exist")
     try:
         with atomic_path(path) as tmp:
-            img.save(tmp, format=fmt, **({"quality": 95} if fmt in ("JPEG", "WEBP") else {}))
+            img.save(tmp, format=fmt, **_save_options(fmt, metadata, img.size, quality))
     except OSError as exc:
         raise ImageError(f"{path}: cannot write ({exc.strerror or exc})") from None
