@@ -147,3 +147,60 @@ def test_demo_output_folder_is_ignored_by_git() -> None:
 
     proc = subprocess.run(["git", "check-ignore", "-q", "vdsr-demo/compare.png"], cwd=ROOT, timeout=30)
     assert proc.returncode == 0
+
+
+def test_output_rule_refuses_the_ambiguous_cases(tmp_path: Path, tiny_weights: Path,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    """Rough edge: ``-o out/x.foo`` and ``-o out/name`` silently made folders for one input, and
+    ``-o file.png`` with several inputs made a folder named ``file.png``."""
+    src = write_png(tmp_path / "a.png", random_rgb(8, 8))
+    write_png(tmp_path / "b.png", random_rgb(8, 8))
+    w = ["--weights", str(tiny_weights)]
+    cases = [([str(src)], "out/x.foo", "cannot write '.foo' images"),
+             ([str(src)], "out/name", "no file extension; name a file"),
+             ([str(src), str(tmp_path / "b.png")], "file.png", "several inputs need an output folder")]
+    for inputs, target, needle in cases:
+        code, _, err = run(["upscale", *inputs, "-s", "2", "-o", str(tmp_path / target), *w], capsys)
+        assert code == 1 and needle in err, (target, err)
+        assert not (tmp_path / target).exists() and not (tmp_path / "out").exists()
+    # The explicit forms work: a trailing '/' is a folder, even for one input or a dotted name.
+    code, _, err = run(["upscale", str(src), "-s", "2", "-o", f"{tmp_path / 'out' / 'name'}/", *w], capsys)
+    assert code == 0, err
+    assert [p.name for p in (tmp_path / "out" / "name").iterdir()] == ["a_x2.png"]
+    code, _, err = run(["upscale", str(src), str(tmp_path / "b.png"), "-s", "2", "-o",
+                        f"{tmp_path / 'set.png'}/", *w], capsys)
+    assert code == 0 and (tmp_path / "set.png" / "b_x2.png").is_file()
+
+
+def test_format_quality_suffix_and_metadata(tmp_path: Path, tiny_weights: Path,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    """What users of other upscalers ask for: --format/--quality/--suffix, EXIF/ICC/DPI kept."""
+    from PIL import Image
+
+    from tests.test_image_files import SRGB, photo_with_metadata
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    photo_with_metadata(folder / "cam.jpg")
+    w = ["--weights", str(tiny_weights)]
+    sizes = {}
+    for quality in ("30", "95"):
+        out = tmp_path / f"q{quality}"
+        code, _, err = run(["upscale", str(folder), "-s", "2", "-o", str(out), "--format", "jpg",
+                            "--quality", quality, "--suffix=-big", *w], capsys)
+        assert code == 0, err
+        assert [p.name for p in out.iterdir()] == ["cam-big.jpg"]
+        sizes[quality] = (out / "cam-big.jpg").stat().st_size
+        with Image.open(out / "cam-big.jpg") as got:
+            assert got.format == "JPEG" and got.size == (24, 40)
+            assert got.info.get("icc_profile") == SRGB and got.getexif().get(0x010F) == "TestCam"
+            assert got.info["dpi"] == (300, 300)
+    assert sizes["30"] < sizes["95"]
+    code, _, err = run(["upscale", str(folder / "cam.jpg"), "-s", "2", "-o", str(tmp_path / "x.png"),
+                        "--format", "webp", *w], capsys)
+    assert code == 1 and "does not match" in err
+    for bad in (["--quality", "0"], ["--quality", "101"], ["--format", "gif"]):
+        with pytest.raises(SystemExit) as exc:
+            main(["upscale", "a.png", "-s", "2", "-o", "o/", *bad])
+        assert exc.value.code == 2
+    capsys.readouterr()

@@ -54,6 +54,13 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _quality(text: str) -> int:
+    value = _positive_int(text)
+    if value > 100:
+        raise argparse.ArgumentTypeError(f"must be 1-100, got {value}")
+    return value
+
+
 def _scale(text: str) -> float:
     try:
         value = float(text)
@@ -96,18 +103,51 @@ def _expand_inputs(inputs: Sequence[str]) -> list[Path]:
     return files
 
 
-def _output_paths(files: list[Path], out: Path, scale: float, single_target: bool) -> list[Path]:
+OUTPUT_RULE = ("OUT is a file when there is one input file and OUT ends in an image extension "
+               "(.png .jpg .jpeg .webp .tif .tiff .bmp); a folder when it is one already, ends in '/', "
+               "or there are several inputs (or a folder) and it has no extension. Anything else is refused "
+               "as ambiguous.")
+
+
+def _output_is_file(output: str, one_file: bool) -> bool:
+    """Apply :data:`OUTPUT_RULE` to ``-o OUTPUT``: True for a file, False for a folder."""
     from vdsr.errors import VDSRError
+    from vdsr.images import OUTPUT_SUFFIXES
+
+    out = Path(output)
+    if output.endswith(("/", os.sep)) or out.is_dir():
+        return False
+    suffix = out.suffix.lower()
+    if suffix in OUTPUT_SUFFIXES:
+        if one_file:
+            return True
+        raise VDSRError(f"{out}: several inputs need an output folder, not a {suffix} file "
+                        f"(for a folder of that name, write {output}/)")
+    if suffix:
+        raise VDSRError(f"{out}: cannot write '{suffix}' images (use .png, .jpg, .webp, .tif or .bmp; "
+                        f"for a folder, write {output}/)")
+    if one_file:
+        raise VDSRError(f"{out}: no file extension; name a file ({output}.png) or a folder ({output}/)")
+    return False
+
+
+def _output_paths(files: list[Path], out: Path, args: argparse.Namespace, single_target: bool) -> list[Path]:
+    from vdsr.errors import VDSRError
+    from vdsr.images import _EXTENSIONS, OUTPUT_FORMATS
 
     if single_target:
+        fmt = _EXTENSIONS[out.suffix.lower()]
+        if args.format and OUTPUT_FORMATS[args.format] != fmt:
+            raise VDSRError(f"{out}: --format {args.format} does not match the file's extension")
         return [out]
-    if out.exists() and not out.is_dir():
-        raise VDSRError(f"{out}: several inputs need an output folder, and this is a file")
+    suffix = f"_x{args.scale:g}" if args.suffix is None else args.suffix
+    if "/" in suffix or os.sep in suffix:
+        raise VDSRError(f"--suffix {suffix!r}: must not contain a path separator")
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:  # read-only place, a file in the way, no permission
         raise VDSRError(f"{out}: cannot create the output folder ({exc.strerror or exc})") from None
-    names = [out / f"{f.stem}_x{scale:g}.png" for f in files]
+    names = [out / f"{f.stem}{suffix}.{args.format or 'png'}" for f in files]
     dupes = {n for n in names if names.count(n) > 1}
     if dupes:
         raise VDSRError(f"two inputs would both write {sorted(dupes)[0]}")
@@ -116,20 +156,19 @@ def _output_paths(files: list[Path], out: Path, scale: float, single_target: boo
 
 def cmd_upscale(args: argparse.Namespace) -> int:
     from vdsr.errors import VDSRError
-    from vdsr.images import IMAGE_SUFFIXES, check_output_size, load_image, save_image
+    from vdsr.images import check_output_size, load_image, save_image
     from vdsr.inference import check_scale, check_tile, upscale_loaded
     from vdsr.weights import load_model
 
     files = _expand_inputs(args.inputs)
     out = Path(args.output)
-    single_target = (len(files) == 1 and not Path(args.inputs[0]).is_dir()
-                     and not out.is_dir() and out.suffix.lower() in IMAGE_SUFFIXES)
+    single_target = _output_is_file(args.output, len(args.inputs) == 1 and not Path(args.inputs[0]).is_dir())
     if single_target and not out.parent.exists():
         raise VDSRError(f"{out}: output folder {out.parent} does not exist")
     model, meta = load_model(args.weights, device=args.device)
     check_scale(args.scale, meta.scales)
     tile = check_tile(args.tile, model)
-    targets = _output_paths(files, out, args.scale, single_target)
+    targets = _output_paths(files, out, args, single_target)
     folder = targets[0].parent
     if not os.access(folder, os.W_OK):
         raise VDSRError(f"{folder}: output folder is not writable")
@@ -144,7 +183,7 @@ def cmd_upscale(args: argparse.Namespace) -> int:
             img = load_image(src, max_pixels=args.max_pixels)
             check_output_size(str(src), img.height, img.width, args.scale, args.max_output_pixels)
             out_pixels, alpha = upscale_loaded(model, img, args.scale, tile, args.device, args.backend)
-            save_image(dst, out_pixels, alpha, img.bit_depth)
+            save_image(dst, out_pixels, alpha, img.bit_depth, metadata=img.metadata, quality=args.quality)
             if args.compare and len(files) == 1:
                 from vdsr.inference import bicubic_upscale
                 from vdsr.plots import comparison
@@ -409,7 +448,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scale", "-s", type=_scale, required=True, metavar="S",
                    help=f"upscaling factor, 1 < S <= {C.MAX_SCALE:g}; the model is trained for 2-4, "
                         "other factors work with a warning")
-    p.add_argument("-o", "--output", required=True, help="output file (one input) or folder")
+    p.add_argument("-o", "--output", required=True, metavar="OUT", help=f"output file or folder. {OUTPUT_RULE}")
+    p.add_argument("--format", choices=("png", "jpg", "webp", "tiff", "bmp"),
+                   help="format of the images written into a folder (default png; a file's extension "
+                        "sets its own)")
+    p.add_argument("--quality", type=_quality, default=95,
+                   help="JPEG/WebP quality, 1-100 (default %(default)s)")
+    p.add_argument("--suffix", help="added to each input's name in an output folder "
+                                    "(default _xS, e.g. photo_x2.png; '' keeps the name)")
     p.add_argument("--weights", help="a .safetensors weights file (default: the shipped model)")
     p.add_argument("--tile", type=int, default=512, help="tile side in pixels, 0 = whole image (default 512)")
     p.add_argument("--backend", choices=_BACKENDS, default="auto",
