@@ -271,3 +271,15 @@ def _wait_for(condition, timeout: float = 20.0) -> None:  # type: ignore[no-unty
     while not condition():
         assert time.time() < deadline, "condition not reached"
         time.sleep(0.02)
+
+
+def test_download_keeps_the_photo_metadata(client: TestClient, tmp_path: Path) -> None:
+    """What users ask for: the PNG from the web app keeps EXIF, ICC profile and DPI."""
+    from tests.test_image_files import SRGB, photo_with_metadata
+
+    data = photo_with_metadata(tmp_path / "cam.jpg").read_bytes()
+    r = client.post("/api/upscale?scale=2", files={"file": ("cam.jpg", data)})
+    assert r.status_code == 200
+    got = Image.open(io.BytesIO(r.content))
+    assert got.size == (24, 40) and got.info.get("icc_profile") == SRGB
+    assert got.getexif().get(0x010F) == "TestCam" and got.info["dpi"] == pytest.approx((300, 300), abs=0.01)

@@ -196,7 +196,7 @@ def create_app(weights: str | Path | None = None, limits: Limits | None = None) 
             alpha = None if image.alpha is None else bicubic_clipped(image.alpha, scale)
         else:
             pixels, alpha = upscale_loaded(model, image, scale, DEFAULT_TILE)
-        return encode_png(pixels, alpha, image.bit_depth)
+        return encode_png(pixels, alpha, image.bit_depth, image.metadata)
 
     @app.post("/api/upscale")
     async def upscale_endpoint(file: UploadFile = File(...), scale: float = Query(...),  # noqa: B008
