@@ -204,3 +204,46 @@ def test_format_quality_suffix_and_metadata(tmp_path: Path, tiny_weights: Path,
             main(["upscale", "a.png", "-s", "2", "-o", "o/", *bad])
         assert exc.value.code == 2
     capsys.readouterr()
+
+
+class _Terminal:
+    """A stderr that says it is a terminal, keeping what is written."""
+
+    def __init__(self) -> None:
+        import io
+
+        self.buffer = io.StringIO()
+
+    def isatty(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        return self.buffer.write(text)
+
+    def flush(self) -> None:
+        pass
+
+
+def test_progress_on_a_terminal_and_quiet_in_a_pipe(tmp_path: Path, tiny_weights: Path,
+                                                    capsys: pytest.CaptureFixture[str],
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """Rough edge: ``vdsr upscale`` showed no progress, and folders printed no 'wrote N of M'."""
+    import sys
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    write_png(folder / "a.png", random_rgb(8, 10))
+    write_png(folder / "b.png", random_rgb(8, 8))
+    w = ["--weights", str(tiny_weights)]
+    code, out, err = run(["upscale", str(folder), "-s", "2", "-o", str(tmp_path / "o"), *w], capsys)
+    assert code == 0 and err == ""  # piped: nothing but the summary
+    assert out.strip() == f"wrote 2 of 2 images to {tmp_path / 'o'}"
+    (folder / "c.png").write_bytes(b"not an image")
+    code, out, err = run(["upscale", str(folder), "-s", "2", "-o", str(tmp_path / "o2"), *w], capsys)
+    assert code == 1 and out.strip() == f"wrote 2 of 3 images to {tmp_path / 'o2'}"
+    terminal = _Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    code = main(["upscale", str(folder / "a.png"), "-s", "2", "-o", str(tmp_path / "one.png"), *w])
+    assert code == 0
+    shown = terminal.buffer.getvalue()
+    assert "upscaling" in shown and "a.png 10x8 -> 20x16" in shown and "1/1" in shown

@@ -173,15 +173,21 @@ def cmd_upscale(args: argparse.Namespace) -> int:
     if not os.access(folder, os.W_OK):
         raise VDSRError(f"{folder}: output folder is not writable")
     failures: list[str] = []
-    bar = _tqdm(total=len(files), desc="upscaling", unit="img", disable=True if len(files) < 2 else None)
+    # A bar on a terminal only (logs and pipes get the final line alone), also for one image, with
+    # the image in hand and its sizes. Per-tile progress: wire the library's progress callback in
+    # here once inference.py has it.
+    bar = _tqdm(total=len(files), desc="upscaling", unit="img")
     for src, dst in zip(files, targets, strict=True):
+        bar.set_postfix_str(src.name, refresh=True)
         try:
             if dst.exists() and src.exists() and dst.resolve() == src.resolve():
                 raise VDSRError(f"{dst}: output would overwrite its own input")
             if dst.exists() and not args.overwrite:
                 raise VDSRError(f"{dst}: already exists (pass --overwrite to replace it)")
             img = load_image(src, max_pixels=args.max_pixels)
-            check_output_size(str(src), img.height, img.width, args.scale, args.max_output_pixels)
+            out_h, out_w = check_output_size(str(src), img.height, img.width, args.scale,
+                                             args.max_output_pixels)
+            bar.set_postfix_str(f"{src.name} {img.width}x{img.height} -> {out_w}x{out_h}", refresh=True)
             out_pixels, alpha = upscale_loaded(model, img, args.scale, tile, args.device, args.backend)
             save_image(dst, out_pixels, alpha, img.bit_depth, metadata=img.metadata, quality=args.quality)
             if args.compare and len(files) == 1:
@@ -194,6 +200,10 @@ def cmd_upscale(args: argparse.Namespace) -> int:
             failures.append(_describe(exc))
         bar.update(1)
     bar.close()
+    if single_target and not failures:
+        print(f"wrote {targets[0]}")
+    elif not single_target:
+        print(f"wrote {len(files) - len(failures)} of {len(files)} images to {folder}")
     if failures:
         if len(files) == 1:
             _err(failures[0])
@@ -202,7 +212,6 @@ def cmd_upscale(args: argparse.Namespace) -> int:
             for f in failures:
                 print(f"  {f}", file=sys.stderr)
         return 1
-    print(f"wrote {targets[0] if len(targets) == 1 else f'{len(targets)} images to {folder}'}")
     return 0
 
 
