@@ -247,3 +247,17 @@ def test_progress_on_a_terminal_and_quiet_in_a_pipe(tmp_path: Path, tiny_weights
     assert code == 0
     shown = terminal.buffer.getvalue()
     assert "upscaling" in shown and "a.png 10x8 -> 20x16" in shown and "1/1" in shown
+
+
+def test_info_is_a_readable_summary(tiny_weights: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Rough edge: ``vdsr info`` dumped 152 lines of raw JSON; the JSON is now behind --json."""
+    import json
+
+    code, text, _ = run(["info"], capsys)  # the shipped model
+    assert code == 0 and len(text.splitlines()) < 25
+    assert "20 layers of width 64" in text and "trained for x2, x3, x4" in text
+    assert "Set5     x4  31.22/0.8826  (28.43/0.8113)" in text and "{" not in text
+    code, text, _ = run(["info", str(tiny_weights)], capsys)
+    assert code == 0 and "4 layers of width 8" in text and "source      test" in text
+    code, text, _ = run(["info", "--json"], capsys)
+    assert json.loads(text)["receptive_field"] == 41

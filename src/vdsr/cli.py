@@ -272,11 +272,49 @@ def cmd_convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def _format_info(path: Path, info: dict[str, Any]) -> str:
+    """A weights file's metadata (:func:`vdsr.weights.weights_summary`) as a short readable summary."""
+    model, recipe = info.get("model", {}), info.get("recipe") or {}
+    channels = model.get("channels", 1)
+    lines = [f"{path.name} ({info.get('format', '?')} v{info.get('format_version', '?')})"]
+
+    def row(label: str, text: str) -> None:
+        lines.append(f"  {label:<11} {text}")
+
+    row("model", f"{model.get('body', 'plain')} VDSR, {model.get('depth')} layers of width {model.get('width')}, "
+                 f"{'with' if model.get('bias') else 'no'} biases, {channels} channel"
+                 f"{' (Y)' if channels == 1 else 's (RGB)'}; {info.get('parameters', 0):,} parameters, "
+                 f"receptive field {info.get('receptive_field')}x{info.get('receptive_field')}")
+    row("scales", "trained for " + ", ".join(f"x{s}" for s in info.get("scales", [])))
+    row("source", str(info.get("source", "")))
+    if recipe.get("optimizer"):
+        data = ", ".join(Path(d).name for d in recipe.get("train_dirs") or []) or recipe.get("h5") or "?"
+        steps = recipe.get("trained_steps") or recipe.get("steps") or 0
+        row("training", f"{recipe['optimizer']}, learning rate {recipe.get('learning_rate')} "
+                        f"({recipe.get('schedule')}), batch {recipe.get('batch_size')}, patch "
+                        f"{recipe.get('patch')}, {steps:,} steps on {data}")
+    metrics = info.get("metrics") or {}
+    per_scale = [(k.removeprefix("val_psnr_"), v) for k, v in metrics.items()
+                 if k.startswith("val_psnr_x") and isinstance(v, float)]
+    if per_scale:
+        row("validation", f"{metrics.get('validation') or '?'} Y-PSNR " + ", ".join(f"{s} {v:.2f}" for s, v in per_scale)
+            + " dB")
+    for protocol, results in (info.get("evaluation") or {}).items():
+        lines.append(f"  evaluation ({protocol}): Y-PSNR/SSIM, model (bicubic)")
+        for r in results:
+            lines.append(f"    {r['dataset']:<8} x{r['scale']}  {r['psnr']:.2f}/{r['ssim']:.4f}  "
+                         f"({r['bicubic_psnr']:.2f}/{r['bicubic_ssim']:.4f})  {r['images']} images")
+    row("colour", str(info.get("color", "")))
+    lines.append("(everything, as JSON: vdsr info --json)")
+    return "\n".join(lines)
+
+
 def cmd_info(args: argparse.Namespace) -> int:
     from vdsr.weights import default_weights_path, read_metadata, weights_summary
 
     path = Path(args.weights) if args.weights else default_weights_path()
-    print(json.dumps(weights_summary(read_metadata(path)), indent=2))
+    info = weights_summary(read_metadata(path))
+    print(json.dumps(info, indent=2) if args.json else _format_info(path, info))
     return 0
 
 
@@ -501,8 +539,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=cmd_convert)
 
-    p = sub.add_parser("info", help="print a weights file's metadata")
+    p = sub.add_parser("info", help="summarise a weights file: model, scales, training, results")
     p.add_argument("weights", nargs="?", help="weights file (default: the shipped model)")
+    p.add_argument("--json", action="store_true", help="print all the metadata as JSON")
     p.set_defaults(func=cmd_info)
 
     p = sub.add_parser("prepare", help="write an HDF5 cache of training patches")
