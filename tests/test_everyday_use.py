@@ -261,3 +261,29 @@ def test_info_is_a_readable_summary(tiny_weights: Path, capsys: pytest.CaptureFi
     assert code == 0 and "4 layers of width 8" in text and "source      test" in text
     code, text, _ = run(["info", "--json"], capsys)
     assert json.loads(text)["receptive_field"] == 41
+
+
+def test_help_has_descriptions_examples_and_defaults(capsys: pytest.CaptureFixture[str]) -> None:
+    """Rough edge: no examples or descriptions, flags without help or shown defaults, --tile
+    differing between upscale and evaluate, and 'the notes' in user-facing text."""
+    import argparse
+
+    from vdsr.cli import build_parser
+
+    parser = build_parser()
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+    for name, sub in commands.items():
+        assert sub.description, name
+        for action in sub._actions:
+            assert action.help, f"vdsr {name} {action.option_strings or action.dest}: no help"
+        text = sub.format_help()
+        assert "the notes" not in text, name
+        assert "(default: None)" not in text and "(default: False)" not in text
+    for name in ("upscale", "train", "prepare", "evaluate", "serve", "convert"):
+        assert "examples:\n  vdsr " + name in commands[name].format_help(), name
+    assert "--tile TILE" in commands["upscale"].format_help()
+    tiles = {commands[n].parse_args(["--data", "d"] if n == "evaluate" else ["a", "-s", "2", "-o", "b"]).tile
+             for n in ("upscale", "evaluate")}
+    assert tiles == {512}
+    assert "(default: 64000000)" in commands["upscale"].format_help().replace("\n", " ").replace("  ", " ")
+    assert "examples:" in parser.format_help()

@@ -482,15 +482,70 @@ def cmd_demo(args: argparse.Namespace) -> int:
 # ----------------------------------------------------------------------------------------------
 
 
+class _HelpFormatter(argparse.HelpFormatter):
+    """Examples kept as written (descriptions wrapped); every option with a real default shows it."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        if text.startswith("examples:"):
+            return "".join(indent + line for line in text.splitlines(keepends=True))
+        return super()._fill_text(text, width, indent)
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if (action.default not in (None, False, argparse.SUPPRESS) and "default" not in text
+                and action.option_strings):
+            text += " (default: %(default)s)"
+        return text
+
+
+_EXAMPLES = {
+    "vdsr": """examples:
+  vdsr upscale photo.jpg -s 2 -o photo_x2.png      one image
+  vdsr upscale shots/ -s 3 -o big/ --format jpg    a folder
+  vdsr serve                                        the web app on http://127.0.0.1:8000
+  vdsr demo                                         try it on a bundled photo
+run 'vdsr COMMAND --help' for a command's options""",
+    "upscale": """examples:
+  vdsr upscale photo.jpg -s 2 -o photo_x2.png
+  vdsr upscale photo.jpg -s 2.5 -o photo.webp --quality 90
+  vdsr upscale shots/ more.png -s 3 -o big/ --format jpg --suffix=-hd
+  vdsr upscale scan.tif -s 4 -o out/ --compare scan_compare.png""",
+    "evaluate": """examples:
+  vdsr evaluate --data ../shared/datasets/Set5 ../shared/datasets/Set14 --scales 2 3 4
+  vdsr evaluate --data ../shared/datasets/Set5 --bicubic-only""",
+    "prepare": """examples:
+  vdsr prepare --data ../shared/datasets/T91 -o train.h5
+  vdsr prepare --data hr/ -o train_x2.h5 --scales 2 --no-flip""",
+    "train": """examples:
+  vdsr train --run-dir runs/mine --steps 20000
+  vdsr train --resume runs/mine                    continue after Ctrl-C or a crash
+  vdsr train --init-weights base.safetensors --learning-rate 2e-5 --steps 5000""",
+    "convert": """examples:
+  vdsr convert VDSR_Official.mat -o official.safetensors
+  vdsr convert runs/mine/checkpoint.pt -o mine.safetensors""",
+    "serve": """examples:
+  vdsr serve
+  vdsr serve --port 8080 --max-jobs 2""",
+}
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=PROG, description="VDSR super-resolution (Kim et al., CVPR 2016)")
+    parser = argparse.ArgumentParser(prog=PROG, description="VDSR super-resolution (Kim et al., CVPR 2016)",
+                                     formatter_class=_HelpFormatter, epilog=_EXAMPLES["vdsr"])
     parser.add_argument("--version", action="version", version=_version())
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def common_device(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--device", default="cpu", help="torch device (cpu, cuda, cuda:1)")
+    def add(name: str, help: str, description: str) -> argparse.ArgumentParser:  # noqa: A002
+        return sub.add_parser(name, help=help, description=description, epilog=_EXAMPLES.get(name),
+                              formatter_class=_HelpFormatter)
 
-    p = sub.add_parser("upscale", help="super-resolve images")
+    def common_device(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:1, ...")
+
+    p = add("upscale", "super-resolve images",
+            "Super-resolve image files or folders of images by any factor: bicubic upscaling, then "
+            "VDSR restores the detail. Colour images keep their colours (the network sharpens the "
+            "luminance); alpha, EXIF, ICC profile and DPI are kept.")
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files or folders")
     p.add_argument("--scale", "-s", type=_scale, required=True, metavar="S",
                    help=f"upscaling factor, 1 < S <= {C.MAX_SCALE:g}; the model is trained for 2-4, "
@@ -500,26 +555,33 @@ def build_parser() -> argparse.ArgumentParser:
                    help="format of the images written into a folder (default png; a file's extension "
                         "sets its own)")
     p.add_argument("--quality", type=_quality, default=95,
-                   help="JPEG/WebP quality, 1-100 (default %(default)s)")
+                   help="JPEG/WebP quality, 1-100")
     p.add_argument("--suffix", help="added to each input's name in an output folder "
                                     "(default _xS, e.g. photo_x2.png; '' keeps the name)")
     p.add_argument("--weights", help="a .safetensors weights file (default: the shipped model)")
-    p.add_argument("--tile", type=int, default=512, help="tile side in pixels, 0 = whole image (default 512)")
+    p.add_argument("--tile", type=int, default=C.DEFAULT_TILE,
+                   help="process in tiles of this side, 0 = whole image at once; the result is the same, "
+                        "only memory use changes")
     p.add_argument("--backend", choices=_BACKENDS, default="auto",
                    help="auto: ONNX Runtime on CPU when installed, else PyTorch; "
                         "int8: quantised ONNX Runtime, ~1.7x faster, not exact")
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
     p.add_argument("--max-pixels", type=_positive_int, default=C.DEFAULT_MAX_PIXELS,
-                   help="refuse inputs with more pixels (default %(default)s)")
+                   help="refuse inputs with more pixels")
     p.add_argument("--max-output-pixels", type=_positive_int, default=C.DEFAULT_MAX_OUTPUT_PIXELS,
-                   help="refuse outputs (input pixels x scale²) with more pixels (default %(default)s)")
-    p.add_argument("--compare", help="also write a bicubic-vs-VDSR side-by-side PNG (one input)")
+                   help="refuse outputs (input pixels x scale²) with more pixels")
+    p.add_argument("--compare", metavar="PNG",
+                   help="also write a bicubic-vs-VDSR comparison (full-resolution crops) to this PNG "
+                        "(one input)")
     common_device(p)
     p.set_defaults(func=cmd_upscale)
 
-    p = sub.add_parser("evaluate", help="Y-PSNR/SSIM on benchmark folders, beside the paper")
+    p = add("evaluate", "Y-PSNR/SSIM on benchmark folders, beside the paper",
+            "Downscale each high-resolution image, upscale it again with bicubic and with the model, "
+            "and score both against the original (Y-PSNR/SSIM, MATLAB-compatible), beside the "
+            "paper's numbers for Set5, Set14, B100 and Urban100.")
     p.add_argument("--data", nargs="+", required=True, metavar="DIR", help="folders of HR images")
-    p.add_argument("--scales", nargs="+", type=_int_scale, default=[2, 3, 4])
+    p.add_argument("--scales", nargs="+", type=_int_scale, default=[2, 3, 4], help="scales to score")
     p.add_argument("--weights", help="weights file (default: the shipped model)")
     p.add_argument("--json", help="write the results to this JSON file")
     p.add_argument("--protocol", choices=("rgb8", "ydouble"), default="rgb8",
@@ -527,105 +589,131 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bicubic-only", action="store_true", help="score bicubic alone, no model")
     p.add_argument("--record", action="store_true",
                    help="store the results in the weights file's metadata ('evaluation')")
-    p.add_argument("--tile", type=int, default=0, help="tile side, 0 = whole image (default)")
-    p.add_argument("--backend", choices=_BACKENDS, default="auto")
-    p.add_argument("--max-pixels", type=_positive_int, default=64_000_000)
+    p.add_argument("--tile", type=int, default=C.DEFAULT_TILE,
+                   help="process in tiles of this side, 0 = whole image; scores do not change")
+    p.add_argument("--backend", choices=_BACKENDS, default="auto", help="inference backend (as for upscale)")
+    p.add_argument("--max-pixels", type=_positive_int, default=C.DEFAULT_MAX_PIXELS,
+                   help="refuse larger images")
     common_device(p)
     p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("convert", help="import published weights into .safetensors")
-    p.add_argument("source", help="MatConvNet .mat (official), pytorch-vdsr .pth, or .safetensors")
+    p = add("convert", "import weights into .safetensors",
+            "Import published weights (the authors' MatConvNet .mat, a pytorch-vdsr .pth), a "
+            "`vdsr train` checkpoint.pt, or re-check a .safetensors file; write .safetensors.")
+    p.add_argument("source", help="MatConvNet .mat (official), checkpoint.pt, pytorch-vdsr .pth, or .safetensors")
     p.add_argument("-o", "--output", required=True, help="destination .safetensors")
-    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     p.set_defaults(func=cmd_convert)
 
-    p = sub.add_parser("info", help="summarise a weights file: model, scales, training, results")
+    p = add("info", "summarise a weights file: model, scales, training, results",
+            "Summarise a weights file: architecture, trained scales, where it came from, how it was "
+            "trained and its recorded results.")
     p.add_argument("weights", nargs="?", help="weights file (default: the shipped model)")
     p.add_argument("--json", action="store_true", help="print all the metadata as JSON")
     p.set_defaults(func=cmd_info)
 
-    p = sub.add_parser("prepare", help="write an HDF5 cache of training patches")
-    p.add_argument("--data", nargs="+", required=True, metavar="DIR")
+    p = add("prepare", "write an HDF5 file of training patches",
+            "Cut (low-resolution, high-resolution) patch pairs from folders of HR images, with the "
+            "paper's augmentation (rotations, flips, downscaling), into one chunked HDF5 file for "
+            "`vdsr train --h5`. Optional: `vdsr train` cuts patches on the fly by default.")
+    p.add_argument("--data", nargs="+", required=True, metavar="DIR", help="folders of HR images")
     p.add_argument("-o", "--output", required=True, help="HDF5 file to write")
-    p.add_argument("--scales", nargs="+", type=_int_scale, default=[2, 3, 4])
-    p.add_argument("--patch", type=_positive_int, default=41)
-    p.add_argument("--stride", type=_positive_int, default=41)
-    p.add_argument("--channels", type=int, choices=(1, 3), default=1)
-    p.add_argument("--downscales", nargs="+", type=float, default=[1.0, 0.7, 0.5])
+    p.add_argument("--scales", nargs="+", type=_int_scale, default=[2, 3, 4], help="scales to cut pairs for")
+    p.add_argument("--patch", type=_positive_int, default=41, help="patch side in pixels")
+    p.add_argument("--stride", type=_positive_int, default=41, help="step between patches in pixels")
+    p.add_argument("--channels", type=int, choices=(1, 3), default=1, help="1: Y only; 3: RGB")
+    p.add_argument("--downscales", nargs="+", type=float, default=[1.0, 0.7, 0.5],
+                   help="also use each image shrunk by these factors")
     p.add_argument("--no-rotate", action="store_true", help="skip the 90/180/270 rotations")
     p.add_argument("--no-flip", action="store_true", help="skip the flipped copies")
-    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     p.set_defaults(func=cmd_prepare)
 
-    p = sub.add_parser("train", help="train a VDSR model (resumable)")
+    p = add("train", "train a VDSR model (resumable)",
+            "Train VDSR on folders of HR images (patches cut on the fly) or an HDF5 file from "
+            "`vdsr prepare`. The run folder gets checkpoint.pt (every --checkpoint-every steps), "
+            "best.safetensors, last.safetensors, metrics.csv and curve.png; Ctrl-C stops at a step "
+            "boundary with a checkpoint, and --resume continues it exactly. Options left out take "
+            "the recipe's defaults (README, 'Training').")
     p.add_argument("--run-dir", help="folder for checkpoints, logs and weights (default runs/vdsr)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR")
     p.add_argument("--train-dirs", nargs="+", metavar="DIR", help="HR training folders (default: T91 + BSD200)")
     p.add_argument("--h5", help="train from an HDF5 patch file instead of on-the-fly patches")
     p.add_argument("--val-dir", help="validation folder (default ../shared/datasets/Set5)")
-    p.add_argument("--scales", nargs="+", type=_int_scale)
-    p.add_argument("--downscales", nargs="+", type=float)
-    p.add_argument("--channels", type=int, choices=(1, 3))
-    p.add_argument("--depth", type=_positive_int)
-    p.add_argument("--width", type=_positive_int)
-    p.add_argument("--no-bias", dest="bias", action="store_false", default=None)
-    p.add_argument("--body", choices=("plain", "residual", "dense", "inception"))
-    p.add_argument("--patch", type=_positive_int)
-    p.add_argument("--batch-size", type=_positive_int)
-    p.add_argument("--steps", type=_positive_int)
-    p.add_argument("--optimizer", choices=("adam", "sgd"))
-    p.add_argument("--learning-rate", type=float)
-    p.add_argument("--schedule", choices=("constant", "step", "exponential", "cosine"))
-    p.add_argument("--warmup-steps", type=int)
-    p.add_argument("--decay-steps", type=int)
-    p.add_argument("--clip", type=float, help="gradient clip (Adam: value; SGD: theta)")
-    p.add_argument("--momentum", type=float)
-    p.add_argument("--weight-decay", type=float)
-    p.add_argument("--seed", type=int)
-    p.add_argument("--log-every", type=_positive_int)
-    p.add_argument("--val-every", type=_positive_int)
-    p.add_argument("--checkpoint-every", type=_positive_int)
-    p.add_argument("--skip-nonfinite", action="store_true", default=None)
+    p.add_argument("--scales", nargs="+", type=_int_scale, help="scales mixed in training (2 3 4)")
+    p.add_argument("--downscales", nargs="+", type=float, help="image shrink factors for augmentation (1.0 0.7 0.5)")
+    p.add_argument("--channels", type=int, choices=(1, 3), help="1: Y only, as the paper (1); 3: RGB")
+    p.add_argument("--depth", type=_positive_int, help="convolution layers (20)")
+    p.add_argument("--width", type=_positive_int, help="channels of the hidden layers (64)")
+    p.add_argument("--no-bias", dest="bias", action="store_false", default=None, help="convolutions without biases")
+    p.add_argument("--body", choices=("plain", "residual", "dense", "inception"),
+                   help="architecture between the input and output layers (plain: the paper)")
+    p.add_argument("--patch", type=_positive_int, help="training patch side (41)")
+    p.add_argument("--batch-size", type=_positive_int, help="patches per step (64)")
+    p.add_argument("--steps", type=_positive_int, help="optimiser steps (10000)")
+    p.add_argument("--optimizer", choices=("adam", "sgd"), help="adam (default) or the paper's sgd")
+    p.add_argument("--learning-rate", type=float, help="peak learning rate (1e-4)")
+    p.add_argument("--schedule", choices=("constant", "step", "exponential", "cosine"),
+                   help="learning-rate schedule (exponential)")
+    p.add_argument("--warmup-steps", type=int, help="linear warm-up steps (0)")
+    p.add_argument("--decay-steps", type=int, help="step/exponential: steps per x0.1 decay (0: half of --steps)")
+    p.add_argument("--clip", type=float, help="gradient clip: Adam, by value; SGD, the paper's theta (0.1)")
+    p.add_argument("--momentum", type=float, help="SGD momentum (0.9)")
+    p.add_argument("--weight-decay", type=float, help="L2 weight decay (Adam 0, SGD 1e-4)")
+    p.add_argument("--seed", type=int, help="random seed (0)")
+    p.add_argument("--log-every", type=_positive_int, help="log the loss every N steps")
+    p.add_argument("--val-every", type=_positive_int, help="validate every N steps")
+    p.add_argument("--checkpoint-every", type=_positive_int, help="write checkpoint.pt every N steps (500)")
+    p.add_argument("--skip-nonfinite", action="store_true", default=None,
+                   help="skip a step with a NaN/inf loss instead of stopping")
     p.add_argument("--init-weights", help="start from these .safetensors weights (fine-tune)")
     p.add_argument("--device", help="auto (default), cpu or cuda")
     p.add_argument("--threads", type=int, help="torch CPU threads (0 = torch's default)")
     p.add_argument("--overwrite", action="store_true", help="start afresh in an existing run folder")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("export", help="export weights to ONNX (dynamic H/W) or TorchScript")
+    p = add("export", "export weights to ONNX (dynamic H/W) or TorchScript",
+            "Export a weights file to ONNX (any height and width), its int8-quantised ONNX, or TorchScript.")
     p.add_argument("weights", nargs="?", help="weights file (default: the shipped model)")
     p.add_argument("--onnx", help="ONNX file to write")
     p.add_argument("--onnx-int8", help="int8-quantised ONNX file to write (the int8 backend's model)")
     p.add_argument("--torchscript", help="TorchScript file to write")
-    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--overwrite", action="store_true", help="replace existing output files")
     p.set_defaults(func=cmd_export)
 
-    p = sub.add_parser("summary", help="Keras-style model summary")
-    p.add_argument("model", help="vdsr, inception (the notes' model) or a weights file")
-    p.add_argument("--input-shape", nargs=3, type=int, metavar=("H", "W", "C"))
+    p = add("summary", "Keras-style model summary",
+            "Print a Keras-style summary (layers, output shapes, parameters, connections) of VDSR, "
+            "of the Inception example (a 224x224x3 input into one Inception block of 64 filters), "
+            "or of a weights file's model.")
+    p.add_argument("model", help="vdsr, inception (the Inception example) or a weights file")
+    p.add_argument("--input-shape", nargs=3, type=int, metavar=("H", "W", "C"), help="input size to trace")
     p.add_argument("--body", choices=("plain", "residual", "dense", "inception"), default="plain",
                    help="VDSR body (with MODEL=vdsr)")
     p.set_defaults(func=cmd_summary)
 
-    p = sub.add_parser("serve", help="local web app: drop images, compare before/after, download")
-    p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1: this machine only)")
-    p.add_argument("--port", type=int, default=8000)
+    p = add("serve", "local web app: drop images, compare before/after, download",
+            "Serve a web page (and a JSON/PNG API, documented at /api/docs) for upscaling images "
+            "in the browser. Only this machine can reach it unless --host says otherwise.")
+    p.add_argument("--host", default="127.0.0.1", help="bind address (127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8000, help="TCP port")
     p.add_argument("--weights", help="weights file (default: the shipped model)")
     p.add_argument("--max-upload-mb", type=_positive_int, default=C.SERVER_MAX_UPLOAD_MB,
-                   help="refuse larger uploads (default %(default)s)")
+                   help="refuse larger uploads")
     p.add_argument("--max-pixels", type=_positive_int, default=C.SERVER_MAX_PIXELS,
-                   help="refuse images with more pixels (default %(default)s)")
+                   help="refuse images with more pixels")
     p.add_argument("--max-output-pixels", type=_positive_int, default=C.SERVER_MAX_OUTPUT_PIXELS,
-                   help="refuse results (image pixels x scale²) with more pixels (default %(default)s)")
+                   help="refuse results (image pixels x scale²) with more pixels")
     p.add_argument("--max-jobs", type=_positive_int, default=1,
-                   help="images upscaled at once; others wait in a queue (default %(default)s)")
+                   help="images upscaled at once; others wait in a queue")
     p.add_argument("--max-queue", type=_positive_int, default=C.SERVER_MAX_QUEUE,
-                   help="images that may wait; more get '503 busy' (default %(default)s)")
+                   help="images that may wait; more get '503 busy'")
     p.set_defaults(func=cmd_serve)
 
-    p = sub.add_parser("demo", help="upscale a bundled sample and write a comparison PNG")
-    p.add_argument("-o", "--output", default="vdsr-demo", help="output folder (default vdsr-demo)")
-    p.add_argument("--scale", type=_int_scale, default=3)
+    p = add("demo", "upscale a bundled sample and write a comparison PNG",
+            "Shrink a bundled photo, upscale it with bicubic and with the model, and write the images, "
+            "a comparison PNG and their Y-PSNR against the original.")
+    p.add_argument("-o", "--output", default="vdsr-demo", help="output folder")
+    p.add_argument("--scale", type=_int_scale, default=3, help="scale factor")
     p.add_argument("--weights", help="weights file (default: the shipped model)")
     p.set_defaults(func=cmd_demo)
     return parser
