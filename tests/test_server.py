@@ -283,3 +283,24 @@ def test_download_keeps_the_photo_metadata(client: TestClient, tmp_path: Path) -
     got = Image.open(io.BytesIO(r.content))
     assert got.size == (24, 40) and got.info.get("icc_profile") == SRGB
     assert got.getexif().get(0x010F) == "TestCam" and got.info["dpi"] == pytest.approx((300, 300), abs=0.01)
+
+
+def test_api_docs_work_offline_and_describe_the_real_responses(client: TestClient) -> None:
+    """Rough edge: /api/docs loaded Swagger UI from a CDN (blank offline) and documented a 422
+    this API never sends, but not its PNG, 400, 413 or 503."""
+    import re
+
+    page = client.get("/api/docs")
+    assert page.status_code == 200
+    assets = re.findall(r'(?:src|href)="([^"]+)"', page.text)
+    assert any(a.endswith("swagger-ui-bundle.js") for a in assets) and any(a.endswith(".css") for a in assets)
+    for asset in assets:
+        assert asset.startswith("/"), f"{asset}: not served by this server"
+        assert client.get(asset).status_code == 200, asset
+    spec = client.get("/openapi.json").json()
+    assert "422" not in str(spec) and "HTTPValidationError" not in str(spec)
+    responses = spec["paths"]["/api/upscale"]["post"]["responses"]
+    assert set(responses) == {"200", "400", "413", "503"}
+    assert list(responses["200"]["content"]) == ["image/png"]
+    assert "Retry-After" in responses["503"]["headers"]
+    assert responses["400"]["content"]["application/json"]["schema"]["$ref"].endswith("/ErrorBody")

@@ -37,7 +37,10 @@ from typing import Any
 
 from fastapi import FastAPI, File, Query, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi_offline import FastAPIOffline
+from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 
 from vdsr.constants import (
@@ -143,6 +146,42 @@ class JobQueue:
                 turn.get_loop().call_soon_threadsafe(_wake, turn)
 
 
+class ErrorBody(BaseModel):
+    """Every error response: one line naming the file and the problem."""
+
+    error: str
+
+
+API_DESCRIPTION = (
+    "Upscale images with VDSR. `POST /api/upscale` returns the PNG; errors are JSON "
+    "`{\"error\": \"...\"}`. VDSR jobs wait in a first-come queue (`GET /api/queue`); "
+    "bicubic previews do not."
+)
+UPSCALE_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"description": "The upscaled image as PNG (the upload's EXIF, ICC profile and DPI kept).",
+          "content": {"image/png": {"schema": {"type": "string", "format": "binary"}}}},
+    400: {"model": ErrorBody, "description": "Not an image, a corrupt image, a bad scale, method or ticket."},
+    413: {"model": ErrorBody, "description": "The upload, the image or the result is over a limit "
+                                             "(see `GET /api/health`)."},
+    503: {"model": ErrorBody, "description": "The queue is full; try again after `Retry-After` seconds.",
+          "headers": {"Retry-After": {"description": "seconds to wait", "schema": {"type": "integer"}}}},
+}
+
+
+def _openapi_without_422(app: FastAPI) -> dict[str, Any]:
+    """FastAPI's schema minus its generic 422 responses: this API answers bad requests with 400."""
+    if app.openapi_schema is None:
+        schema = get_openapi(title=app.title, version=app.version, description=app.description,
+                             routes=app.routes)
+        for path in schema.get("paths", {}).values():
+            for operation in path.values():
+                operation.get("responses", {}).pop("422", None)
+        for name in ("HTTPValidationError", "ValidationError"):
+            schema.get("components", {}).get("schemas", {}).pop(name, None)
+        app.openapi_schema = schema
+    return app.openapi_schema
+
+
 def _wake(turn: asyncio.Future[None]) -> None:
     if not turn.done():  # a cancelled waiter releases its place itself
         turn.set_result(None)
@@ -154,7 +193,11 @@ def create_app(weights: str | Path | None = None, limits: Limits | None = None) 
     model, meta = load_model(weights)
     queue = JobQueue(limits.max_jobs, limits.max_queue)
     page = (resources.files("vdsr") / "static" / "index.html").read_text(encoding="utf-8")
-    app = FastAPI(title="vdsr", version=__version__, docs_url="/api/docs")
+    # The API docs page loads Swagger UI from files installed with fastapi-offline, not from a
+    # CDN, so it works on machines without internet access.
+    app: FastAPI = FastAPIOffline(title="vdsr", version=__version__, docs_url="/api/docs", redoc_url=None,
+                                  static_url="/api/docs-assets", description=API_DESCRIPTION)
+    app.openapi = lambda: _openapi_without_422(app)  # type: ignore[method-assign]
     app.state.queue = queue
     app.state.limits = limits
 
@@ -198,7 +241,8 @@ def create_app(weights: str | Path | None = None, limits: Limits | None = None) 
             pixels, alpha = upscale_loaded(model, image, scale, DEFAULT_TILE)
         return encode_png(pixels, alpha, image.bit_depth, image.metadata)
 
-    @app.post("/api/upscale")
+    @app.post("/api/upscale", response_class=Response, responses=UPSCALE_RESPONSES,
+              summary="Upscale one image")
     async def upscale_endpoint(file: UploadFile = File(...), scale: float = Query(...),  # noqa: B008
                                method: str = Query("vdsr"),
                                ticket: str | None = Query(None, max_length=64)) -> Response:  # noqa: B008
