@@ -194,8 +194,10 @@ def cmd_upscale(args: argparse.Namespace) -> int:
                 from vdsr.inference import bicubic_upscale
                 from vdsr.plots import comparison
 
-                comparison([("bicubic", bicubic_upscale(img.pixels, args.scale)),
-                            ("VDSR", out_pixels)], args.compare)
+                comparison([(f"bicubic x{args.scale:g}", bicubic_upscale(img.pixels, args.scale)),
+                            (f"VDSR x{args.scale:g}", out_pixels)], args.compare,
+                           title=f"{src.name}: the {'region where they differ most' if min(out_w, out_h) > 256 else 'whole image'}, "
+                                 "at full resolution")
         except VDSRError as exc:  # keep going; every failure is listed at the end
             failures.append(_describe(exc))
         bar.update(1)
