@@ -171,6 +171,18 @@ def test_browser_upload_compare_download(live_server: str, tmp_path: Path, tiny_
             page.set_input_files("#file", str(bad))
             page.wait_for_selector(".card .status.error", timeout=30_000)
             assert "not an image" in page.inner_text(".card .status.error")
+            # Several files at once (issue 18, bug 2): with one job at a time, all are queued and
+            # finish; none is turned away with 'server busy'.
+            many = [write_png(tmp_path / f"m{i}.png", random_rgb(40, 50, seed=10 + i)) for i in range(5)]
+            page.set_input_files("#file", [str(m) for m in many])
+            page.wait_for_function("document.querySelectorAll(\".card[data-ready='1']\").length === 6",
+                                   timeout=120_000)
+            assert "busy" not in page.inner_text("#results")
+            # The API docs render from local files (this browser has no internet access).
+            docs = browser.new_page()
+            docs.goto(f"{live_server}/api/docs", timeout=30_000)
+            docs.wait_for_selector(".opblock-summary-path:has-text('/api/upscale')", timeout=30_000)
+            docs.close()
             shot = Path(os.environ.get("VDSR_SCREENSHOT_DIR", tmp_path)) / "serve.png"
             page.screenshot(path=str(shot), full_page=False)
             assert shot.stat().st_size > 10_000
