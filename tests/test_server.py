@@ -35,6 +35,7 @@ def png_bytes(array: np.ndarray) -> bytes:
 def test_health(client: TestClient) -> None:
     body = client.get("/api/health").json()
     assert body["status"] == "ok" and body["limits"]["max_pixels"] == 50_000
+    assert body["weights"] == "tiny.safetensors"  # what the page shows: a file name, not a run name
 
 
 def test_output_equals_cli_pixel_for_pixel(client: TestClient, tiny_weights: Path, tmp_path: Path,

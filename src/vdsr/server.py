@@ -192,6 +192,7 @@ def create_app(weights: str | Path | None = None, limits: Limits | None = None) 
     limits = limits or Limits()
     model, meta = load_model(weights)
     queue = JobQueue(limits.max_jobs, limits.max_queue)
+    weights_name = "the shipped VDSR model" if weights is None else Path(weights).name  # for people
     page = (resources.files("vdsr") / "static" / "index.html").read_text(encoding="utf-8")
     # The API docs page loads Swagger UI from files installed with fastapi-offline, not from a
     # CDN, so it works on machines without internet access.
@@ -217,7 +218,7 @@ def create_app(weights: str | Path | None = None, limits: Limits | None = None) 
     @app.get("/api/health")
     def health() -> dict[str, Any]:
         running, waiting = queue.counts()
-        return {"status": "ok", "model": meta.source, "scales": meta.scales,
+        return {"status": "ok", "model": meta.source, "weights": weights_name, "scales": meta.scales,
                 "limits": {"max_upload_bytes": limits.max_upload_bytes,
                            "max_pixels": limits.max_pixels,
                            "max_output_pixels": limits.max_output_pixels, "max_jobs": limits.max_jobs,
