@@ -29,7 +29,11 @@ def test_output_pixels_are_limited_before_any_work(tmp_path: Path, tiny_weights:
     def no_work(*_a: object, **_k: object) -> None:
         raise AssertionError("upscaled although the output is over the limit")
 
-    monkeypatch.setattr("vdsr.inference.upscale_loaded", no_work)
+    import vdsr.inference
+
+    # upscale_loaded before the tensor engine, upscale_image after it: the CLI's one call
+    entry = "upscale_image" if hasattr(vdsr.inference, "upscale_image") else "upscale_loaded"
+    monkeypatch.setattr(vdsr.inference, entry, no_work)
     code, _, err = run(["upscale", str(src), "-s", "4", "-o", str(out), "--weights", str(tiny_weights),
                         "--max-output-pixels", "79999"], capsys)
     assert code == 1 and not out.exists()

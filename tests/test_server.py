@@ -213,14 +213,16 @@ def _blocking_upscale(monkeypatch: pytest.MonkeyPatch) -> tuple[threading.Event,
     import vdsr.server
 
     gate, order = threading.Event(), []
-    real = vdsr.server.upscale_loaded
+    # upscale_loaded before the tensor engine, upscale_image after it: the server's one call
+    entry = "upscale_image" if hasattr(vdsr.server, "upscale_image") else "upscale_loaded"
+    real = getattr(vdsr.server, entry)
 
     def slow(model, image, *args, **kwargs):  # type: ignore[no-untyped-def]
         order.append(image.path.name)
         assert gate.wait(30), "test gate never opened"
         return real(model, image, *args, **kwargs)
 
-    monkeypatch.setattr(vdsr.server, "upscale_loaded", slow)
+    monkeypatch.setattr(vdsr.server, entry, slow)
     return gate, order
 
 
