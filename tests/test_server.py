@@ -319,3 +319,33 @@ def test_api_docs_work_offline_and_describe_the_real_responses(client: TestClien
     assert list(responses["200"]["content"]) == ["image/png"]
     assert "Retry-After" in responses["503"]["headers"]
     assert responses["400"]["content"]["application/json"]["schema"]["$ref"].endswith("/ErrorBody")
+
+
+def test_bicubic_previews_have_their_own_bounded_lane(tiny_weights: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Previews skip the VDSR queue but do not run without bound (each may hold a large image)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import vdsr.server
+    from vdsr.constants import SERVER_PREVIEW_JOBS
+
+    lock, running, peak = threading.Lock(), [0], [0]
+    real = vdsr.server.bicubic_clipped
+
+    def counted(*args, **kwargs):  # type: ignore[no-untyped-def]
+        with lock:
+            running[0] += 1
+            peak[0] = max(peak[0], running[0])
+        time.sleep(0.3)
+        with lock:
+            running[0] -= 1
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(vdsr.server, "bicubic_clipped", counted)
+    data = png_bytes(random_rgb(8, 8))
+    with TestClient(create_app(tiny_weights)) as client:
+        def post(i: int) -> int:
+            return client.post("/api/upscale?scale=2&method=bicubic", files={"file": (f"{i}.png", data)}).status_code
+
+        with ThreadPoolExecutor(6) as pool:
+            assert list(pool.map(post, range(6))) == [200] * 6
+    assert peak[0] == SERVER_PREVIEW_JOBS

@@ -48,6 +48,7 @@ from vdsr.constants import (
     SERVER_MAX_PIXELS,
     SERVER_MAX_QUEUE,
     SERVER_MAX_UPLOAD_MB,
+    SERVER_PREVIEW_JOBS,
     __version__,
 )
 from vdsr.errors import AddressUnavailable, TooLarge, VDSRError
@@ -108,8 +109,8 @@ class JobQueue:
 
     def retry_after(self) -> int:
         """Seconds after which a refused job is likely to find a free place (at least 1)."""
-        running, waiting = self.counts()
-        return max(1, math.ceil((self._seconds or 5.0) * (waiting + 1) / max(1, running)))
+        running, _ = self.counts()  # a place frees when one of the running jobs ends
+        return max(1, math.ceil((self._seconds or 5.0) / max(1, running)))
 
     def record(self, seconds: float) -> None:
         """Fold one finished job's duration into the mean used by :meth:`retry_after`."""
@@ -192,6 +193,8 @@ def create_app(weights: str | Path | None = None, limits: Limits | None = None) 
     limits = limits or Limits()
     model, meta = load_model(weights)
     queue = JobQueue(limits.max_jobs, limits.max_queue)
+    # Bicubic previews have a lane of their own: never behind VDSR jobs, yet bounded in memory.
+    previews = JobQueue(SERVER_PREVIEW_JOBS, limits.max_queue)
     weights_name = "the shipped VDSR model" if weights is None else Path(weights).name  # for people
     page = (resources.files("vdsr") / "static" / "index.html").read_text(encoding="utf-8")
     # The API docs page loads Swagger UI from files installed with fastapi-offline, not from a
@@ -265,17 +268,16 @@ def create_app(weights: str | Path | None = None, limits: Limits | None = None) 
             return error(413, str(exc))
         except VDSRError as exc:
             return error(400, str(exc))
-        ticket = ticket or uuid.uuid4().hex
-        queued = method == "vdsr"  # bicubic previews are cheap: they never wait behind VDSR jobs
-        if queued:
-            try:
-                await queue.acquire(ticket)
-            except QueueFull as exc:
-                wait = queue.retry_after()
-                return error(503, f"server busy: {exc.waiting} images are waiting; try again in {wait} s",
-                             headers={"Retry-After": str(wait)})
-            except ValueError as exc:
-                return error(400, str(exc))
+        lane = queue if method == "vdsr" else previews
+        ticket = (ticket or uuid.uuid4().hex) if method == "vdsr" else uuid.uuid4().hex
+        try:
+            await lane.acquire(ticket)
+        except QueueFull as exc:
+            wait = lane.retry_after()
+            return error(503, f"server busy: {exc.waiting} images are waiting; try again in {wait} s",
+                         headers={"Retry-After": str(wait)})
+        except ValueError as exc:
+            return error(400, str(exc))
         started = time.monotonic()
         try:
             png = await run_in_threadpool(work, data, name, scale, method)
@@ -284,9 +286,8 @@ def create_app(weights: str | Path | None = None, limits: Limits | None = None) 
         except VDSRError as exc:
             return error(400, str(exc))
         finally:
-            if queued:
-                queue.record(time.monotonic() - started)
-                queue.release(ticket)
+            lane.record(time.monotonic() - started)
+            lane.release(ticket)
         return Response(png, media_type="image/png",
                         headers={"Content-Disposition": f'attachment; filename="{Path(name).stem}_x{scale:g}.png"'})
 
