@@ -133,11 +133,10 @@ def _output_is_file(output: str, one_file: bool) -> bool:
 
 def _output_paths(files: list[Path], out: Path, args: argparse.Namespace, single_target: bool) -> list[Path]:
     from vdsr.errors import VDSRError
-    from vdsr.images import _EXTENSIONS, OUTPUT_FORMATS
+    from vdsr.images import OUTPUT_FORMATS, output_format
 
     if single_target:
-        fmt = _EXTENSIONS[out.suffix.lower()]
-        if args.format and OUTPUT_FORMATS[args.format] != fmt:
+        if args.format and OUTPUT_FORMATS[args.format] != output_format(out):
             raise VDSRError(f"{out}: --format {args.format} does not match the file's extension")
         return [out]
     suffix = f"_x{args.scale:g}" if args.suffix is None else args.suffix

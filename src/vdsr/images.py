@@ -29,7 +29,7 @@ from vdsr.fileio import atomic_path
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm")
 __all__ = ["DEFAULT_MAX_PIXELS", "IMAGE_SUFFIXES", "OUTPUT_FORMATS", "OUTPUT_SUFFIXES", "ImageMetadata",
-           "LoadedImage", "check_output_size", "decode_image", "load_image",
+           "LoadedImage", "check_output_size", "output_format", "decode_image", "load_image",
            "probe_image",
            "save_image", "encode_png", "list_images", "to_pil", "to_uint"]
 
@@ -263,7 +263,8 @@ def to_uint(array: NDArray[np.floating], bit_depth: int) -> NDArray:
     return np.clip(np.round(np.asarray(array, dtype=np.float64) * peak), 0, peak).astype(dtype)
 
 
-def _pil_format(path: Path) -> str:
+def output_format(path: Path) -> str:
+    """Pillow's format name (``"PNG"``, ``"JPEG"``, ...) that ``path``'s extension selects."""
     ext = path.suffix.lower()
     if ext not in _EXTENSIONS:
         raise ImageError(f"{path}: cannot write '{ext}' files (use .png, .jpg, .webp, .tif or .bmp)")
@@ -340,7 +341,7 @@ def save_image(
     format can hold it (BMP: DPI only); ``quality`` (1-100) applies to JPEG and WebP.
     """
     path = Path(path)
-    fmt = _pil_format(path)
+    fmt = output_format(path)
     if alpha is not None and fmt in ("JPEG", "BMP"):
         alpha = None
     img = to_pil(pixels, alpha, bit_depth, allow_16bit=fmt in ("PNG", "TIFF"))
