@@ -6,10 +6,11 @@ import pytest
 import torch
 
 from tests.conftest import receptive_span
-from vdsr.blocks import Add, Concat, ConvBN, Inception, NotesInception, Projection, conv1x1
 from vdsr.cli import main
 from vdsr.errors import InvalidArgument
+from vdsr.layers import Add, Concat, Inception, Projection, conv1x1
 from vdsr.model import BODIES, VDSR, VDSRConfig, count_parameters
+from vdsr.notes import ConvBN, NotesInception
 from vdsr.summary import notes_inception_model, summarize
 
 

@@ -165,7 +165,10 @@ def test_evaluate_record_stores_results_in_the_weights(tmp_path: Path, tiny_weig
         assert "recorded 1 results" in text
     recorded = read_metadata(weights).extra["evaluation"]["rgb8"]
     assert [(r["dataset"], r["scale"]) for r in recorded] == [("Mini", 2), ("Mini", 3)]
-    assert recorded[0] == json.loads((tmp_path / "r2.json").read_text())["results"][0]
+    body = json.loads((tmp_path / "r2.json").read_text())
+    # each recorded result names how it was run (issue 16: precision recorded with every result)
+    assert recorded[0] == {**body["results"][0], **body["run"]}
+    assert (recorded[0]["precision"], recorded[0]["backend"]) == ("fp32", "onnxruntime")
     after = load_file(str(weights))
     assert all(torch.equal(before[k], after[k]) for k in before)
     code, _, err = run(["evaluate", "--data", str(folder), "--bicubic-only", "--record"], capsys)

@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from vdsr import constants as C  # imports nothing: defaults for --help without torch
-
-_BACKENDS = ("auto", "torch", "onnxruntime", "int8")  # vdsr.inference.BACKENDS, without importing torch
+from vdsr.constants import BACKENDS as _BACKENDS
+from vdsr.constants import PRECISIONS
 
 PROG = "vdsr"
 
@@ -154,9 +154,10 @@ def _output_paths(files: list[Path], out: Path, args: argparse.Namespace, single
 
 
 def cmd_upscale(args: argparse.Namespace) -> int:
+    from vdsr.engine import Upscaler
     from vdsr.errors import VDSRError
     from vdsr.images import check_output_size, load_image, save_image
-    from vdsr.inference import check_scale, check_tile, upscale_loaded
+    from vdsr.inference import check_scale, upscale_image
     from vdsr.weights import load_model
 
     files = _expand_inputs(args.inputs)
@@ -166,15 +167,15 @@ def cmd_upscale(args: argparse.Namespace) -> int:
         raise VDSRError(f"{out}: output folder {out.parent} does not exist")
     model, meta = load_model(args.weights, device=args.device)
     check_scale(args.scale, meta.scales)
-    tile = check_tile(args.tile, model)
+    upscaler = Upscaler(model, device=args.device, precision=args.precision, backend=args.backend,
+                        tile=args.tile, ensemble=args.ensemble)
     targets = _output_paths(files, out, args, single_target)
     folder = targets[0].parent
     if not os.access(folder, os.W_OK):
         raise VDSRError(f"{folder}: output folder is not writable")
     failures: list[str] = []
     # A bar on a terminal only (logs and pipes get the final line alone), also for one image, with
-    # the image in hand and its sizes. Per-tile progress: wire the library's progress callback in
-    # here once inference.py has it.
+    # the image in hand, its sizes and, for large images, the tile in progress.
     bar = _tqdm(total=len(files), desc="upscaling", unit="img")
     for src, dst in zip(files, targets, strict=True):
         bar.set_postfix_str(src.name, refresh=True)
@@ -186,25 +187,36 @@ def cmd_upscale(args: argparse.Namespace) -> int:
             img = load_image(src, max_pixels=args.max_pixels)
             out_h, out_w = check_output_size(str(src), img.height, img.width, args.scale,
                                              args.max_output_pixels)
-            bar.set_postfix_str(f"{src.name} {img.width}x{img.height} -> {out_w}x{out_h}", refresh=True)
-            out_pixels, alpha = upscale_loaded(model, img, args.scale, tile, args.device, args.backend)
+            label = f"{src.name} {img.width}x{img.height} -> {out_w}x{out_h}"
+            bar.set_postfix_str(label, refresh=True)
+
+            def tiles(done: int, total: int, label: str = label) -> None:
+                if total > 1:
+                    bar.set_postfix_str(f"{label}, tile {done}/{total}", refresh=True)
+
+            out_pixels, alpha = upscale_image(upscaler, img, args.scale, progress=tiles)
             save_image(dst, out_pixels, alpha, img.bit_depth, metadata=img.metadata, quality=args.quality)
             if args.compare and len(files) == 1:
+                import numpy as np
+
                 from vdsr.inference import bicubic_upscale
                 from vdsr.plots import comparison
 
                 comparison([(f"bicubic x{args.scale:g}", bicubic_upscale(img.pixels, args.scale)),
-                            (f"VDSR x{args.scale:g}", out_pixels)], args.compare,
+                            (f"VDSR x{args.scale:g}", out_pixels / float(np.iinfo(out_pixels.dtype).max))],
+                           args.compare,
                            title=f"{src.name}: the {'region where they differ most' if min(out_w, out_h) > 256 else 'whole image'}, "
                                  "at full resolution")
         except VDSRError as exc:  # keep going; every failure is listed at the end
             failures.append(_describe(exc))
         bar.update(1)
     bar.close()
+    info = upscaler.info
+    run = f"({info.backend}, {info.precision}, {info.device}{', ensemble' if info.ensemble else ''})"
     if single_target and not failures:
-        print(f"wrote {targets[0]}")
+        print(f"wrote {targets[0]} {run}")
     elif not single_target:
-        print(f"wrote {len(files) - len(failures)} of {len(files)} images to {folder}")
+        print(f"wrote {len(files) - len(failures)} of {len(files)} images to {folder} {run}")
     if failures:
         if len(files) == 1:
             _err(failures[0])
@@ -230,25 +242,35 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     if args.record and args.bicubic_only:
         raise VDSRError("--record stores a model's results; it cannot go with --bicubic-only")
-    model = None
+    if args.record and args.ensemble:
+        raise VDSRError("--record stores the plain model's results; run --ensemble without --record")
+    from vdsr.engine import Upscaler
+
+    upscaler = None
     if not args.bicubic_only:
         model, _ = load_model(args.weights, device=args.device)
+        upscaler = Upscaler(model, device=args.device, precision=args.precision,
+                            backend=args.backend, tile=args.tile, ensemble=args.ensemble)
     total = sum(len(list_images(d)) for d in args.data) * len(args.scales)
     results = []
     with _tqdm(total=total, desc="evaluating", unit="img") as bar:
         for folder in args.data:
-            results += evaluate_folder(model, folder, args.scales, protocol=args.protocol,
-                                       tile=args.tile, device=args.device, backend=args.backend,
+            results += evaluate_folder(upscaler, folder, args.scales, protocol=args.protocol,
                                        progress=lambda _d: bar.update(1),
                                        max_pixels=args.max_pixels)
+    run = upscaler.info.to_dict() if upscaler is not None else {}
+    if run:
+        print(f"model run: {run['backend']}, {run['precision']}, {run['device']}"
+              f"{', self-ensemble (x8)' if run['ensemble'] else ''}")
     print(format_table(results))
     rows = [r.to_dict() for r in results]
     if args.json:
-        body = {"protocol": args.protocol, "weights": str(args.weights or "default"), "results": rows}
+        body = {"protocol": args.protocol, "weights": str(args.weights or "default"), "run": run,
+                "results": rows}
         atomic_write_bytes(args.json, (json.dumps(body, indent=2) + "\n").encode())
     if args.record:
         target = args.weights or default_weights_path()
-        record_evaluation(target, args.protocol, rows)
+        record_evaluation(target, args.protocol, [{**row, **run} for row in rows])
         print(f"recorded {len(results)} results in {target}'s metadata")
     return 0
 
@@ -466,6 +488,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     serve(args.host, args.port, args.weights,
           Limits(max_upload_bytes=args.max_upload_mb * 1024 * 1024, max_pixels=args.max_pixels,
                  max_output_pixels=args.max_output_pixels, max_jobs=args.max_jobs, max_queue=args.max_queue),
+          device=args.device, precision=args.precision,
           on_ready=lambda url: print(f"serving on {url} (Ctrl-C to stop)", flush=True))
     return 0
 
@@ -529,6 +552,13 @@ run 'vdsr COMMAND --help' for a command's options""",
   vdsr serve --port 8080 --max-jobs 2""",
 }
 
+def _precision_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--precision", choices=PRECISIONS, default="auto",
+                   help="arithmetic of the network: auto = fp32 on CPU, fp16 on CUDA (within "
+                        "0.02 dB of fp32); fp32 is always available")
+    p.add_argument("--ensemble", action="store_true",
+                   help="average the 8 flips/rotations of the image: 8x the compute, a little sharper")
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=PROG, description="VDSR super-resolution (Kim et al., CVPR 2016)",
@@ -566,6 +596,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", choices=_BACKENDS, default="auto",
                    help="auto: ONNX Runtime on CPU when installed, else PyTorch; "
                         "int8: quantised ONNX Runtime, ~1.7x faster, not exact")
+    _precision_flags(p)
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
     p.add_argument("--max-pixels", type=_positive_int, default=C.DEFAULT_MAX_PIXELS,
                    help="refuse inputs with more pixels")
@@ -593,6 +624,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tile", type=int, default=C.DEFAULT_TILE,
                    help="process in tiles of this side, 0 = whole image; scores do not change")
     p.add_argument("--backend", choices=_BACKENDS, default="auto", help="inference backend (as for upscale)")
+    _precision_flags(p)
     p.add_argument("--max-pixels", type=_positive_int, default=C.DEFAULT_MAX_PIXELS,
                    help="refuse larger images")
     common_device(p)
@@ -708,6 +740,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="images upscaled at once; others wait in a queue")
     p.add_argument("--max-queue", type=_positive_int, default=C.SERVER_MAX_QUEUE,
                    help="images that may wait; more get '503 busy'")
+    p.add_argument("--precision", choices=PRECISIONS, default="auto",
+                   help="network arithmetic: auto = fp32 on CPU, fp16 on CUDA")
+    common_device(p)
     p.set_defaults(func=cmd_serve)
 
     p = add("demo", "upscale a bundled sample and write a comparison PNG",

@@ -11,6 +11,7 @@ with channels last: ``(..., 3)``.
 from __future__ import annotations
 
 import numpy as np
+import torch
 from numpy.typing import NDArray
 
 from vdsr.errors import InvalidArgument
@@ -55,3 +56,21 @@ def ycbcr2rgb(ycbcr: NDArray[np.floating]) -> NDArray[np.float64]:
     ycbcr = np.asarray(ycbcr, dtype=np.float64)
     _check_last_axis(ycbcr, "ycbcr2rgb")
     return (ycbcr * 255.0 - _OFFSET) @ _YCBCR2RGB.T
+
+
+def rgb2ycbcr_tensor(rgb: torch.Tensor) -> torch.Tensor:
+    """:func:`rgb2ycbcr` for channels-first tensors: ``(N, 3, H, W)`` in [0, 1] -> same shape."""
+    if rgb.ndim != 4 or rgb.shape[1] != 3:
+        raise InvalidArgument(f"rgb2ycbcr_tensor expects (N, 3, H, W), got {tuple(rgb.shape)}")
+    m = torch.as_tensor(_RGB2YCBCR, dtype=rgb.dtype, device=rgb.device)
+    offset = torch.as_tensor(_OFFSET, dtype=rgb.dtype, device=rgb.device)
+    return (torch.einsum("ij,njhw->nihw", m, rgb) + offset[:, None, None]) / 255.0
+
+
+def ycbcr2rgb_tensor(ycbcr: torch.Tensor) -> torch.Tensor:
+    """:func:`ycbcr2rgb` for channels-first tensors: ``(N, 3, H, W)`` -> same shape, unclipped."""
+    if ycbcr.ndim != 4 or ycbcr.shape[1] != 3:
+        raise InvalidArgument(f"ycbcr2rgb_tensor expects (N, 3, H, W), got {tuple(ycbcr.shape)}")
+    m = torch.as_tensor(_YCBCR2RGB, dtype=ycbcr.dtype, device=ycbcr.device)
+    offset = torch.as_tensor(_OFFSET, dtype=ycbcr.dtype, device=ycbcr.device)
+    return torch.einsum("ij,njhw->nihw", m, ycbcr * 255.0 - offset[:, None, None])

@@ -68,7 +68,7 @@ class BadScale(InvalidArgument):
         super().__init__(message)
 
 
-class BackendUnavailable(VDSRError):
+class BackendUnavailable(InvalidArgument):
     """The requested inference backend cannot run here (package missing, wrong device)."""
 
     def __init__(self, backend: str, reason: str) -> None:

@@ -20,12 +20,15 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 from numpy.typing import NDArray
 
 from vdsr.color import rgb2y, rgb2ycbcr
+from vdsr.constants import DEFAULT_TILE
+from vdsr.engine import Upscaler
 from vdsr.errors import InvalidArgument
 from vdsr.images import list_images, load_image
-from vdsr.inference import DEFAULT_TILE, run_network
+from vdsr.inference import upscaler_for
 from vdsr.metrics import psnr, ssim
 from vdsr.model import VDSR
 from vdsr.resize import imresize, modcrop
@@ -86,17 +89,15 @@ def make_pair(
     return gt_y, bicubic_y
 
 
-def super_resolve_y(
-    model: VDSR, bicubic_y: NDArray[np.float64], tile: int | None = DEFAULT_TILE, device: str = "cpu",
-    backend: str = "auto",
-) -> NDArray[np.float64]:
+def super_resolve_y(up: Upscaler, bicubic_y: NDArray[np.float64]) -> NDArray[np.float64]:
     """Run a 1-channel model on a 0-255 bicubic Y image; returns 0-255 Y clipped to [0, 255]."""
-    out = run_network(model, (bicubic_y / 255.0)[None], tile, device, backend)[0]
+    x = torch.from_numpy(np.ascontiguousarray(bicubic_y / 255.0, dtype=np.float32))[None, None]
+    out = up.network(x)[0, 0].cpu().numpy()
     return np.clip(out.astype(np.float64) * 255.0, 0.0, 255.0)
 
 
 def evaluate_folder(
-    model: VDSR | None,
+    model: VDSR | Upscaler | None,
     folder: str | Path,
     scales: Sequence[int],
     protocol: str = "rgb8",
@@ -106,15 +107,25 @@ def evaluate_folder(
     max_pixels: int | None = None,
     with_ssim: bool = True,
     backend: str = "auto",
+    precision: str = "auto",
+    ensemble: bool = False,
 ) -> list[Result]:
     """Score ``model`` (or bicubic alone when ``model`` is None) on every image of ``folder``.
+
+    ``model`` may also be a ready :class:`Upscaler` (then ``tile``, ``device``, ``backend``,
+    ``precision`` and ``ensemble`` are its own).
 
     ``progress`` is called once per (image, scale) with a short description. ``with_ssim=False``
     skips SSIM (reported as NaN), which is what training validation uses for speed.
     """
     folder = Path(folder)
     files = list_images(folder)
-    if model is not None and model.config.channels != 1:
+    up: Upscaler | None = None
+    if isinstance(model, Upscaler):
+        up = model
+    elif model is not None:
+        up = upscaler_for(model, tile, device, backend, precision, ensemble)
+    if up is not None and up.config.channels != 1:
         raise InvalidArgument("evaluation scores Y; this model has 3 channels")
     images = [load_image(f, **({"max_pixels": max_pixels} if max_pixels else {})) for f in files]
     results = []
@@ -124,8 +135,8 @@ def evaluate_folder(
             gt_y, bic_y = make_pair(img.pixels, scale, protocol)
             sums[2] += psnr(gt_y, bic_y, border=scale)
             sums[3] += ssim(gt_y, bic_y, border=scale) if with_ssim else np.nan
-            if model is not None:
-                sr_y = super_resolve_y(model, bic_y, tile, device, backend)
+            if up is not None:
+                sr_y = super_resolve_y(up, bic_y)
                 sums[0] += psnr(gt_y, sr_y, border=scale)
                 sums[1] += ssim(gt_y, sr_y, border=scale) if with_ssim else np.nan
             else:

@@ -1,5 +1,6 @@
-"""Exporting a model (ONNX with dynamic height/width, int8-quantised ONNX, TorchScript) and running
-it with ONNX Runtime, the fastest CPU path measured here (see BENCHMARKS.md).
+"""Exporting a model: ONNX with dynamic height/width, int8-quantised ONNX, TorchScript.
+
+Running these graphs is the job of :mod:`vdsr.backends.ort` (which also caches the int8 graph).
 
 The int8 model is statically quantised (QDQ, per-channel int8 weights, uint8 activations with
 min/max calibration) on bicubic-degraded crops of scikit-image's bundled photos. The first three
@@ -10,7 +11,6 @@ convolutions, the last one and the global residual addition stay fp32: quantisin
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import io
 import logging
 import os
@@ -34,7 +34,6 @@ from vdsr.resize import imresize, modcrop
 CALIBRATION_IMAGES = ("astronaut", "camera", "coffee", "rocket", "coins", "moon")
 CALIBRATION_CROP = 120  # divisible by every scale, so all inputs share one shape
 CALIBRATION_SCALES = (2, 3, 4)
-INT8_VERSION = 1  # part of the cache key: bump when the recipe changes
 
 
 def onnx_bytes(model: VDSR, opset: int = 17) -> bytes:
@@ -157,51 +156,6 @@ def _logging_disabled() -> Iterator[None]:
         logging.disable(previous)
 
 
-def cache_dir() -> Path:
-    """Where derived models are cached: ``$VDSR_CACHE_DIR``, else ``$XDG_CACHE_HOME/vdsr``."""
-    if os.environ.get("VDSR_CACHE_DIR"):
-        return Path(os.environ["VDSR_CACHE_DIR"])
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "vdsr"
-
-
-def _valid_onnx(data: bytes) -> bool:
-    import onnx
-
-    try:
-        model = onnx.load_from_string(data)
-        onnx.checker.check_model(model)
-    except Exception:  # protobuf and checker errors have no common base class
-        return False
-    return bool(model.graph.node) and [i.name for i in model.graph.input][:1] == ["input"]
-
-
-def cached_int8_bytes(model: VDSR) -> bytes:
-    """:func:`onnx_int8_bytes`, cached on disk by a hash of the weights (calibration takes seconds).
-
-    A cache that cannot be written is skipped silently (the result is then just not reused); a
-    cached file that is not a valid model is recalibrated and replaced.
-    """
-    digest = hashlib.sha256(f"int8-v{INT8_VERSION}-{model.config}".encode())
-    for name, tensor in model.state_dict().items():
-        digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    path = cache_dir() / f"int8-{digest.hexdigest()[:32]}.onnx"
-    try:
-        data = path.read_bytes()
-        if _valid_onnx(data):
-            return data
-    except OSError:
-        pass
-    data = onnx_int8_bytes(model)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_path(path) as tmp:
-            tmp.write_bytes(data)
-    except OSError:
-        pass
-    return data
-
-
 def export_onnx_int8(model: VDSR, path: str | os.PathLike[str]) -> None:
     """Write the int8-quantised ONNX model to ``path`` atomically."""
     data = onnx_int8_bytes(model)
@@ -216,51 +170,3 @@ def export_torchscript(model: VDSR, path: str | os.PathLike[str]) -> None:
         traced = torch.jit.trace(model, torch.zeros(1, model.config.channels, 48, 48))
     with atomic_path(path) as tmp:
         traced.save(str(tmp))
-
-
-def _version_key(model: VDSR) -> tuple[int, ...]:
-    # In-place updates (optimiser steps, load_state_dict) bump each tensor's version counter.
-    return tuple(p._version for p in model.parameters())
-
-
-class OrtRunner:
-    """ONNX Runtime session for a :class:`VDSR`: ``(N, C, H, W)`` float32 array -> same shape.
-
-    ``int8=True`` runs the statically quantised model (:func:`cached_int8_bytes`).
-    """
-
-    def __init__(self, model: VDSR, threads: int | None = None, int8: bool = False) -> None:
-        try:
-            import onnxruntime as ort
-        except ImportError:
-            raise VDSRError("onnxruntime is not installed (pip install onnxruntime)") from None
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        if threads:
-            options.intra_op_num_threads = threads
-        graph = cached_int8_bytes(model) if int8 else onnx_bytes(model)
-        self.session = ort.InferenceSession(graph, options,
-                                            providers=["CPUExecutionProvider"])
-        self.key = _version_key(model)
-
-    def __call__(self, x: NDArray[np.float32]) -> NDArray[np.float32]:
-        out: Any = self.session.run(None, {"input": np.ascontiguousarray(x, dtype=np.float32)})[0]
-        return np.asarray(out)
-
-
-def ort_available() -> bool:
-    try:
-        import onnxruntime  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-def runner_for(model: VDSR, int8: bool = False) -> OrtRunner:
-    """A cached :class:`OrtRunner` for ``model``, rebuilt if its weights changed since."""
-    attr = "_ort_int8_runner" if int8 else "_ort_runner"
-    runner: OrtRunner | None = getattr(model, attr, None)
-    if runner is None or runner.key != _version_key(model):
-        runner = OrtRunner(model, int8=int8)
-        object.__setattr__(model, attr, runner)
-    return runner

@@ -18,6 +18,7 @@ import struct
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -256,10 +257,14 @@ def check_output_size(name: str, height: int, width: int, scale: float, limit: i
     return out_h, out_w
 
 
-def to_uint(array: NDArray[np.floating], bit_depth: int) -> NDArray:
-    """Float [0, 1] to rounded, clipped uint8 (8) or uint16 (16)."""
+def to_uint(array: NDArray[Any], bit_depth: int) -> NDArray[Any]:
+    """Float [0, 1] (or uint8/uint16, rescaled) to rounded, clipped uint8 (8) or uint16 (16)."""
     peak = 255.0 if bit_depth == 8 else 65535.0
     dtype = np.uint8 if bit_depth == 8 else np.uint16
+    if array.dtype == dtype:
+        return array
+    if array.dtype in (np.uint8, np.uint16):
+        array = array / (255.0 if array.dtype == np.uint8 else 65535.0)
     return np.clip(np.round(np.asarray(array, dtype=np.float64) * peak), 0, peak).astype(dtype)
 
 
@@ -300,7 +305,7 @@ def _save_options(fmt: str, metadata: ImageMetadata | None, size: tuple[int, int
 
 
 def to_pil(
-    pixels: NDArray[np.floating], alpha: NDArray[np.floating] | None = None, bit_depth: int = 8,
+    pixels: NDArray[Any], alpha: NDArray[Any] | None = None, bit_depth: int = 8,
     allow_16bit: bool = True,
 ) -> Image.Image:
     """Float [0, 1] ``(H, W)``/``(H, W, 3)`` pixels (+ alpha) to a rounded 8- or 16-bit PIL image.
@@ -316,7 +321,7 @@ def to_pil(
     return Image.fromarray(np.ascontiguousarray(base))  # "L" / "RGB"
 
 
-def encode_png(pixels: NDArray[np.floating], alpha: NDArray[np.floating] | None = None,
+def encode_png(pixels: NDArray[Any], alpha: NDArray[Any] | None = None,
                bit_depth: int = 8, metadata: ImageMetadata | None = None) -> bytes:
     """The PNG bytes :func:`save_image` would write for a ``.png`` path."""
     buf = io.BytesIO()
@@ -327,8 +332,8 @@ def encode_png(pixels: NDArray[np.floating], alpha: NDArray[np.floating] | None 
 
 def save_image(
     path: str | os.PathLike[str],
-    pixels: NDArray[np.floating],
-    alpha: NDArray[np.floating] | None = None,
+    pixels: NDArray[Any],
+    alpha: NDArray[Any] | None = None,
     bit_depth: int = 8,
     metadata: ImageMetadata | None = None,
     quality: int = 95,

@@ -1,92 +1,74 @@
-"""Inference: RGB or grey image in, super-resolved image out, with exact tiling.
+"""NumPy and image-file wrappers over the tensor engine (:class:`vdsr.engine.Upscaler`).
 
 Colour images go through YCbCr: the network runs on Y, Cb and Cr are bicubic-upscaled, and the
-result goes back to RGB. Large images are processed in tiles whose halo is the network's
-receptive radius (``depth`` pixels): a 3x3 zero-padded convolution spreads the effect of the
-tile's artificial border one pixel inward per layer, so after ``depth`` layers the core of each
-tile is exactly what whole-image inference gives.
+result goes back to RGB. The full-size arrays are kept few and small: the network's input and
+output are float32, Cb/Cr are upscaled one plane at a time, and the conversion back to RGB and
+the rounding to 8 or 16 bits run in bands of rows straight into the output array.
 """
 
 from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import numpy as np
 import torch
 from numpy.typing import NDArray
 
+from vdsr.backends import shared_backend
 from vdsr.color import rgb2ycbcr, ycbcr2rgb
-from vdsr.errors import InvalidArgument, VDSRError
+from vdsr.constants import DEFAULT_SCALES, DEFAULT_TILE, MAX_SCALE
+from vdsr.engine import Progress, Upscaler
+from vdsr.engine import check_tile as _check_tile
+from vdsr.errors import BadScale, InvalidArgument, TooLarge, VDSRError
 from vdsr.images import LoadedImage
 from vdsr.model import VDSR
-from vdsr.resize import imresize
+from vdsr.resize import imresize, target_size
 
-DEFAULT_TILE = 512  # 552x552 with the halo: ~78 MB per 64-channel activation, 16% halo overhead
-BACKENDS = ("auto", "torch", "onnxruntime", "int8")
-MAX_SCALE = 16.0
+__all__ = ["DEFAULT_TILE", "MAX_SCALE", "bicubic_clipped", "bicubic_upscale", "check_output_size",
+           "check_scale", "check_tile", "run_network", "target_size", "upscale", "upscale_array",
+           "upscale_image", "upscale_loaded", "upscale_pixels", "upscaler_for"]
+
+BAND_ROWS = 256  # rows converted back to RGB at a time: 2048-wide float64 RGB bands of 12 MB
 
 
 def check_scale(scale: float, trained: list[int] | None = None) -> float:
-    """Validate a user scale factor; warn outside the trained range rather than refuse."""
+    """Validate a user scale factor in ``(1, MAX_SCALE]``; warn outside the trained range."""
     try:
-        scale = float(scale)
+        value = float(scale)
     except (TypeError, ValueError):
-        raise VDSRError(f"scale must be a number, got {scale!r}") from None
-    if not math.isfinite(scale) or scale <= 1.0:
-        raise VDSRError(f"scale must be a finite number greater than 1, got {scale}")
-    if scale > MAX_SCALE:
-        raise VDSRError(f"scale {scale} is too large (at most {MAX_SCALE:g})")
-    lo, hi = (min(trained), max(trained)) if trained else (2, 4)
-    if not lo <= scale <= hi:
+        raise BadScale(scale, f"scale must be a number, got {scale!r}") from None
+    if not math.isfinite(value) or value <= 1.0:
+        raise BadScale(value, f"scale must be a finite number greater than 1, got {value:g}")
+    if value > MAX_SCALE:
+        raise BadScale(value, f"scale {value:g} is too large (at most {MAX_SCALE:g})")
+    lo, hi = (min(trained), max(trained)) if trained else (min(DEFAULT_SCALES), max(DEFAULT_SCALES))
+    if not lo <= value <= hi:
         warnings.warn(
-            f"scale {scale:g} is outside the model's trained range {lo}-{hi}; quality may suffer",
+            f"scale {value:g} is outside the model's trained range {lo}-{hi}; quality may suffer",
             stacklevel=2,
         )
-    return scale
+    return value
 
 
 def check_tile(tile: int | None, model: VDSR) -> int | None:
     """``None`` or 0 means whole image; otherwise the tile must cover the receptive field."""
-    if tile is None or tile == 0:
-        return None
-    rf = model.config.receptive_field
-    if tile < rf:
-        raise VDSRError(f"tile size {tile} is smaller than the receptive field ({rf}x{rf})")
-    return int(tile)
+    return _check_tile(tile, model.config.receptive_field)
 
 
-def _tiles(size: int, tile: int) -> Iterator[tuple[int, int]]:
-    for start in range(0, size, tile):
-        yield start, min(start + tile, size)
+def check_output_size(name: str, height: int, width: int, scale: float, limit: int | None) -> None:
+    """Raise :class:`TooLarge` (``what="output"``) when ``round(scale * size)`` is over ``limit``."""
+    out_h, out_w = target_size(height, width, scale)
+    if limit is not None and out_h * out_w > limit:
+        raise TooLarge(name, "output", out_w, out_h, limit)
 
 
-def _pick_backend(backend: str, device: str | torch.device) -> str:
-    if backend not in BACKENDS:
-        raise InvalidArgument(f"unknown backend {backend!r}; choose from {BACKENDS}")
-    if backend != "auto":
-        if backend in ("onnxruntime", "int8") and torch.device(device).type != "cpu":
-            raise InvalidArgument(f"the {backend} backend runs on the CPU only")
-        return backend
-    from vdsr.export import ort_available
-
-    return "onnxruntime" if torch.device(device).type == "cpu" and ort_available() else "torch"
-
-
-def _torch_forward(model: VDSR, device: str | torch.device) -> Callable[[NDArray[np.float32]], NDArray[np.float32]]:
-    dev = torch.device(device)
-    # channels_last lets oneDNN pick its fastest convolutions on CPU (1.27x measured, eager).
-    fmt = torch.channels_last
-
-    @torch.inference_mode()
-    def forward(x: NDArray[np.float32]) -> NDArray[np.float32]:
-        t = torch.from_numpy(x).to(dev).contiguous(memory_format=fmt)
-        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
-            y = model(t)
-        return y.float().cpu().numpy()
-
-    return forward
+def upscaler_for(model: VDSR, tile: int | None = DEFAULT_TILE, device: str | torch.device = "cpu",
+                 backend: str = "auto", precision: str = "auto", ensemble: bool = False) -> Upscaler:
+    """An :class:`Upscaler` for ``model`` whose backend is reused while the weights are unchanged."""
+    runner = shared_backend(model, backend, device, precision)
+    return Upscaler(model, tile=tile, ensemble=ensemble, backend_instance=runner)
 
 
 def run_network(
@@ -95,44 +77,18 @@ def run_network(
     tile: int | None = DEFAULT_TILE,
     device: str | torch.device = "cpu",
     backend: str = "auto",
+    precision: str = "auto",
+    ensemble: bool = False,
 ) -> NDArray[np.float32]:
     """Apply ``model`` to a ``(C, H, W)`` float array in [0, 1] (bicubic-upscaled), unclamped.
 
-    With ``tile`` set, memory is bounded by one tile plus its halo, and the result equals the
-    whole-image result (up to float summation order). ``backend``: ``"torch"``,
-    ``"onnxruntime"`` (CPU), ``"int8"`` (ONNX Runtime on a statically quantised model, CPU;
-    faster, not exact: see BENCHMARKS.md) or ``"auto"`` (ONNX Runtime on CPU when installed,
-    else torch).
+    The NumPy face of :meth:`Upscaler.network`: tiled results equal whole-image results.
     """
     if image.ndim != 3:
         raise InvalidArgument(f"run_network expects (C, H, W), got {image.shape}")
-    _, h, w = image.shape
-    x = np.ascontiguousarray(image, dtype=np.float32)
-    tile = check_tile(tile, model)
-    picked = _pick_backend(backend, device)
-    if picked in ("onnxruntime", "int8"):
-        from vdsr.export import runner_for
-
-        forward: Callable[[NDArray[np.float32]], NDArray[np.float32]] = runner_for(
-            model, int8=picked == "int8")
-    else:
-        forward = _torch_forward(model, device)
-    if tile is None or (h <= tile and w <= tile):
-        return forward(x[None])[0]
-    halo = model.config.depth
-    out = np.empty(image.shape, dtype=np.float32)
-    for y0, y1 in _tiles(h, tile):
-        for x0, x1 in _tiles(w, tile):
-            ty0, ty1 = max(0, y0 - halo), min(h, y1 + halo)
-            tx0, tx1 = max(0, x0 - halo), min(w, x1 + halo)
-            patch = forward(np.ascontiguousarray(x[None, :, ty0:ty1, tx0:tx1]))[0]
-            out[:, y0:y1, x0:x1] = patch[:, y0 - ty0 : y1 - ty0, x0 - tx0 : x1 - tx0]
-    return out
-
-
-def target_size(height: int, width: int, scale: float) -> tuple[int, int]:
-    """Output size: ``round(scale * size)``, at least 1."""
-    return max(1, round(height * scale)), max(1, round(width * scale))
+    up = upscaler_for(model, tile, device, backend, precision, ensemble)
+    x = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None]
+    return up.network(x)[0].cpu().numpy()
 
 
 def bicubic_upscale(pixels: NDArray[np.floating], scale: float) -> NDArray[np.float64]:
@@ -150,6 +106,61 @@ def bicubic_clipped(pixels: NDArray[np.floating], scale: float) -> NDArray[np.fl
     return np.clip(bicubic_upscale(pixels, scale), 0.0, 1.0)
 
 
+def _quantise(rgb: NDArray[np.float64], dtype: np.dtype) -> NDArray:
+    """Float [0, 1] to ``dtype``: integers rounded and clipped, floats returned as they are."""
+    if dtype == np.float64:
+        return rgb
+    peak = float(np.iinfo(dtype).max)
+    return np.clip(np.round(rgb * peak), 0, peak).astype(dtype)
+
+
+def _bands(rows: int) -> Iterator[slice]:
+    for start in range(0, rows, BAND_ROWS):
+        yield slice(start, min(start + BAND_ROWS, rows))
+
+
+def _network_plane(up: Upscaler, plane: NDArray[np.floating], progress: Progress | None) -> NDArray[np.float32]:
+    x = torch.from_numpy(np.ascontiguousarray(plane, dtype=np.float32))[None, None]
+    return up.network(x, progress)[0, 0].cpu().numpy()
+
+
+def upscale_pixels(up: Upscaler, pixels: NDArray[np.floating], scale: float,
+                   dtype: type | np.dtype = np.float64, progress: Progress | None = None) -> NDArray:
+    """Super-resolve ``(H, W, 3)`` RGB or ``(H, W)`` grey float pixels in [0, 1] by ``scale``.
+
+    Returns ``round(scale * (H, W))`` pixels as ``dtype``: float64 in [0, 1] (unrounded), or
+    uint8/uint16 rounded. A 1-channel model runs on Y (colour) or the grey values; a 3-channel
+    model runs on RGB.
+    """
+    out_dtype = np.dtype(dtype)
+    pixels = np.asarray(pixels)
+    if pixels.ndim not in (2, 3) or (pixels.ndim == 3 and pixels.shape[2] != 3):
+        raise VDSRError(f"expected an (H, W) or (H, W, 3) image, got shape {pixels.shape}")
+    channels = up.config.channels
+    if pixels.ndim == 2:
+        bicubic = bicubic_upscale(pixels, scale)
+        if channels == 1:
+            sr = _network_plane(up, bicubic, progress)
+        else:
+            rgb = torch.from_numpy(np.repeat(bicubic[None], 3, axis=0).astype(np.float32))[None]
+            sr = up.network(rgb, progress)[0].mean(0).cpu().numpy()
+        return _quantise(np.clip(sr.astype(np.float64), 0.0, 1.0), out_dtype)
+    if channels == 3:
+        bicubic = bicubic_upscale(pixels, scale)
+        x = torch.from_numpy(np.ascontiguousarray(bicubic.transpose(2, 0, 1), dtype=np.float32))[None]
+        sr = up.network(x, progress)[0].cpu().numpy().transpose(1, 2, 0)
+        return _quantise(np.clip(sr.astype(np.float64), 0.0, 1.0), out_dtype)
+    ycbcr = rgb2ycbcr(pixels)  # low resolution: small
+    sr_y = _network_plane(up, bicubic_upscale(ycbcr[..., 0], scale), progress)
+    cb = bicubic_upscale(ycbcr[..., 1], scale)
+    cr = bicubic_upscale(ycbcr[..., 2], scale)
+    out = np.empty((*sr_y.shape, 3), dtype=out_dtype)
+    for band in _bands(sr_y.shape[0]):
+        merged = np.stack([sr_y[band].astype(np.float64), cb[band], cr[band]], axis=-1)
+        out[band] = _quantise(np.clip(ycbcr2rgb(merged), 0.0, 1.0), out_dtype)
+    return out
+
+
 def upscale_array(
     model: VDSR,
     pixels: NDArray[np.floating],
@@ -157,31 +168,29 @@ def upscale_array(
     tile: int | None = DEFAULT_TILE,
     device: str | torch.device = "cpu",
     backend: str = "auto",
+    precision: str = "auto",
+    ensemble: bool = False,
 ) -> NDArray[np.float64]:
-    """Super-resolve float [0, 1] ``pixels`` (``(H, W, 3)`` RGB or ``(H, W)`` grey) by ``scale``.
+    """:func:`upscale_pixels` with a model: float [0, 1] in, float64 [0, 1] out, unrounded."""
+    up = upscaler_for(model, tile, device, backend, precision, ensemble)
+    return upscale_pixels(up, np.asarray(pixels, dtype=np.float64), scale)
 
-    Returns float64 in [0, 1] of size ``round(scale * (H, W))``, unrounded (callers quantise).
-    A 1-channel model runs on Y (colour) or the grey values; a 3-channel model runs on RGB.
+
+def upscale_image(up: Upscaler, image: LoadedImage, scale: float, progress: Progress | None = None,
+                  max_output_pixels: int | None = None) -> tuple[NDArray, NDArray[np.uint8] | None]:
+    """Upscale a decoded image for writing: ``(pixels, alpha)`` as integers of its bit depth.
+
+    ``pixels`` is uint8 (8-bit sources) or uint16 (16-bit); alpha, bicubic-upscaled, is uint8.
+    The one path behind ``vdsr upscale`` and ``vdsr serve``. Raises :class:`TooLarge` before any
+    work when the output would be over ``max_output_pixels``.
     """
-    pixels = np.asarray(pixels, dtype=np.float64)
-    channels = model.config.channels
-    if pixels.ndim == 2:
-        bicubic = bicubic_upscale(pixels, scale)
-        if channels == 1:
-            sr = run_network(model, bicubic[None], tile, device, backend)[0]
-        else:
-            rgb = np.repeat(bicubic[None], 3, axis=0)
-            sr = run_network(model, rgb, tile, device, backend).mean(axis=0)
-        return np.clip(sr.astype(np.float64), 0.0, 1.0)
-    if pixels.ndim != 3 or pixels.shape[2] != 3:
-        raise VDSRError(f"expected an (H, W) or (H, W, 3) image, got shape {pixels.shape}")
-    if channels == 3:
-        bicubic = bicubic_upscale(pixels, scale)
-        sr = run_network(model, bicubic.transpose(2, 0, 1), tile, device, backend).transpose(1, 2, 0)
-        return np.clip(sr.astype(np.float64), 0.0, 1.0)
-    ycbcr = bicubic_upscale(rgb2ycbcr(pixels), scale)
-    ycbcr[..., 0] = run_network(model, ycbcr[None, ..., 0], tile, device, backend)[0]
-    return np.clip(ycbcr2rgb(ycbcr), 0.0, 1.0)
+    check_output_size(str(image.path), image.height, image.width, scale, max_output_pixels)
+    dtype = np.uint16 if image.bit_depth == 16 else np.uint8
+    pixels = upscale_pixels(up, image.pixels, scale, dtype, progress)
+    alpha = None
+    if image.alpha is not None:
+        alpha = _quantise(bicubic_clipped(image.alpha, scale), np.dtype(np.uint8))
+    return pixels, alpha
 
 
 def upscale_loaded(
@@ -192,10 +201,7 @@ def upscale_loaded(
     device: str | torch.device = "cpu",
     backend: str = "auto",
 ) -> tuple[NDArray[np.float64], NDArray[np.float64] | None]:
-    """Upscale a decoded image: ``(pixels, alpha)``, float [0, 1]; alpha is bicubic-upscaled.
-
-    The one path behind ``vdsr upscale`` and ``vdsr serve``.
-    """
+    """Upscale a decoded image: ``(pixels, alpha)``, float64 [0, 1]; alpha is bicubic-upscaled."""
     pixels = upscale_array(model, image.pixels, scale, tile, device, backend)
     alpha = None
     if image.alpha is not None:
@@ -210,16 +216,24 @@ def upscale(
     tile: int | None = DEFAULT_TILE,
     device: str | torch.device = "cpu",
     backend: str = "auto",
+    precision: str = "auto",
+    ensemble: bool = False,
+    max_output_pixels: int | None = None,
+    progress: Progress | None = None,
 ) -> NDArray:
     """Super-resolve an image with VDSR (the shipped default model unless ``model`` is given).
 
     Args:
         image: ``(H, W, 3)`` RGB or ``(H, W)`` grey; uint8 (0-255), uint16 (0-65535) or float
-            in [0, 1]. RGBA ``(H, W, 4)`` keeps its alpha, bicubic-upscaled.
-        scale: any factor > 1; output size is ``round(scale * (H, W))``.
+            in [0, 1] (a float image on another scale is refused). RGBA ``(H, W, 4)`` keeps its
+            alpha, bicubic-upscaled.
+        scale: any factor in ``(1, 16]``; output size is ``round(scale * (H, W))``.
         model: a :class:`VDSR` in eval mode, e.g. from :func:`vdsr.load_model`.
-        tile: tile side in output pixels (``None``: whole image); results are identical.
-        backend: ``"auto"`` (ONNX Runtime on CPU), ``"torch"`` or ``"onnxruntime"``.
+        tile: tile side in pixels (``None``: whole image); results are identical.
+        device, backend, precision: see :class:`vdsr.engine.Upscaler`.
+        ensemble: average the 8 flips/rotations (8x compute, a little sharper).
+        max_output_pixels: refuse (:class:`TooLarge`) outputs larger than this.
+        progress: ``progress(done_tiles, total_tiles)``.
 
     Returns:
         The upscaled image with ``image``'s dtype: integers rounded, floats in [0, 1].
@@ -242,11 +256,21 @@ def upscale(
         raise VDSRError(f"unsupported image dtype {arr.dtype}")
     if arr.ndim < 2 or arr.shape[0] == 0 or arr.shape[1] == 0:
         raise VDSRError(f"image has no pixels (shape {arr.shape})")
+    if peak == 1.0:
+        if not np.isfinite(arr).all():
+            raise InvalidArgument("float image contains NaN or inf values")
+        hi, lo = float(arr.max()), float(arr.min())
+        if hi > 1.0 + 1e-6 or lo < -1e-6:
+            raise InvalidArgument(
+                f"float images must be in [0, 1]; this one spans [{lo:g}, {hi:g}] "
+                "(divide 8-bit values by 255, or pass the uint8 array)")
+    check_output_size("image", arr.shape[0], arr.shape[1], scale, max_output_pixels)
     pixels = arr.astype(np.float64) / peak
     alpha = None
     if pixels.ndim == 3 and pixels.shape[2] == 4:
         pixels, alpha = pixels[..., :3], pixels[..., 3]
-    out = upscale_array(model, pixels, scale, tile, device, backend)
+    up = upscaler_for(model, tile, device, backend, precision, ensemble)
+    out = upscale_pixels(up, pixels, scale, progress=progress)
     if alpha is not None:
         out = np.dstack([out, bicubic_clipped(alpha, scale)])
     if peak == 1.0:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import torch
 from numpy.typing import NDArray
 from resize_right import interp_methods, resize
 
@@ -97,3 +98,38 @@ def imresize(
         pad_mode="symmetric",
     )
     return np.ascontiguousarray(result, dtype=np.float64)
+
+
+def target_size(height: int, width: int, scale: float) -> tuple[int, int]:
+    """The upscaled size ``vdsr`` produces: ``round(scale * size)``, at least 1."""
+    return max(1, round(height * scale)), max(1, round(width * scale))
+
+
+def _resize_matrix(size_in: int, size_out: int, scale: float) -> NDArray[np.float64]:
+    """``(size_out, size_in)`` weights of MATLAB's bicubic along one axis, symmetric borders folded in.
+
+    Resizing is linear, so resizing the identity gives the matrix: row ``o`` holds the weights of
+    every input pixel for output pixel ``o``.
+    """
+    eye = np.eye(size_in, dtype=np.float64)
+    out = resize(eye, scale_factors=[float(scale), 1.0], out_shape=(size_out, size_in),
+                 interp_method=interp_methods.cubic, antialiasing=True, pad_mode="symmetric")
+    return np.ascontiguousarray(out, dtype=np.float64)
+
+
+def imresize_tensor(image: torch.Tensor, scale: float, size: tuple[int, int]) -> torch.Tensor:
+    """:func:`imresize` for ``(N, C, H, W)`` tensors on any device, in the tensor's dtype.
+
+    The same kernel, antialiasing and symmetric borders as the NumPy version, applied as two
+    matrix products (rows, then columns); float64 input matches it to ~1e-15.
+    """
+    if image.ndim != 4 or 0 in image.shape:
+        raise InvalidArgument(f"imresize_tensor expects a non-empty (N, C, H, W), got {tuple(image.shape)}")
+    if not (math.isfinite(scale) and scale > 0):
+        raise InvalidArgument(f"imresize needs a finite positive scale, got {scale}")
+    h, w = image.shape[-2:]
+    if (h, w) == tuple(size) and scale == 1.0:
+        return image.clone()
+    rows = torch.as_tensor(_resize_matrix(h, size[0], scale), dtype=image.dtype, device=image.device)
+    cols = torch.as_tensor(_resize_matrix(w, size[1], scale), dtype=image.dtype, device=image.device)
+    return torch.matmul(torch.matmul(rows, image), cols.T)

@@ -44,6 +44,7 @@ from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 
 from vdsr.constants import (
+    DEFAULT_TILE,
     SERVER_MAX_OUTPUT_PIXELS,
     SERVER_MAX_PIXELS,
     SERVER_MAX_QUEUE,
@@ -51,9 +52,10 @@ from vdsr.constants import (
     SERVER_PREVIEW_JOBS,
     __version__,
 )
+from vdsr.engine import Upscaler
 from vdsr.errors import AddressUnavailable, TooLarge, VDSRError
 from vdsr.images import check_output_size, decode_image, encode_png, probe_image
-from vdsr.inference import DEFAULT_TILE, bicubic_clipped, check_scale, upscale_loaded
+from vdsr.inference import bicubic_clipped, check_scale, upscale_image
 from vdsr.weights import load_model
 
 
@@ -188,10 +190,12 @@ def _wake(turn: asyncio.Future[None]) -> None:
         turn.set_result(None)
 
 
-def create_app(weights: str | Path | None = None, limits: Limits | None = None) -> Any:
-    """Build the FastAPI application (the model is loaded once, here)."""
+def create_app(weights: str | Path | None = None, limits: Limits | None = None,
+               device: str = "cpu", precision: str = "auto", backend: str = "auto") -> Any:
+    """Build the FastAPI application (the model is loaded and its backend built once, here)."""
     limits = limits or Limits()
-    model, meta = load_model(weights)
+    model, meta = load_model(weights, device=device)
+    upscaler = Upscaler(model, device=device, precision=precision, backend=backend, tile=DEFAULT_TILE)
     queue = JobQueue(limits.max_jobs, limits.max_queue)
     # Bicubic previews have a lane of their own: never behind VDSR jobs, yet bounded in memory.
     previews = JobQueue(SERVER_PREVIEW_JOBS, limits.max_queue)
@@ -222,6 +226,7 @@ def create_app(weights: str | Path | None = None, limits: Limits | None = None) 
     def health() -> dict[str, Any]:
         running, waiting = queue.counts()
         return {"status": "ok", "model": meta.source, "weights": weights_name, "scales": meta.scales,
+                "run": upscaler.info.to_dict(),
                 "limits": {"max_upload_bytes": limits.max_upload_bytes,
                            "max_pixels": limits.max_pixels,
                            "max_output_pixels": limits.max_output_pixels, "max_jobs": limits.max_jobs,
@@ -238,11 +243,13 @@ def create_app(weights: str | Path | None = None, limits: Limits | None = None) 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # out-of-range scale / animated image: still served
             image = decode_image(data, name, max_pixels=limits.max_pixels)
+        pixels: Any
+        alpha: Any
         if method == "bicubic":
             pixels = bicubic_clipped(image.pixels, scale)
             alpha = None if image.alpha is None else bicubic_clipped(image.alpha, scale)
         else:
-            pixels, alpha = upscale_loaded(model, image, scale, DEFAULT_TILE)
+            pixels, alpha = upscale_image(upscaler, image, scale)
         return encode_png(pixels, alpha, image.bit_depth, image.metadata)
 
     @app.post("/api/upscale", response_class=Response, responses=UPSCALE_RESPONSES,
@@ -318,7 +325,8 @@ def listen_socket(host: str, port: int) -> socket.socket:
 
 
 def serve(host: str = "127.0.0.1", port: int = 8000, weights: str | None = None,
-          limits: Limits | None = None, on_ready: Callable[[str], None] | None = None) -> None:
+          limits: Limits | None = None, device: str = "cpu", precision: str = "auto",
+          on_ready: Callable[[str], None] | None = None) -> None:
     """Run the app with uvicorn until interrupted; ``on_ready(url)`` is called once it is loaded.
 
     Raises :class:`AddressUnavailable` before loading the model if the port cannot be used.
@@ -327,7 +335,7 @@ def serve(host: str = "127.0.0.1", port: int = 8000, weights: str | None = None,
 
     sock = listen_socket(host, port)
     try:
-        app = create_app(weights, limits)
+        app = create_app(weights, limits, device=device, precision=precision)
         if on_ready is not None:
             shown = f"[{host}]" if ":" in host else host
             on_ready(f"http://{shown}:{sock.getsockname()[1]}")

@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from vdsr.blocks import Add, Concat, NotesInception
+from vdsr.layers import Add, Concat
+from vdsr.notes import notes_inception_model
 
 KERAS_NAMES: dict[type, tuple[str, str]] = {
     nn.Conv2d: ("conv2d", "Conv2D"),
@@ -110,6 +111,4 @@ def summarize(model: nn.Module, input_shape: tuple[int, int, int]) -> Summary:
     return Summary(layers, trainable + frozen, trainable, frozen)
 
 
-def notes_inception_model() -> nn.Module:
-    """The notes' Keras model: ``Input(shape=(224, 224, 3))`` -> ``Inception(x, 64)``."""
-    return NotesInception(3, 64)
+__all__ = ["Layer", "Summary", "notes_inception_model", "summarize"]

@@ -1,17 +1,13 @@
-"""Building blocks from the notes: 1x1 convolutions, the Inception module, add/concat merges,
-and the VDSR bodies assembled from them.
+"""Generic layers: 1x1 convolutions, merges (add / concat), Inception, residual and dense blocks.
 
-* :class:`ConvBN` is the notes' ``Conv2d_BN``: convolution with bias -> ReLU -> BatchNorm, in that
-  order (Keras ``Conv2D(activation='relu')`` then ``BatchNormalization``, with Keras's
-  ``momentum=0.99``/``epsilon=1e-3``).
-* :class:`NotesInception` is the notes' ``Inception(x, nb_filter)``, exactly; :class:`Inception`
-  is the general block with every branch width named (torchvision's names).
+Nothing here knows a model's configuration (as timm keeps ``layers/`` apart from ``models/``):
+:mod:`vdsr.model` assembles VDSR's bodies from these blocks.
+
+* :func:`conv1x1` / :class:`Projection`: mix channels per pixel; shrink, keep or grow them.
 * :class:`Add` (ResNet, VDSR's global residual: more information per feature dimension) and
   :class:`Concat` (Inception, DenseNet: more feature dimensions), optionally fused back to ``N``
   channels by a 1x1 convolution.
-
-Every body keeps plain VDSR's receptive field (41x41 at depth 20: 18 3x3-equivalents between the
-input and output convolutions) and its parameter count within 5%.
+* :class:`Inception`: every branch width named (torchvision's names), no BatchNorm.
 """
 
 from __future__ import annotations
@@ -37,20 +33,6 @@ class Projection(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.relu(self.conv(x))
-
-
-class ConvBN(nn.Module):
-    """The notes' ``Conv2d_BN``: Conv2d (bias, 'same' padding) -> ReLU -> BatchNorm2d."""
-
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2)
-        self.relu = nn.ReLU(inplace=True)
-        # Keras defaults: momentum 0.99 (PyTorch counts the other way: 0.01), epsilon 1e-3.
-        self.bn = nn.BatchNorm2d(out_channels, eps=1e-3, momentum=0.01)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.bn(self.relu(self.conv(x)))
 
 
 class Add(nn.Module):
@@ -84,32 +66,6 @@ class Concat(nn.Module):
     def forward(self, *xs: torch.Tensor) -> torch.Tensor:
         out = torch.cat(xs, dim=1)
         return self.fuse(out) if self.fuse is not None else out
-
-
-class NotesInception(nn.Module):
-    """The notes' ``Inception(x, nb_filter)``: four ConvBN branches concatenated on channels.
-
-    ``(N, Cin, H, W) -> (N, 4 * nb_filter, H, W)``. Branches, in the notes' order: 1x1;
-    1x1 -> 3x3; 1x1 -> 5x5; 3x3 max-pool (stride 1, same padding) -> 1x1.
-    """
-
-    def __init__(self, in_channels: int, nb_filter: int) -> None:
-        super().__init__()
-        self.branch1x1 = ConvBN(in_channels, nb_filter, 1)
-        self.branch3x3_1 = ConvBN(in_channels, nb_filter, 1)
-        self.branch3x3_2 = ConvBN(nb_filter, nb_filter, 3)
-        self.branch5x5_1 = ConvBN(in_channels, nb_filter, 1)
-        self.branch5x5_2 = ConvBN(nb_filter, nb_filter, 5)
-        self.branch_pool = nn.MaxPool2d(3, stride=1, padding=1)
-        self.branch_pool_proj = ConvBN(in_channels, nb_filter, 1)
-        self.concat = Concat()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b1 = self.branch1x1(x)
-        b3 = self.branch3x3_2(self.branch3x3_1(x))
-        b5 = self.branch5x5_2(self.branch5x5_1(x))
-        bp = self.branch_pool_proj(self.branch_pool(x))
-        return self.concat(b1, b3, b5, bp)
 
 
 class Inception(nn.Module):
@@ -167,40 +123,3 @@ class DenseBlock(nn.Module):
         for conv in self.convs:
             features.append(self.relu(conv(torch.cat(features, dim=1))))
         return self.concat(*features)
-
-
-# Branch widths chosen so 9 blocks of 64 channels hold plain VDSR's parameter count (-0.1%).
-INCEPTION_WIDTHS = {"ch1x1": 24, "ch3x3red": 64, "ch3x3": 64, "ch5x5red": 48, "ch5x5": 16, "pool_proj": 16}
-DENSE_GROWTH = 37  # 6 dense blocks of 3 convs: +1.3% parameters
-
-
-def build_body(config: object) -> tuple[nn.Conv2d, nn.Module, nn.Conv2d]:
-    """``(input conv, body, output conv)`` for ``config.body`` in residual/dense/inception.
-
-    The body's 3x3-equivalent depth is ``depth - 2`` (18 at depth 20), so the receptive field
-    stays ``2 * depth + 1``.
-    """
-    from vdsr.model import VDSRConfig
-
-    assert isinstance(config, VDSRConfig)
-    c = config
-    inner = c.depth - 2
-    first = nn.Conv2d(c.channels, c.width, 3, padding=1, bias=c.bias)
-    last = nn.Conv2d(c.width, c.channels, 3, padding=1, bias=c.bias)
-    if c.body == "residual":
-        if inner % 2:
-            raise InvalidArgument(f"residual body needs an even number of inner layers, depth {c.depth}")
-        body: nn.Module = nn.Sequential(*[ResidualBlock(c.width, c.bias) for _ in range(inner // 2)])
-    elif c.body == "dense":
-        if inner % 3:
-            raise InvalidArgument(f"dense body needs inner layers divisible by 3, depth {c.depth}")
-        growth = max(1, round(DENSE_GROWTH * c.width / 64))
-        body = nn.Sequential(*[DenseBlock(c.width, growth, 3, c.bias) for _ in range(inner // 3)])
-    elif c.body == "inception":
-        if inner % 2:
-            raise InvalidArgument(f"inception body needs an even number of inner layers, depth {c.depth}")
-        widths = {k: max(1, round(v * c.width / 64)) for k, v in INCEPTION_WIDTHS.items()}
-        body = nn.Sequential(*[Inception(c.width, **widths, fuse_to=c.width) for _ in range(inner // 2)])
-    else:
-        raise InvalidArgument(f"unknown body {c.body!r}; choose from plain, residual, dense, inception")
-    return first, body, last

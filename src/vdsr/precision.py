@@ -1,0 +1,55 @@
+"""Numeric precision as an explicit choice: which precisions a device and backend can run, and
+what ``"auto"`` means.
+
+The rule for ``"auto"`` (``vdsr upscale``, ``evaluate``, ``serve`` and the benchmarks):
+
+* CPU: ``fp32``. The fp32 ONNX Runtime path is the fastest exact one measured on CPUs here; bf16
+  moved OpenVINO's output by up to 0.016 on the [0, 1] scale (issue 17), so it stays opt-in.
+* CUDA: ``fp16``. It keeps 10 mantissa bits where bf16 keeps 7: bf16 cost the authors' official
+  weights 0.23 dB at x4 on held-out images (issue 16), while fp16 stayed within 0.02 dB of fp32 for
+  both the shipped and the official weights on Set5 and Set14 (docs/precision.md, measured with
+  ``python benchmarks/precision.py``). The network's input and the global residual addition stay
+  fp32 in every precision: only the body runs in 16 bits (:meth:`VDSR.predict_residual`).
+
+``tf32`` is CUDA-only (cuDNN's TF32 convolutions); ``fp32`` on CUDA turns TF32 off, which PyTorch
+otherwise allows for convolutions by default.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from vdsr.constants import PRECISIONS
+from vdsr.errors import InvalidArgument
+
+__all__ = ["AUTO_PRECISION", "resolve_precision", "torch_dtype"]
+
+AUTO_PRECISION = {"cpu": "fp32", "cuda": "fp16"}
+
+
+def resolve_precision(precision: str, device: torch.device, backend: str) -> str:
+    """The concrete precision (never ``"auto"``) for ``backend`` on ``device``; raises if unsupported.
+
+    ``backend`` is a resolved backend name (not ``"auto"``). ONNX Runtime runs fp32 (``int8`` is
+    its own backend and reports ``"int8"``).
+    """
+    if precision not in PRECISIONS:
+        raise InvalidArgument(f"unknown precision {precision!r}; choose from {', '.join(PRECISIONS)}")
+    if backend == "int8":
+        if precision not in ("auto", "fp32"):
+            raise InvalidArgument(f"the int8 backend has its own precision; {precision} is not possible")
+        return "int8"
+    if backend == "onnxruntime":
+        if precision not in ("auto", "fp32"):
+            raise InvalidArgument(f"the onnxruntime backend runs fp32 only; the torch backend runs {precision}")
+        return "fp32"
+    if precision == "auto":
+        return AUTO_PRECISION.get(device.type, "fp32")
+    if precision == "tf32" and device.type != "cuda":
+        raise InvalidArgument("tf32 exists on CUDA devices only")
+    return precision
+
+
+def torch_dtype(precision: str) -> torch.dtype:
+    """The dtype the network body runs in: float16, bfloat16, else float32 (fp32 and tf32)."""
+    return {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision, torch.float32)
