@@ -334,3 +334,20 @@ def test_demo_title_has_no_internal_run_names(tmp_path: Path, tiny_weights: Path
     monkeypatch.setattr(vdsr.demo, "comparison", lambda *a, **k: titles.append(k["title"]))
     vdsr.demo.run_demo(tmp_path / "d", scale=3, weights=str(tiny_weights))
     assert titles == ["chelsea x3: Y-PSNR against the original; model: tiny.safetensors"]
+
+
+def test_upscale_keeps_16bit_colour_tiff(tmp_path: Path, tiny_weights: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Rough edge: 16-bit RGB was silently written with 8 bits; a .tif output keeps 16."""
+    import tifffile
+
+    src = tmp_path / "deep.tif"
+    tifffile.imwrite(src, (random_rgb(12, 14).astype(np.uint16) * 257 + 100), photometric="rgb")
+    code, _, err = run(["upscale", str(src), "-s", "2", "-o", str(tmp_path / "out.tif"),
+                        "--weights", str(tiny_weights)], capsys)
+    assert code == 0 and err == ""
+    out = tifffile.imread(tmp_path / "out.tif")
+    assert out.dtype == np.uint16 and out.shape == (24, 28, 3)
+    assert len(np.unique(out % 257)) > 1  # values between the 8-bit steps: real 16-bit data
+    code, _, err = run(["upscale", str(src), "-s", "2", "-o", str(tmp_path / "out.png"),
+                        "--weights", str(tiny_weights)], capsys)
+    assert code == 0 and "16-bit colour is written with 8 bits per channel" in err

@@ -65,6 +65,39 @@ def _png16_rgb(array: np.ndarray) -> bytes:
             + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
 
 
+@pytest.mark.parametrize("orientation", [1, 3, 6, 7, 8])
+def test_16bit_colour_tiff_is_read_and_written_at_16_bits(tmp_path: Path, orientation: int) -> None:
+    """Rough edge: 16-bit colour lost its depth silently; a TIFF now keeps it (through tifffile)."""
+    import tifffile
+
+    rng = np.random.default_rng(orientation)
+    deep = rng.integers(0, 65535, (6, 9, 4), dtype=np.uint16)
+    src = tmp_path / "deep.tif"
+    tifffile.imwrite(src, deep, photometric="rgb", extrasamples=[2], iccprofile=SRGB,
+                     resolution=(300, 300), resolutionunit="INCH",
+                     extratags=[(274, "H", 1, orientation, True)])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nothing to warn about: no depth is lost
+        img = load_image(src)
+    assert img.bit_depth == 16
+    with Image.open(src) as pil:  # Pillow's 8-bit reading, oriented by Pillow
+        from PIL import ImageOps
+
+        shallow = np.asarray(ImageOps.exif_transpose(pil).convert("RGB"), dtype=np.float64) / 255
+    assert img.pixels.shape == shallow.shape
+    assert np.abs(img.pixels - shallow).max() <= 1 / 255  # same orientation, finer values
+    assert img.metadata.icc_profile == SRGB and img.metadata.dpi == pytest.approx((300, 300))
+    out = tmp_path / "out.tif"
+    save_image(out, img.pixels, img.alpha, img.bit_depth, metadata=img.metadata)
+    back = tifffile.imread(out)
+    assert back.dtype == np.uint16 and back.shape[2] == 4
+    assert np.array_equal(back[..., :3], np.round(img.pixels * 65535).astype(np.uint16))
+    with Image.open(out) as got:
+        assert got.info.get("icc_profile") == SRGB and got.info["dpi"] == pytest.approx((300, 300))
+    with pytest.warns(UserWarning, match="written with 8 bits per channel"):
+        save_image(tmp_path / "out.png", img.pixels, img.alpha, img.bit_depth, metadata=img.metadata)
+
+
 def test_16bit_colour_png_says_it_becomes_8bit() -> None:
     """Rough edge: a 16-bit RGB PNG was silently read and written with 8 bits (Pillow's limit)."""
     data = _png16_rgb(np.random.default_rng(0).integers(0, 65535, (6, 7, 3), dtype=np.uint16))
@@ -72,8 +105,8 @@ def test_16bit_colour_png_says_it_becomes_8bit() -> None:
         warnings.simplefilter("always")
         img = decode_image(data, "deep.png")
     assert img.bit_depth == 8
-    assert ["deep.png: 16-bit colour is read, and written, with 8 bits per channel"] == [
-        str(w.message) for w in caught]
+    assert ["deep.png: 16-bit colour is read, and written, with 8 bits per channel "
+            "(16-bit colour TIFF keeps 16 bits)"] == [str(w.message) for w in caught]
     gray16 = io.BytesIO()
     Image.fromarray(np.full((4, 4), 40000, np.uint16)).save(gray16, "PNG")
     with warnings.catch_warnings():

@@ -199,14 +199,20 @@ def _decode(source: Path | io.BytesIO, path: Path, max_pixels: int) -> LoadedIma
             if getattr(img, "n_frames", 1) > 1:
                 warnings.warn(f"{path}: animated image, using the first frame only", stacklevel=3)
                 img.seek(0)
-            if img.format in ("PNG", "TIFF") and img.mode in ("RGB", "RGBA") and any(
-                    ";16" in str(t[3]) for t in img.tile):  # Pillow reads 16-bit colour as 8-bit
-                warnings.warn(f"{path}: 16-bit colour is read, and written, with 8 bits per channel",
-                              stacklevel=3)
+            deep_colour = img.format in ("PNG", "TIFF") and img.mode in ("RGB", "RGBA") and any(
+                ";16" in str(t[3]) for t in img.tile)  # Pillow reads 16-bit colour as 8-bit
+            orientation = int(img.getexif().get(_ORIENTATION, 1) or 1)
             img.load()
             oriented: Image.Image = ImageOps.exif_transpose(img) or img
             oriented, metadata = _metadata(oriented, path)
             pixels, alpha, depth = _to_float(oriented, path)
+            if deep_colour:
+                deep = _tiff16_colour(source, orientation, pixels.shape) if img.format == "TIFF" else None
+                if deep is None:
+                    warnings.warn(f"{path}: 16-bit colour is read, and written, with 8 bits per channel "
+                                  "(16-bit colour TIFF keeps 16 bits)", stacklevel=3)
+                else:
+                    pixels, alpha, depth = deep
     except ImageError:
         raise
     except UnidentifiedImageError:
@@ -255,6 +261,59 @@ def check_output_size(name: str, height: int, width: int, scale: float, limit: i
     if out_h * out_w > limit:
         raise TooLarge(name, "output", out_w, out_h, limit)
     return out_h, out_w
+
+
+_ORIENTATION = 0x0112
+# numpy equivalents of EXIF orientations 2-8 (what ImageOps.exif_transpose does to a Pillow image)
+_ORIENT = {
+    2: lambda a: a[:, ::-1], 3: lambda a: a[::-1, ::-1], 4: lambda a: a[::-1],
+    5: lambda a: a.swapaxes(0, 1), 6: lambda a: np.rot90(a, -1), 7: lambda a: a[::-1, ::-1].swapaxes(0, 1),
+    8: lambda a: np.rot90(a, 1),
+}
+
+
+def _tiff16_colour(source: Path | io.BytesIO, orientation: int, shape: tuple[int, ...]
+                   ) -> tuple[NDArray[np.float64], NDArray[np.float64] | None, int] | None:
+    """A 16-bit RGB(A) TIFF's pixels at full depth, read with tifffile (Pillow reads 8 bits).
+
+    Returns ``(pixels, alpha, 16)`` oriented as ``shape`` (Pillow's reading), or ``None`` when the
+    file's layout is not the plain one this handles.
+    """
+    import tifffile
+
+    try:
+        if isinstance(source, io.BytesIO):
+            source.seek(0)
+        with tifffile.TiffFile(source) as tif:
+            arr = tif.pages[0].asarray()
+    except (ValueError, OSError, IndexError, TypeError, KeyError):
+        return None
+    if arr.dtype != np.uint16 or arr.ndim != 3 or arr.shape[2] not in (3, 4):
+        return None
+    arr = _ORIENT.get(orientation, lambda a: a)(arr)
+    if arr.shape[:2] != shape[:2]:
+        return None
+    rgb = np.asarray(arr[..., :3], dtype=np.float64) / 65535.0
+    alpha = np.asarray(arr[..., 3], dtype=np.float64) / 65535.0 if arr.shape[2] == 4 else None
+    return rgb, alpha, 16
+
+
+def _write_tiff16(path: Path, pixels: NDArray, alpha: NDArray | None,
+                  metadata: ImageMetadata | None) -> None:
+    """16-bit RGB(A) TIFF through tifffile (Pillow writes colour with 8 bits); EXIF is not kept."""
+    import tifffile
+
+    data = to_uint(pixels, 16)
+    extra: dict[str, Any] = {}
+    if alpha is not None:
+        data = np.dstack([data, to_uint(alpha, 16)])
+        extra["extrasamples"] = [2]  # unassociated alpha, as Pillow writes RGBA
+    if metadata is not None and metadata.icc_profile:
+        extra["iccprofile"] = metadata.icc_profile
+    if metadata is not None and metadata.dpi:
+        extra["resolution"], extra["resolutionunit"] = metadata.dpi, "INCH"
+    with atomic_path(path) as tmp:
+        tifffile.imwrite(tmp, np.ascontiguousarray(data), photometric="rgb", compression="zlib", **extra)
 
 
 def to_uint(array: NDArray[Any], bit_depth: int) -> NDArray[Any]:
@@ -341,7 +400,8 @@ def save_image(
     """Write float [0, 1] ``pixels`` (``(H, W)`` or ``(H, W, 3)``) to ``path`` atomically.
 
     The format follows the extension (.png, .jpg/.jpeg, .webp, .tif/.tiff, .bmp). 16-bit output
-    is kept for PNG/TIFF greyscale; colour is written as 8-bit (Pillow cannot write 16-bit RGB).
+    is kept for PNG/TIFF greyscale and for TIFF colour (through tifffile, without EXIF); other
+    formats write colour with 8 bits, with a warning (Pillow cannot write 16-bit RGB).
     JPEG/BMP drop the alpha plane. ``metadata`` (EXIF, ICC profile, DPI) is written where the
     format can hold it (BMP: DPI only); ``quality`` (1-100) applies to JPEG and WebP.
     """
@@ -353,7 +413,14 @@ def save_image(
     folder = path.parent if str(path.parent) else Path(".")
     if not folder.is_dir():
         raise ImageError(f"{path}: output folder {folder} does not exist")
+    deep_colour = bit_depth == 16 and pixels.ndim == 3
+    if deep_colour and fmt != "TIFF":
+        warnings.warn(f"{path}: 16-bit colour is written with 8 bits per channel "
+                      "(write .tif to keep 16 bits)", stacklevel=2)
     try:
+        if deep_colour and fmt == "TIFF":
+            _write_tiff16(path, pixels, alpha, metadata)
+            return
         with atomic_path(path) as tmp:
             img.save(tmp, format=fmt, **_save_options(fmt, metadata, img.size, quality))
     except OSError as exc:
