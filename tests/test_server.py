@@ -115,13 +115,11 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-@pytest.fixture
-def live_server(tiny_weights: Path):  # type: ignore[no-untyped-def]
+def _live(app):  # type: ignore[no-untyped-def]
     import uvicorn
 
     port = _free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(tiny_weights), host="127.0.0.1", port=port,
-                                           log_level="warning"))
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.time() + 30
@@ -131,6 +129,11 @@ def live_server(tiny_weights: Path):  # type: ignore[no-untyped-def]
     yield f"http://127.0.0.1:{port}"
     server.should_exit = True
     thread.join(timeout=10)
+
+
+@pytest.fixture
+def live_server(tiny_weights: Path):  # type: ignore[no-untyped-def]
+    yield from _live(create_app(tiny_weights))
 
 
 @pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="Debian chromium not installed (.ci/run installs it)")
@@ -349,3 +352,43 @@ def test_bicubic_previews_have_their_own_bounded_lane(tiny_weights: Path, monkey
         with ThreadPoolExecutor(6) as pool:
             assert list(pool.map(post, range(6))) == [200] * 6
     assert peak[0] == SERVER_PREVIEW_JOBS
+
+
+@pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="Debian chromium not installed (.ci/run installs it)")
+def test_browser_shows_queue_places_and_retries_a_full_queue(tiny_weights: Path, tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """Bug 2 in the page: each card shows its place in line, and a '503 queue full' is retried
+    after Retry-After until every image is done."""
+    from playwright.sync_api import sync_playwright
+
+    import vdsr.server
+
+    entry = "upscale_image" if hasattr(vdsr.server, "upscale_image") else "upscale_loaded"
+    real = getattr(vdsr.server, entry)
+
+    def slow(*args, **kwargs):  # type: ignore[no-untyped-def]
+        time.sleep(0.8)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(vdsr.server, entry, slow)
+    files = [str(write_png(tmp_path / f"q{i}.png", random_rgb(20, 24, seed=i))) for i in range(4)]
+    server = _live(create_app(tiny_weights, Limits(max_jobs=1, max_queue=1)))
+    url = next(server)
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, headless=True,
+                                        args=["--no-sandbox", "--disable-gpu", "--no-first-run"])
+            try:
+                page = browser.new_page()
+                page.goto(url, timeout=30_000)
+                page.wait_for_selector("#health:has-text('model:')", timeout=30_000)
+                page.set_input_files("#file", files)
+                page.wait_for_selector(".card .status:has-text('retrying in')", timeout=30_000)
+                page.wait_for_selector(".card .status:has-text('next in the queue')", timeout=30_000)
+                page.wait_for_function("document.querySelectorAll(\".card[data-ready='1']\").length === 4",
+                                       timeout=120_000)
+                assert page.locator(".card .status.error").count() == 0
+            finally:
+                browser.close()
+    finally:
+        next(server, None)
