@@ -351,3 +351,18 @@ def test_upscale_keeps_16bit_colour_tiff(tmp_path: Path, tiny_weights: Path, cap
     code, _, err = run(["upscale", str(src), "-s", "2", "-o", str(tmp_path / "out.png"),
                         "--weights", str(tiny_weights)], capsys)
     assert code == 0 and "16-bit colour is written with 8 bits per channel" in err
+
+
+def test_int8_first_use_says_it_is_calibrating(tmp_path: Path, tiny_weights: Path,
+                                               capsys: pytest.CaptureFixture[str],
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """Rough edge: the int8 backend's first-use calibration took seconds without a word."""
+    pytest.importorskip("onnxruntime")
+    monkeypatch.setenv("VDSR_CACHE_DIR", str(tmp_path / "cache"))
+    src = write_png(tmp_path / "a.png", random_rgb(12, 12))
+    argv = ["upscale", str(src), "-s", "2", "-o", str(tmp_path / "o.png"), "--backend", "int8",
+            "--weights", str(tiny_weights), "--overwrite"]
+    code, _, err = run(argv, capsys)
+    assert code == 0 and "vdsr: calibrating the int8 model once for these weights" in err
+    code, _, err = run(argv, capsys)
+    assert code == 0 and "calibrating" not in err  # cached: nothing to say

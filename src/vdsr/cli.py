@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import math
 import os
 import sys
@@ -153,6 +154,28 @@ def _output_paths(files: list[Path], out: Path, args: argparse.Namespace, single
     return names
 
 
+class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever ``sys.stderr`` is at the time (tests and tools replace it)."""
+
+    @property  # type: ignore[override]
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value: Any) -> None:
+        pass
+
+
+def _show_library_notes() -> None:
+    """Show the library's INFO notes (e.g. int8 calibrating on first use) as ``vdsr: ...`` lines."""
+    logger = logging.getLogger("vdsr")
+    if not any(isinstance(h, _StderrHandler) for h in logger.handlers):
+        handler = _StderrHandler()
+        handler.setFormatter(logging.Formatter(f"{PROG}: %(message)s"))
+        logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+
+
 def cmd_upscale(args: argparse.Namespace) -> int:
     from vdsr.engine import Upscaler
     from vdsr.errors import VDSRError
@@ -160,6 +183,7 @@ def cmd_upscale(args: argparse.Namespace) -> int:
     from vdsr.inference import check_scale, upscale_image
     from vdsr.weights import load_model
 
+    _show_library_notes()
     files = _expand_inputs(args.inputs)
     out = Path(args.output)
     single_target = _output_is_file(args.output, len(args.inputs) == 1 and not Path(args.inputs[0]).is_dir())
