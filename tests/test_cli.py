@@ -92,7 +92,7 @@ def test_evaluate_shows_paper_numbers(tmp_path: Path, capsys: pytest.CaptureFixt
 
 
 def test_convert_and_info(tmp_path: Path, tiny_weights: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    code, text, _ = run(["info", str(tiny_weights)], capsys)
+    code, text, _ = run(["info", str(tiny_weights), "--json"], capsys)
     assert code == 0 and json.loads(text)["model"]["depth"] == 4
     out = tmp_path / "copy.safetensors"
     code, _, err = run(["convert", str(tiny_weights), "-o", str(out)], capsys)

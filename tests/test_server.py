@@ -35,6 +35,7 @@ def png_bytes(array: np.ndarray) -> bytes:
 def test_health(client: TestClient) -> None:
     body = client.get("/api/health").json()
     assert body["status"] == "ok" and body["limits"]["max_pixels"] == 50_000
+    assert body["weights"] == "tiny.safetensors"  # what the page shows: a file name, not a run name
 
 
 def test_output_equals_cli_pixel_for_pixel(client: TestClient, tiny_weights: Path, tmp_path: Path,
@@ -84,12 +85,6 @@ def test_limits_are_enforced(client: TestClient) -> None:
     assert r.status_code == 413 and "larger than the limit" in r.json()["error"]
     r = client.post("/api/upscale?scale=2", files={"file": ("wide.png", png_bytes(np.zeros((100, 600), np.uint8)))})
     assert r.status_code == 413 and "over the limit of 50,000" in r.json()["error"]
-    client.app.state.jobs.acquire()  # another job is running
-    try:
-        r = client.post("/api/upscale?scale=2", files={"file": ("a.png", png_bytes(random_rgb(8, 8)))})
-        assert r.status_code == 503 and "busy" in r.json()["error"]
-    finally:
-        client.app.state.jobs.release()
     assert client.get("/api/health").status_code == 200  # still serving
 
 
@@ -120,13 +115,11 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-@pytest.fixture
-def live_server(tiny_weights: Path):  # type: ignore[no-untyped-def]
+def _live(app):  # type: ignore[no-untyped-def]
     import uvicorn
 
     port = _free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(tiny_weights), host="127.0.0.1", port=port,
-                                           log_level="warning"))
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.time() + 30
@@ -136,6 +129,11 @@ def live_server(tiny_weights: Path):  # type: ignore[no-untyped-def]
     yield f"http://127.0.0.1:{port}"
     server.should_exit = True
     thread.join(timeout=10)
+
+
+@pytest.fixture
+def live_server(tiny_weights: Path):  # type: ignore[no-untyped-def]
+    yield from _live(create_app(tiny_weights))
 
 
 @pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="Debian chromium not installed (.ci/run installs it)")
@@ -177,9 +175,220 @@ def test_browser_upload_compare_download(live_server: str, tmp_path: Path, tiny_
             page.set_input_files("#file", str(bad))
             page.wait_for_selector(".card .status.error", timeout=30_000)
             assert "not an image" in page.inner_text(".card .status.error")
+            # Several files at once (issue 18, bug 2): with one job at a time, all are queued and
+            # finish; none is turned away with 'server busy'.
+            many = [write_png(tmp_path / f"m{i}.png", random_rgb(40, 50, seed=10 + i)) for i in range(5)]
+            page.set_input_files("#file", [str(m) for m in many])
+            page.wait_for_function("document.querySelectorAll(\".card[data-ready='1']\").length === 6",
+                                   timeout=120_000)
+            assert "busy" not in page.inner_text("#results")
+            # The API docs render from local files (this browser has no internet access).
+            docs = browser.new_page()
+            docs.goto(f"{live_server}/api/docs", timeout=30_000)
+            docs.wait_for_selector(".opblock-summary-path:has-text('/api/upscale')", timeout=30_000)
+            docs.close()
             shot = Path(os.environ.get("VDSR_SCREENSHOT_DIR", tmp_path)) / "serve.png"
             page.screenshot(path=str(shot), full_page=False)
             assert shot.stat().st_size > 10_000
         finally:
             browser.close()
     assert ROOT.exists()
+
+
+def test_output_pixels_are_limited(tiny_weights: Path) -> None:
+    """Bug 3: a small upload at a large scale is refused (413) before any work, both methods."""
+    from vdsr.constants import SERVER_MAX_OUTPUT_PIXELS
+
+    assert Limits().max_output_pixels == SERVER_MAX_OUTPUT_PIXELS
+    client = TestClient(create_app(tiny_weights, Limits(max_output_pixels=10_000)))
+    assert client.get("/api/health").json()["limits"]["max_output_pixels"] == 10_000
+    data = png_bytes(np.zeros((30, 40), np.uint8))  # x3: 90x120 = 10,800 pixels
+    for method in ("vdsr", "bicubic"):
+        r = client.post(f"/api/upscale?scale=3&method={method}", files={"file": ("g.png", data)})
+        assert r.status_code == 413
+        assert r.json()["error"] == "g.png: output of 120x90 = 10,800 pixels is over the limit of 10,000"
+    r = client.post("/api/upscale?scale=2", files={"file": ("g.png", data)})  # 80x60 fits
+    assert r.status_code == 200
+
+
+def _blocking_upscale(monkeypatch: pytest.MonkeyPatch) -> tuple[threading.Event, list[str]]:
+    """Make VDSR jobs wait for the returned event; the list records which ran, in order."""
+    import vdsr.server
+
+    gate, order = threading.Event(), []
+    # upscale_loaded before the tensor engine, upscale_image after it: the server's one call
+    entry = "upscale_image" if hasattr(vdsr.server, "upscale_image") else "upscale_loaded"
+    real = getattr(vdsr.server, entry)
+
+    def slow(model, image, *args, **kwargs):  # type: ignore[no-untyped-def]
+        order.append(image.path.name)
+        assert gate.wait(30), "test gate never opened"
+        return real(model, image, *args, **kwargs)
+
+    monkeypatch.setattr(vdsr.server, entry, slow)
+    return gate, order
+
+
+def test_simultaneous_uploads_queue_instead_of_503(tiny_weights: Path) -> None:
+    """Bug 2: 12 uploads at once with max_jobs=1 gave 1x200 and 11x503; now they all wait their turn."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    data = png_bytes(random_rgb(24, 24))
+    with TestClient(create_app(tiny_weights, Limits(max_jobs=1))) as client:
+        def post(i: int) -> int:
+            r = client.post("/api/upscale?scale=2", files={"file": (f"{i}.png", data)})
+            return r.status_code
+
+        with ThreadPoolExecutor(12) as pool:
+            codes = list(pool.map(post, range(12)))
+        assert codes == [200] * 12
+        assert client.get("/api/health").json()["queue"] == {"running": 0, "waiting": 0}
+
+
+def test_queue_positions_full_queue_and_bicubic_bypass(tiny_weights: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Bug 2: the page can show each job's place; only a full queue gets 503 (with Retry-After);
+    bicubic previews do not wait behind VDSR jobs."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    gate, order = _blocking_upscale(monkeypatch)
+    data = png_bytes(random_rgb(16, 16))
+    with TestClient(create_app(tiny_weights, Limits(max_jobs=1, max_queue=2))) as client:
+        def post(ticket: str) -> int:
+            r = client.post(f"/api/upscale?scale=2&ticket={ticket}", files={"file": (f"{ticket}.png", data)})
+            return r.status_code
+
+        def position(ticket: str) -> int | None:
+            return client.get(f"/api/queue?ticket={ticket}").json()["position"]
+
+        with ThreadPoolExecutor(3) as pool:
+            futures = [pool.submit(post, "a")]
+            _wait_for(lambda: position("a") == 0)
+            futures.append(pool.submit(post, "b"))
+            _wait_for(lambda: position("b") == 1)
+            futures.append(pool.submit(post, "c"))
+            _wait_for(lambda: position("c") == 2)
+            assert client.get("/api/queue").json() == {"running": 1, "waiting": 2, "position": None}
+            r = client.post("/api/upscale?scale=2&ticket=d", files={"file": ("d.png", data)})
+            assert r.status_code == 503 and int(r.headers["Retry-After"]) >= 1
+            assert "busy" in r.json()["error"]
+            r = client.post("/api/upscale?scale=2&ticket=b", files={"file": ("b.png", data)})
+            assert r.status_code == 400 and "already in the queue" in r.json()["error"]
+            t0 = time.monotonic()
+            r = client.post("/api/upscale?scale=2&method=bicubic", files={"file": ("p.png", data)})
+            assert r.status_code == 200 and time.monotonic() - t0 < 10  # not behind a, b, c
+            r = client.post("/api/upscale?scale=2", files={"file": ("bad.png", b"not an image")})
+            assert r.status_code == 400  # refused at once, without waiting for a place
+            gate.set()
+            assert [f.result(timeout=60) for f in futures] == [200, 200, 200]
+        assert order == ["a.png", "b.png", "c.png"]  # first come, first served
+        assert position("a") is None
+
+
+def _wait_for(condition, timeout: float = 20.0) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.time() + timeout
+    while not condition():
+        assert time.time() < deadline, "condition not reached"
+        time.sleep(0.02)
+
+
+def test_download_keeps_the_photo_metadata(client: TestClient, tmp_path: Path) -> None:
+    """What users ask for: the PNG from the web app keeps EXIF, ICC profile and DPI."""
+    from tests.test_image_files import SRGB, photo_with_metadata
+
+    data = photo_with_metadata(tmp_path / "cam.jpg").read_bytes()
+    r = client.post("/api/upscale?scale=2", files={"file": ("cam.jpg", data)})
+    assert r.status_code == 200
+    got = Image.open(io.BytesIO(r.content))
+    assert got.size == (24, 40) and got.info.get("icc_profile") == SRGB
+    assert got.getexif().get(0x010F) == "TestCam" and got.info["dpi"] == pytest.approx((300, 300), abs=0.01)
+
+
+def test_api_docs_work_offline_and_describe_the_real_responses(client: TestClient) -> None:
+    """Rough edge: /api/docs loaded Swagger UI from a CDN (blank offline) and documented a 422
+    this API never sends, but not its PNG, 400, 413 or 503."""
+    import re
+
+    page = client.get("/api/docs")
+    assert page.status_code == 200
+    assets = re.findall(r'(?:src|href)="([^"]+)"', page.text)
+    assert any(a.endswith("swagger-ui-bundle.js") for a in assets) and any(a.endswith(".css") for a in assets)
+    for asset in assets:
+        assert asset.startswith("/"), f"{asset}: not served by this server"
+        assert client.get(asset).status_code == 200, asset
+    spec = client.get("/openapi.json").json()
+    assert "422" not in str(spec) and "HTTPValidationError" not in str(spec)
+    responses = spec["paths"]["/api/upscale"]["post"]["responses"]
+    assert set(responses) == {"200", "400", "413", "503"}
+    assert list(responses["200"]["content"]) == ["image/png"]
+    assert "Retry-After" in responses["503"]["headers"]
+    assert responses["400"]["content"]["application/json"]["schema"]["$ref"].endswith("/ErrorBody")
+
+
+def test_bicubic_previews_have_their_own_bounded_lane(tiny_weights: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Previews skip the VDSR queue but do not run without bound (each may hold a large image)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import vdsr.server
+    from vdsr.constants import SERVER_PREVIEW_JOBS
+
+    lock, running, peak = threading.Lock(), [0], [0]
+    real = vdsr.server.bicubic_clipped
+
+    def counted(*args, **kwargs):  # type: ignore[no-untyped-def]
+        with lock:
+            running[0] += 1
+            peak[0] = max(peak[0], running[0])
+        time.sleep(0.3)
+        with lock:
+            running[0] -= 1
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(vdsr.server, "bicubic_clipped", counted)
+    data = png_bytes(random_rgb(8, 8))
+    with TestClient(create_app(tiny_weights)) as client:
+        def post(i: int) -> int:
+            return client.post("/api/upscale?scale=2&method=bicubic", files={"file": (f"{i}.png", data)}).status_code
+
+        with ThreadPoolExecutor(6) as pool:
+            assert list(pool.map(post, range(6))) == [200] * 6
+    assert peak[0] == SERVER_PREVIEW_JOBS
+
+
+@pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="Debian chromium not installed (.ci/run installs it)")
+def test_browser_shows_queue_places_and_retries_a_full_queue(tiny_weights: Path, tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """Bug 2 in the page: each card shows its place in line, and a '503 queue full' is retried
+    after Retry-After until every image is done."""
+    from playwright.sync_api import sync_playwright
+
+    import vdsr.server
+
+    entry = "upscale_image" if hasattr(vdsr.server, "upscale_image") else "upscale_loaded"
+    real = getattr(vdsr.server, entry)
+
+    def slow(*args, **kwargs):  # type: ignore[no-untyped-def]
+        time.sleep(0.8)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(vdsr.server, entry, slow)
+    files = [str(write_png(tmp_path / f"q{i}.png", random_rgb(20, 24, seed=i))) for i in range(4)]
+    server = _live(create_app(tiny_weights, Limits(max_jobs=1, max_queue=1)))
+    url = next(server)
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, headless=True,
+                                        args=["--no-sandbox", "--disable-gpu", "--no-first-run"])
+            try:
+                page = browser.new_page()
+                page.goto(url, timeout=30_000)
+                page.wait_for_selector("#health:has-text('model:')", timeout=30_000)
+                page.set_input_files("#file", files)
+                page.wait_for_selector(".card .status:has-text('retrying in')", timeout=30_000)
+                page.wait_for_selector(".card .status:has-text('next in the queue')", timeout=30_000)
+                page.wait_for_function("document.querySelectorAll(\".card[data-ready='1']\").length === 4",
+                                       timeout=120_000)
+                assert page.locator(".card .status.error").count() == 0
+            finally:
+                browser.close()
+    finally:
+        next(server, None)

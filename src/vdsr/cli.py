@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import math
 import os
 import sys
@@ -16,6 +17,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from vdsr import constants as C  # imports nothing: defaults for --help without torch
 from vdsr.constants import BACKENDS as _BACKENDS
 from vdsr.constants import PRECISIONS
 
@@ -28,13 +30,15 @@ def _err(msg: str) -> None:
 
 def _describe(exc: Exception) -> str:
     """The library's message, with the flag that changes the limit where one does."""
-    from vdsr.errors import NonFiniteLoss, TooLarge
+    from vdsr.errors import AddressUnavailable, NonFiniteLoss, TooLarge
 
     if isinstance(exc, TooLarge):
         flag = "--max-pixels" if exc.what == "input" else "--max-output-pixels"
         return f"{exc} (raise it with {flag})"
     if isinstance(exc, NonFiniteLoss):
         return f"{exc} (lower --learning-rate, or pass --skip-nonfinite)"
+    if isinstance(exc, AddressUnavailable):
+        return f"{exc} (choose another with --port or --host)"
     return str(exc)
 
 
@@ -53,6 +57,13 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _quality(text: str) -> int:
+    value = _positive_int(text)
+    if value > 100:
+        raise argparse.ArgumentTypeError(f"must be 1-100, got {value}")
+    return value
+
+
 def _scale(text: str) -> float:
     try:
         value = float(text)
@@ -60,6 +71,8 @@ def _scale(text: str) -> float:
         raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
     if not math.isfinite(value) or value <= 1:
         raise argparse.ArgumentTypeError(f"must be a finite number greater than 1, got {text}")
+    if value > C.MAX_SCALE:  # a usage error like the others (exit 2), not a run-time one
+        raise argparse.ArgumentTypeError(f"must be at most {C.MAX_SCALE:g}, got {text}")
     return value
 
 
@@ -93,66 +106,143 @@ def _expand_inputs(inputs: Sequence[str]) -> list[Path]:
     return files
 
 
-def _output_paths(files: list[Path], out: Path, scale: float, single_target: bool) -> list[Path]:
+OUTPUT_RULE = ("OUT is a file when there is one input file and OUT ends in an image extension "
+               "(.png .jpg .jpeg .webp .tif .tiff .bmp); a folder when it is one already, ends in '/', "
+               "or there are several inputs (or a folder) and it has no extension. Anything else is refused "
+               "as ambiguous.")
+
+
+def _output_is_file(output: str, one_file: bool) -> bool:
+    """Apply :data:`OUTPUT_RULE` to ``-o OUTPUT``: True for a file, False for a folder."""
     from vdsr.errors import VDSRError
+    from vdsr.images import OUTPUT_SUFFIXES
+
+    out = Path(output)
+    if output.endswith(("/", os.sep)) or out.is_dir():
+        return False
+    suffix = out.suffix.lower()
+    if suffix in OUTPUT_SUFFIXES:
+        if one_file:
+            return True
+        raise VDSRError(f"{out}: several inputs need an output folder, not a {suffix} file "
+                        f"(for a folder of that name, write {output}/)")
+    if suffix:
+        raise VDSRError(f"{out}: cannot write '{suffix}' images (use .png, .jpg, .webp, .tif or .bmp; "
+                        f"for a folder, write {output}/)")
+    if one_file:
+        raise VDSRError(f"{out}: no file extension; name a file ({output}.png) or a folder ({output}/)")
+    return False
+
+
+def _output_paths(files: list[Path], out: Path, args: argparse.Namespace, single_target: bool) -> list[Path]:
+    from vdsr.errors import VDSRError
+    from vdsr.images import OUTPUT_FORMATS, output_format
 
     if single_target:
+        if args.format and OUTPUT_FORMATS[args.format] != output_format(out):
+            raise VDSRError(f"{out}: --format {args.format} does not match the file's extension")
         return [out]
-    if out.exists() and not out.is_dir():
-        raise VDSRError(f"{out}: several inputs need an output folder, and this is a file")
-    out.mkdir(parents=True, exist_ok=True)
-    names = [out / f"{f.stem}_x{scale:g}.png" for f in files]
+    suffix = f"_x{args.scale:g}" if args.suffix is None else args.suffix
+    if "/" in suffix or os.sep in suffix:
+        raise VDSRError(f"--suffix {suffix!r}: must not contain a path separator")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # read-only place, a file in the way, no permission
+        raise VDSRError(f"{out}: cannot create the output folder ({exc.strerror or exc})") from None
+    names = [out / f"{f.stem}{suffix}.{args.format or 'png'}" for f in files]
     dupes = {n for n in names if names.count(n) > 1}
     if dupes:
         raise VDSRError(f"two inputs would both write {sorted(dupes)[0]}")
     return names
 
 
+class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever ``sys.stderr`` is at the time (tests and tools replace it)."""
+
+    @property  # type: ignore[override]
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value: Any) -> None:
+        pass
+
+
+def _show_library_notes() -> None:
+    """Show the library's INFO notes (e.g. int8 calibrating on first use) as ``vdsr: ...`` lines."""
+    logger = logging.getLogger("vdsr")
+    if not any(isinstance(h, _StderrHandler) for h in logger.handlers):
+        handler = _StderrHandler()
+        handler.setFormatter(logging.Formatter(f"{PROG}: %(message)s"))
+        logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+
+
 def cmd_upscale(args: argparse.Namespace) -> int:
     from vdsr.engine import Upscaler
     from vdsr.errors import VDSRError
-    from vdsr.images import IMAGE_SUFFIXES, load_image, save_image
+    from vdsr.images import check_output_size, load_image, save_image
     from vdsr.inference import check_scale, upscale_image
     from vdsr.weights import load_model
 
+    _show_library_notes()
     files = _expand_inputs(args.inputs)
     out = Path(args.output)
-    single_target = (len(files) == 1 and not Path(args.inputs[0]).is_dir()
-                     and not out.is_dir() and out.suffix.lower() in IMAGE_SUFFIXES)
+    single_target = _output_is_file(args.output, len(args.inputs) == 1 and not Path(args.inputs[0]).is_dir())
     if single_target and not out.parent.exists():
         raise VDSRError(f"{out}: output folder {out.parent} does not exist")
     model, meta = load_model(args.weights, device=args.device)
     check_scale(args.scale, meta.scales)
     upscaler = Upscaler(model, device=args.device, precision=args.precision, backend=args.backend,
                         tile=args.tile, ensemble=args.ensemble)
-    targets = _output_paths(files, out, args.scale, single_target)
+    targets = _output_paths(files, out, args, single_target)
     folder = targets[0].parent
     if not os.access(folder, os.W_OK):
         raise VDSRError(f"{folder}: output folder is not writable")
     failures: list[str] = []
-    bar = _tqdm(total=len(files), desc="upscaling", unit="img", disable=True if len(files) < 2 else None)
+    # A bar on a terminal only (logs and pipes get the final line alone), also for one image, with
+    # the image in hand, its sizes and, for large images, the tile in progress.
+    bar = _tqdm(total=len(files), desc="upscaling", unit="img")
     for src, dst in zip(files, targets, strict=True):
+        bar.set_postfix_str(src.name, refresh=True)
         try:
             if dst.exists() and src.exists() and dst.resolve() == src.resolve():
                 raise VDSRError(f"{dst}: output would overwrite its own input")
             if dst.exists() and not args.overwrite:
                 raise VDSRError(f"{dst}: already exists (pass --overwrite to replace it)")
             img = load_image(src, max_pixels=args.max_pixels)
-            out_pixels, alpha = upscale_image(upscaler, img, args.scale)
-            save_image(dst, out_pixels, alpha, img.bit_depth)
+            out_h, out_w = check_output_size(str(src), img.height, img.width, args.scale,
+                                             args.max_output_pixels)
+            label = f"{src.name} {img.width}x{img.height} -> {out_w}x{out_h}"
+            bar.set_postfix_str(label, refresh=True)
+
+            def tiles(done: int, total: int, label: str = label) -> None:
+                if total > 1:
+                    bar.set_postfix_str(f"{label}, tile {done}/{total}", refresh=True)
+
+            out_pixels, alpha = upscale_image(upscaler, img, args.scale, progress=tiles)
+            save_image(dst, out_pixels, alpha, img.bit_depth, metadata=img.metadata, quality=args.quality)
             if args.compare and len(files) == 1:
                 import numpy as np
 
                 from vdsr.inference import bicubic_upscale
                 from vdsr.plots import comparison
 
-                comparison([("bicubic", bicubic_upscale(img.pixels, args.scale)),
-                            ("VDSR", out_pixels / float(np.iinfo(out_pixels.dtype).max))],
-                           args.compare)
+                comparison([(f"bicubic x{args.scale:g}", bicubic_upscale(img.pixels, args.scale)),
+                            (f"VDSR x{args.scale:g}", out_pixels / float(np.iinfo(out_pixels.dtype).max))],
+                           args.compare,
+                           title=f"{src.name}: the {'region where they differ most' if min(out_w, out_h) > 256 else 'whole image'}, "
+                                 "at full resolution")
         except VDSRError as exc:  # keep going; every failure is listed at the end
             failures.append(_describe(exc))
         bar.update(1)
     bar.close()
+    info = upscaler.info
+    run = f"({info.backend}, {info.precision}, {info.device}{', ensemble' if info.ensemble else ''})"
+    if single_target and not failures:
+        print(f"wrote {targets[0]} {run}")
+    elif not single_target:
+        print(f"wrote {len(files) - len(failures)} of {len(files)} images to {folder} {run}")
     if failures:
         if len(files) == 1:
             _err(failures[0])
@@ -161,9 +251,6 @@ def cmd_upscale(args: argparse.Namespace) -> int:
             for f in failures:
                 print(f"  {f}", file=sys.stderr)
         return 1
-    info = upscaler.info
-    print(f"wrote {targets[0] if len(targets) == 1 else f'{len(targets)} images to {folder}'} "
-          f"({info.backend}, {info.precision}, {info.device}{', ensemble' if info.ensemble else ''})")
     return 0
 
 
@@ -234,11 +321,49 @@ def cmd_convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def _format_info(path: Path, info: dict[str, Any]) -> str:
+    """A weights file's metadata (:func:`vdsr.weights.weights_summary`) as a short readable summary."""
+    model, recipe = info.get("model", {}), info.get("recipe") or {}
+    channels = model.get("channels", 1)
+    lines = [f"{path.name} ({info.get('format', '?')} v{info.get('format_version', '?')})"]
+
+    def row(label: str, text: str) -> None:
+        lines.append(f"  {label:<11} {text}")
+
+    row("model", f"{model.get('body', 'plain')} VDSR, {model.get('depth')} layers of width {model.get('width')}, "
+                 f"{'with' if model.get('bias') else 'no'} biases, {channels} channel"
+                 f"{' (Y)' if channels == 1 else 's (RGB)'}; {info.get('parameters', 0):,} parameters, "
+                 f"receptive field {info.get('receptive_field')}x{info.get('receptive_field')}")
+    row("scales", "trained for " + ", ".join(f"x{s}" for s in info.get("scales", [])))
+    row("source", str(info.get("source", "")))
+    if recipe.get("optimizer"):
+        data = ", ".join(Path(d).name for d in recipe.get("train_dirs") or []) or recipe.get("h5") or "?"
+        steps = recipe.get("trained_steps") or recipe.get("steps") or 0
+        row("training", f"{recipe['optimizer']}, learning rate {recipe.get('learning_rate')} "
+                        f"({recipe.get('schedule')}), batch {recipe.get('batch_size')}, patch "
+                        f"{recipe.get('patch')}, {steps:,} steps on {data}")
+    metrics = info.get("metrics") or {}
+    per_scale = [(k.removeprefix("val_psnr_"), v) for k, v in metrics.items()
+                 if k.startswith("val_psnr_x") and isinstance(v, float)]
+    if per_scale:
+        row("validation", f"{metrics.get('validation') or '?'} Y-PSNR " + ", ".join(f"{s} {v:.2f}" for s, v in per_scale)
+            + " dB")
+    for protocol, results in (info.get("evaluation") or {}).items():
+        lines.append(f"  evaluation ({protocol}): Y-PSNR/SSIM, model (bicubic)")
+        for r in results:
+            lines.append(f"    {r['dataset']:<8} x{r['scale']}  {r['psnr']:.2f}/{r['ssim']:.4f}  "
+                         f"({r['bicubic_psnr']:.2f}/{r['bicubic_ssim']:.4f})  {r['images']} images")
+    row("colour", str(info.get("color", "")))
+    lines.append("(everything, as JSON: vdsr info --json)")
+    return "\n".join(lines)
+
+
 def cmd_info(args: argparse.Namespace) -> int:
     from vdsr.weights import default_weights_path, read_metadata, weights_summary
 
     path = Path(args.weights) if args.weights else default_weights_path()
-    print(json.dumps(weights_summary(read_metadata(path)), indent=2))
+    info = weights_summary(read_metadata(path))
+    print(json.dumps(info, indent=2) if args.json else _format_info(path, info))
     return 0
 
 
@@ -434,7 +559,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(f"{PROG}: warning: serving on {args.host}: reachable from other machines", file=sys.stderr)
     serve(args.host, args.port, args.weights,
           Limits(max_upload_bytes=args.max_upload_mb * 1024 * 1024, max_pixels=args.max_pixels,
-                 max_jobs=args.max_jobs), device=args.device, precision=args.precision)
+                 max_output_pixels=args.max_output_pixels, max_jobs=args.max_jobs, max_queue=args.max_queue),
+          device=args.device, precision=args.precision,
+          on_ready=lambda url: print(f"serving on {url} (Ctrl-C to stop)", flush=True))
     return 0
 
 
@@ -451,41 +578,114 @@ def cmd_demo(args: argparse.Namespace) -> int:
 # ----------------------------------------------------------------------------------------------
 
 
+class _HelpFormatter(argparse.HelpFormatter):
+    """Examples kept as written (descriptions wrapped); every option with a real default shows it."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        if text.startswith("examples:"):
+            return "".join(indent + line for line in text.splitlines(keepends=True))
+        return super()._fill_text(text, width, indent)
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if (action.default not in (None, False, argparse.SUPPRESS) and "default" not in text
+                and action.option_strings):
+            text += " (default: %(default)s)"
+        return text
+
+
+_EXAMPLES = {
+    "vdsr": """examples:
+  vdsr upscale photo.jpg -s 2 -o photo_x2.png      one image
+  vdsr upscale shots/ -s 3 -o big/ --format jpg    a folder
+  vdsr serve                                        the web app on http://127.0.0.1:8000
+  vdsr demo                                         try it on a bundled photo
+run 'vdsr COMMAND --help' for a command's options""",
+    "upscale": """examples:
+  vdsr upscale photo.jpg -s 2 -o photo_x2.png
+  vdsr upscale photo.jpg -s 2.5 -o photo.webp --quality 90
+  vdsr upscale shots/ more.png -s 3 -o big/ --format jpg --suffix=-hd
+  vdsr upscale scan.tif -s 4 -o out/ --compare scan_compare.png""",
+    "evaluate": """examples:
+  vdsr evaluate --data ../shared/datasets/Set5 ../shared/datasets/Set14 --scales 2 3 4
+  vdsr evaluate --data ../shared/datasets/Set5 --bicubic-only""",
+    "prepare": """examples:
+  vdsr prepare --data ../shared/datasets/T91 -o train.h5
+  vdsr prepare --data hr/ -o train_x2.h5 --scales 2 --no-flip""",
+    "train": """examples:
+  vdsr train --run-dir runs/mine --steps 20000
+  vdsr train --resume runs/mine                    continue after Ctrl-C or a crash
+  vdsr train --init-weights base.safetensors --learning-rate 2e-5 --steps 5000""",
+    "convert": """examples:
+  vdsr convert VDSR_Official.mat -o official.safetensors
+  vdsr convert runs/mine/checkpoint.pt -o mine.safetensors""",
+    "serve": """examples:
+  vdsr serve
+  vdsr serve --port 8080 --max-jobs 2""",
+}
+
 def _precision_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--precision", choices=PRECISIONS, default="auto",
                    help="arithmetic of the network: auto = fp32 on CPU, fp16 on CUDA (within "
-                        "0.02 dB of fp32); fp32 is always available (default auto)")
+                        "0.02 dB of fp32); fp32 is always available")
     p.add_argument("--ensemble", action="store_true",
                    help="average the 8 flips/rotations of the image: 8x the compute, a little sharper")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=PROG, description="VDSR super-resolution (Kim et al., CVPR 2016)")
+    parser = argparse.ArgumentParser(prog=PROG, description="VDSR super-resolution (Kim et al., CVPR 2016)",
+                                     formatter_class=_HelpFormatter, epilog=_EXAMPLES["vdsr"])
     parser.add_argument("--version", action="version", version=_version())
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def common_device(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--device", default="cpu", help="torch device (cpu, cuda, cuda:1)")
+    def add(name: str, help: str, description: str) -> argparse.ArgumentParser:  # noqa: A002
+        return sub.add_parser(name, help=help, description=description, epilog=_EXAMPLES.get(name),
+                              formatter_class=_HelpFormatter)
 
-    p = sub.add_parser("upscale", help="super-resolve images")
+    def common_device(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:1, ...")
+
+    p = add("upscale", "super-resolve images",
+            "Super-resolve image files or folders of images by any factor: bicubic upscaling, then "
+            "VDSR restores the detail. Colour images keep their colours (the network sharpens the "
+            "luminance); alpha, EXIF, ICC profile and DPI are kept.")
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files or folders")
-    p.add_argument("--scale", "-s", type=_scale, required=True, help="upscaling factor > 1")
-    p.add_argument("-o", "--output", required=True, help="output file (one input) or folder")
+    p.add_argument("--scale", "-s", type=_scale, required=True, metavar="S",
+                   help=f"upscaling factor, 1 < S <= {C.MAX_SCALE:g}; the model is trained for 2-4, "
+                        "other factors work with a warning")
+    p.add_argument("-o", "--output", required=True, metavar="OUT", help=f"output file or folder. {OUTPUT_RULE}")
+    p.add_argument("--format", choices=("png", "jpg", "webp", "tiff", "bmp"),
+                   help="format of the images written into a folder (default png; a file's extension "
+                        "sets its own)")
+    p.add_argument("--quality", type=_quality, default=95,
+                   help="JPEG/WebP quality, 1-100")
+    p.add_argument("--suffix", help="added to each input's name in an output folder "
+                                    "(default _xS, e.g. photo_x2.png; '' keeps the name)")
     p.add_argument("--weights", help="a .safetensors weights file (default: the shipped model)")
-    p.add_argument("--tile", type=int, default=512, help="tile side in pixels, 0 = whole image (default 512)")
+    p.add_argument("--tile", type=int, default=C.DEFAULT_TILE,
+                   help="process in tiles of this side, 0 = whole image at once; the result is the same, "
+                        "only memory use changes")
     p.add_argument("--backend", choices=_BACKENDS, default="auto",
                    help="auto: ONNX Runtime on CPU when installed, else PyTorch; "
                         "int8: quantised ONNX Runtime, ~1.7x faster, not exact")
     _precision_flags(p)
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
-    p.add_argument("--max-pixels", type=_positive_int, default=64_000_000, help="refuse larger inputs")
-    p.add_argument("--compare", help="also write a bicubic-vs-VDSR side-by-side PNG (one input)")
+    p.add_argument("--max-pixels", type=_positive_int, default=C.DEFAULT_MAX_PIXELS,
+                   help="refuse inputs with more pixels")
+    p.add_argument("--max-output-pixels", type=_positive_int, default=C.DEFAULT_MAX_OUTPUT_PIXELS,
+                   help="refuse outputs (input pixels x scale²) with more pixels")
+    p.add_argument("--compare", metavar="PNG",
+                   help="also write a bicubic-vs-VDSR comparison (full-resolution crops) to this PNG "
+                        "(one input)")
     common_device(p)
     p.set_defaults(func=cmd_upscale)
 
-    p = sub.add_parser("evaluate", help="Y-PSNR/SSIM on benchmark folders, beside the paper")
+    p = add("evaluate", "Y-PSNR/SSIM on benchmark folders, beside the paper",
+            "Downscale each high-resolution image, upscale it again with bicubic and with the model, "
+            "and score both against the original (Y-PSNR/SSIM, MATLAB-compatible), beside the "
+            "paper's numbers for Set5, Set14, B100 and Urban100.")
     p.add_argument("--data", nargs="+", required=True, metavar="DIR", help="folders of HR images")
-    p.add_argument("--scales", nargs="+", type=_int_scale, default=[2, 3, 4])
+    p.add_argument("--scales", nargs="+", type=_int_scale, default=[2, 3, 4], help="scales to score")
     p.add_argument("--weights", help="weights file (default: the shipped model)")
     p.add_argument("--json", help="write the results to this JSON file")
     p.add_argument("--protocol", choices=("rgb8", "ydouble"), default="rgb8",
@@ -493,74 +693,94 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bicubic-only", action="store_true", help="score bicubic alone, no model")
     p.add_argument("--record", action="store_true",
                    help="store the results in the weights file's metadata ('evaluation')")
-    p.add_argument("--tile", type=int, default=0, help="tile side, 0 = whole image (default)")
-    p.add_argument("--backend", choices=_BACKENDS, default="auto")
+    p.add_argument("--tile", type=int, default=C.DEFAULT_TILE,
+                   help="process in tiles of this side, 0 = whole image; scores do not change")
+    p.add_argument("--backend", choices=_BACKENDS, default="auto", help="inference backend (as for upscale)")
     _precision_flags(p)
-    p.add_argument("--max-pixels", type=_positive_int, default=64_000_000)
+    p.add_argument("--max-pixels", type=_positive_int, default=C.DEFAULT_MAX_PIXELS,
+                   help="refuse larger images")
     common_device(p)
     p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("convert", help="import published weights into .safetensors")
-    p.add_argument("source", help="MatConvNet .mat (official), pytorch-vdsr .pth, or .safetensors")
+    p = add("convert", "import weights into .safetensors",
+            "Import published weights (the authors' MatConvNet .mat, a pytorch-vdsr .pth), a "
+            "`vdsr train` checkpoint.pt, or re-check a .safetensors file; write .safetensors.")
+    p.add_argument("source", help="MatConvNet .mat (official), checkpoint.pt, pytorch-vdsr .pth, or .safetensors")
     p.add_argument("-o", "--output", required=True, help="destination .safetensors")
-    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     p.set_defaults(func=cmd_convert)
 
-    p = sub.add_parser("info", help="print a weights file's metadata")
+    p = add("info", "summarise a weights file: model, scales, training, results",
+            "Summarise a weights file: architecture, trained scales, where it came from, how it was "
+            "trained and its recorded results.")
     p.add_argument("weights", nargs="?", help="weights file (default: the shipped model)")
+    p.add_argument("--json", action="store_true", help="print all the metadata as JSON")
     p.set_defaults(func=cmd_info)
 
-    p = sub.add_parser("prepare", help="write an HDF5 cache of training patches")
-    p.add_argument("--data", nargs="+", required=True, metavar="DIR")
+    p = add("prepare", "write an HDF5 file of training patches",
+            "Cut (low-resolution, high-resolution) patch pairs from folders of HR images, with the "
+            "paper's augmentation (rotations, flips, downscaling), into one chunked HDF5 file for "
+            "`vdsr train --h5`. Optional: `vdsr train` cuts patches on the fly by default.")
+    p.add_argument("--data", nargs="+", required=True, metavar="DIR", help="folders of HR images")
     p.add_argument("-o", "--output", required=True, help="HDF5 file to write")
-    p.add_argument("--scales", nargs="+", type=_int_scale, default=[2, 3, 4])
-    p.add_argument("--patch", type=_positive_int, default=41)
-    p.add_argument("--stride", type=_positive_int, default=41)
-    p.add_argument("--channels", type=int, choices=(1, 3), default=1)
-    p.add_argument("--downscales", nargs="+", type=float, default=[1.0, 0.7, 0.5])
+    p.add_argument("--scales", nargs="+", type=_int_scale, default=[2, 3, 4], help="scales to cut pairs for")
+    p.add_argument("--patch", type=_positive_int, default=41, help="patch side in pixels")
+    p.add_argument("--stride", type=_positive_int, default=41, help="step between patches in pixels")
+    p.add_argument("--channels", type=int, choices=(1, 3), default=1, help="1: Y only; 3: RGB")
+    p.add_argument("--downscales", nargs="+", type=float, default=[1.0, 0.7, 0.5],
+                   help="also use each image shrunk by these factors")
     p.add_argument("--no-rotate", action="store_true", help="skip the 90/180/270 rotations")
     p.add_argument("--no-flip", action="store_true", help="skip the flipped copies")
-    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     p.set_defaults(func=cmd_prepare)
 
     from vdsr.constants import OPTIMIZERS, SCHEDULES
 
-    p = sub.add_parser("train", help="train a VDSR model (resumable)")
+    p = add("train", "train a VDSR model (resumable)",
+            "Train VDSR on folders of HR images (patches cut on the fly) or an HDF5 file from "
+            "`vdsr prepare`. The run folder gets checkpoint.pt (every --checkpoint-every steps), "
+            "best.safetensors, last.safetensors, metrics.csv and curve.png; Ctrl-C stops at a step "
+            "boundary with a checkpoint, and --resume continues it exactly. Options left out take "
+            "the recipe's defaults (README, 'Training').")
     p.add_argument("--run-dir", help="folder for checkpoints, logs and weights (default runs/vdsr)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR")
     p.add_argument("--train-dirs", nargs="+", metavar="DIR", help="HR training folders (default: T91 + BSD200)")
     p.add_argument("--h5", help="train from an HDF5 patch file instead of on-the-fly patches")
     p.add_argument("--val-dir", help="validation folder (default ../shared/datasets/Set5)")
-    p.add_argument("--scales", nargs="+", type=_int_scale)
-    p.add_argument("--downscales", nargs="+", type=float)
-    p.add_argument("--channels", type=int, choices=(1, 3))
-    p.add_argument("--depth", type=_positive_int)
-    p.add_argument("--width", type=_positive_int)
-    p.add_argument("--no-bias", dest="bias", action="store_false", default=None)
-    p.add_argument("--body", choices=("plain", "residual", "dense", "inception"))
-    p.add_argument("--patch", type=_positive_int)
-    p.add_argument("--batch-size", type=_positive_int)
-    p.add_argument("--steps", type=_positive_int)
-    p.add_argument("--optimizer", choices=OPTIMIZERS)
-    p.add_argument("--learning-rate", type=float)
-    p.add_argument("--schedule", choices=SCHEDULES)
-    p.add_argument("--warmup-steps", type=int)
-    p.add_argument("--decay-steps", type=int)
-    p.add_argument("--clip", type=float, help="gradient clip (Adam: value; SGD: theta)")
-    p.add_argument("--momentum", type=float)
-    p.add_argument("--weight-decay", type=float)
-    p.add_argument("--seed", type=int)
-    p.add_argument("--log-every", type=_positive_int)
-    p.add_argument("--val-every", type=_positive_int)
-    p.add_argument("--checkpoint-every", type=_positive_int)
-    p.add_argument("--skip-nonfinite", action="store_true", default=None)
+    p.add_argument("--scales", nargs="+", type=_int_scale, help="scales mixed in training (2 3 4)")
+    p.add_argument("--downscales", nargs="+", type=float, help="image shrink factors for augmentation (1.0 0.7 0.5)")
+    p.add_argument("--channels", type=int, choices=(1, 3), help="1: Y only, as the paper (1); 3: RGB")
+    p.add_argument("--depth", type=_positive_int, help="convolution layers (20)")
+    p.add_argument("--width", type=_positive_int, help="channels of the hidden layers (64)")
+    p.add_argument("--no-bias", dest="bias", action="store_false", default=None, help="convolutions without biases")
+    p.add_argument("--body", choices=("plain", "residual", "dense", "inception"),
+                   help="architecture between the input and output layers (plain: the paper)")
+    p.add_argument("--patch", type=_positive_int, help="training patch side (41)")
+    p.add_argument("--batch-size", type=_positive_int, help="patches per step (64)")
+    p.add_argument("--steps", type=_positive_int, help="optimiser steps (10000)")
+    p.add_argument("--optimizer", choices=OPTIMIZERS, help="adam (default) or the paper's sgd")
+    p.add_argument("--learning-rate", type=float, help="peak learning rate (1e-4)")
+    p.add_argument("--schedule", choices=SCHEDULES,
+                   help="learning-rate schedule (exponential)")
+    p.add_argument("--warmup-steps", type=int, help="linear warm-up steps (0)")
+    p.add_argument("--decay-steps", type=int, help="step/exponential: steps per x0.1 decay (0: half of --steps)")
+    p.add_argument("--clip", type=float, help="gradient clip: Adam, by value; SGD, the paper's theta (0.1)")
+    p.add_argument("--momentum", type=float, help="SGD momentum (0.9)")
+    p.add_argument("--weight-decay", type=float, help="L2 weight decay (Adam 0, SGD 1e-4)")
+    p.add_argument("--seed", type=int, help="random seed (0)")
+    p.add_argument("--log-every", type=_positive_int, help="log the loss every N steps")
+    p.add_argument("--val-every", type=_positive_int, help="validate every N steps")
+    p.add_argument("--checkpoint-every", type=_positive_int, help="write checkpoint.pt every N steps (500)")
+    p.add_argument("--skip-nonfinite", action="store_true", default=None,
+                   help="skip a step with a NaN/inf loss instead of stopping")
     p.add_argument("--init-weights", help="start from these .safetensors weights (fine-tune)")
     p.add_argument("--device", help="auto (default), cpu or cuda")
     p.add_argument("--threads", type=int, help="torch CPU threads (0 = torch's default)")
     p.add_argument("--overwrite", action="store_true", help="start afresh in an existing run folder")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("export", help="export weights to ONNX (dynamic H/W) or TorchScript")
+    p = add("export", "export weights to ONNX (dynamic H/W) or TorchScript",
+            "Export a weights file to ONNX (any height and width), its int8-quantised ONNX, or TorchScript.")
     p.add_argument("weights", nargs="?", help="weights file (default: the shipped model)")
     p.add_argument("--onnx", help="ONNX file to write")
     p.add_argument("--onnx-int8", help="int8-quantised ONNX file to write (the int8 backend's model)")
@@ -572,31 +792,45 @@ def build_parser() -> argparse.ArgumentParser:
                    help="integer scale(s) of --rgb-onnx; several write OUT_x{S}.onnx each")
     p.add_argument("--fp16", action="store_true",
                    help="--rgb-onnx with the network in fp16 (input and output stay float32)")
-    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--overwrite", action="store_true", help="replace existing output files")
     p.set_defaults(func=cmd_export)
 
-    p = sub.add_parser("summary", help="Keras-style model summary")
-    p.add_argument("model", help="vdsr, inception (the notes' model) or a weights file")
-    p.add_argument("--input-shape", nargs=3, type=int, metavar=("H", "W", "C"))
+    p = add("summary", "Keras-style model summary",
+            "Print a Keras-style summary (layers, output shapes, parameters, connections) of VDSR, "
+            "of the Inception example (a 224x224x3 input into one Inception block of 64 filters), "
+            "or of a weights file's model.")
+    p.add_argument("model", help="vdsr, inception (the Inception example) or a weights file")
+    p.add_argument("--input-shape", nargs=3, type=int, metavar=("H", "W", "C"), help="input size to trace")
     p.add_argument("--body", choices=("plain", "residual", "dense", "inception"), default="plain",
                    help="VDSR body (with MODEL=vdsr)")
     p.set_defaults(func=cmd_summary)
 
-    p = sub.add_parser("serve", help="local web app: drop images, compare before/after, download")
-    p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1: this machine only)")
-    p.add_argument("--port", type=int, default=8000)
+    p = add("serve", "local web app: drop images, compare before/after, download",
+            "Serve a web page (and a JSON/PNG API, documented at /api/docs) for upscaling images "
+            "in the browser. Only this machine can reach it unless --host says otherwise.")
+    p.add_argument("--host", default="127.0.0.1", help="bind address (127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8000, help="TCP port")
     p.add_argument("--weights", help="weights file (default: the shipped model)")
-    p.add_argument("--max-upload-mb", type=_positive_int, default=20)
-    p.add_argument("--max-pixels", type=_positive_int, default=16_000_000)
-    p.add_argument("--max-jobs", type=_positive_int, default=1, help="images upscaled at once")
+    p.add_argument("--max-upload-mb", type=_positive_int, default=C.SERVER_MAX_UPLOAD_MB,
+                   help="refuse larger uploads")
+    p.add_argument("--max-pixels", type=_positive_int, default=C.SERVER_MAX_PIXELS,
+                   help="refuse images with more pixels")
+    p.add_argument("--max-output-pixels", type=_positive_int, default=C.SERVER_MAX_OUTPUT_PIXELS,
+                   help="refuse results (image pixels x scale²) with more pixels")
+    p.add_argument("--max-jobs", type=_positive_int, default=1,
+                   help="images upscaled at once; others wait in a queue")
+    p.add_argument("--max-queue", type=_positive_int, default=C.SERVER_MAX_QUEUE,
+                   help="images that may wait; more get '503 busy'")
     p.add_argument("--precision", choices=PRECISIONS, default="auto",
-                   help="network arithmetic: auto = fp32 on CPU, fp16 on CUDA (default auto)")
+                   help="network arithmetic: auto = fp32 on CPU, fp16 on CUDA")
     common_device(p)
     p.set_defaults(func=cmd_serve)
 
-    p = sub.add_parser("demo", help="upscale a bundled sample and write a comparison PNG")
-    p.add_argument("-o", "--output", default="vdsr-demo", help="output folder (default vdsr-demo)")
-    p.add_argument("--scale", type=_int_scale, default=3)
+    p = add("demo", "upscale a bundled sample and write a comparison PNG",
+            "Shrink a bundled photo, upscale it with bicubic and with the model, and write the images, "
+            "a comparison PNG and their Y-PSNR against the original.")
+    p.add_argument("-o", "--output", default="vdsr-demo", help="output folder")
+    p.add_argument("--scale", type=_int_scale, default=3, help="scale factor")
     p.add_argument("--weights", help="weights file (default: the shipped model)")
     p.set_defaults(func=cmd_demo)
     return parser

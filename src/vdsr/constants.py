@@ -16,6 +16,8 @@ DEFAULT_MAX_OUTPUT_PIXELS = 256_000_000  # output pixels (input x scale^2): ~160
 SERVER_MAX_PIXELS = 16_000_000
 SERVER_MAX_OUTPUT_PIXELS = 64_000_000
 SERVER_MAX_UPLOAD_MB = 20
+SERVER_PREVIEW_JOBS = 2  # bicubic previews computed at once by `vdsr serve` (own lane, bounded memory)
+SERVER_MAX_QUEUE = 32  # VDSR jobs waiting on `vdsr serve`; uploads are held in memory meanwhile
 
 # Inference backends: "auto" picks the fastest measured one for the device (BENCHMARKS.md).
 BACKENDS: tuple[str, ...] = ("auto", "torch", "compile", "onnxruntime", "int8")

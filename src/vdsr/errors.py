@@ -100,3 +100,11 @@ class BackendUnavailable(InvalidArgument):
     def __init__(self, backend: str, reason: str) -> None:
         self.backend, self.reason = backend, reason
         super().__init__(f"the {backend} backend is not available: {reason}")
+
+
+class AddressUnavailable(VDSRError):
+    """The web app cannot listen on ``host``:``port`` (in use, not an address here, no permission)."""
+
+    def __init__(self, host: str, port: int, reason: str) -> None:
+        self.host, self.port, self.reason = host, port, reason
+        super().__init__(f"cannot listen on {host}:{port}: {reason}")

@@ -2,7 +2,12 @@
 
 Images come back as float64 arrays on the [0, 1] scale: ``(H, W, 3)`` for colour, ``(H, W)`` for
 greyscale, plus an optional ``(H, W)`` alpha plane and the source bit depth (8 or 16), so the
-output can be written back at the input's precision.
+output can be written back at the input's precision, and the file's :class:`ImageMetadata`
+(EXIF, ICC profile, DPI), so the output keeps it.
+
+Colour management: the network sharpens the encoded values, so an RGB or grey image's ICC
+profile still describes the result and is passed through unchanged. CMYK/Lab images are
+converted to sRGB through their profile (when they have one) and written untagged, i.e. sRGB.
 """
 
 from __future__ import annotations
@@ -11,7 +16,7 @@ import io
 import os
 import struct
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +29,33 @@ from vdsr.errors import ImageError, TooLarge
 from vdsr.fileio import atomic_path
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm")
-__all__ = ["DEFAULT_MAX_PIXELS", "IMAGE_SUFFIXES", "LoadedImage", "decode_image", "load_image",
+__all__ = ["DEFAULT_MAX_PIXELS", "IMAGE_SUFFIXES", "OUTPUT_FORMATS", "OUTPUT_SUFFIXES", "ImageMetadata",
+           "LoadedImage", "check_output_size", "output_format", "decode_image", "load_image",
+           "probe_image",
            "save_image", "encode_png", "list_images", "to_pil", "to_uint"]
+
+
+# Output formats by name (``vdsr upscale --format``) and the file extensions that select them.
+OUTPUT_FORMATS: dict[str, str] = {"png": "PNG", "jpg": "JPEG", "webp": "WEBP", "tiff": "TIFF", "bmp": "BMP"}
+_EXTENSIONS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".bmp": "BMP", ".tif": "TIFF",
+               ".tiff": "TIFF", ".webp": "WEBP"}
+OUTPUT_SUFFIXES = tuple(_EXTENSIONS)
+_EXIF_IFD, _EXIF_WIDTH, _EXIF_HEIGHT = 0x8769, 0xA002, 0xA003
+
+
+@dataclass
+class ImageMetadata:
+    """What a file says about its pixels, carried from input to output.
+
+    Attributes:
+        exif: raw EXIF bytes, orientation already applied to the pixels (the tag is removed).
+        icc_profile: the ICC profile bytes the pixel values are encoded in (``None``: sRGB).
+        dpi: ``(x, y)`` dots per inch, when the file states it.
+    """
+
+    exif: bytes | None = None
+    icc_profile: bytes | None = None
+    dpi: tuple[float, float] | None = None
 
 
 @dataclass
@@ -36,6 +66,7 @@ class LoadedImage:
     alpha: NDArray[np.float64] | None
     bit_depth: int
     path: Path
+    metadata: ImageMetadata = field(default_factory=ImageMetadata)
 
     @property
     def height(self) -> int:
@@ -129,6 +160,32 @@ def decode_image(data: bytes, name: str = "upload", max_pixels: int = DEFAULT_MA
     return _decode(io.BytesIO(data), Path(name), max_pixels)
 
 
+def probe_image(data: bytes, name: str = "upload", max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[int, int]:
+    """``(height, width)`` of encoded ``data`` from its header alone, without decoding pixels.
+
+    The cheap checks (empty, not an image, over ``max_pixels``) before a job waits for its turn;
+    :func:`decode_image` still finds truncated data. Raises :class:`ImageError`/:class:`TooLarge`.
+    """
+    if not data:
+        raise ImageError(f"{name}: empty file (0 bytes)")
+    old_limit = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = None  # our own limit, with our own message
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            w, h = img.size
+    except UnidentifiedImageError:
+        raise ImageError(f"{name}: not an image, or an unsupported format") from None
+    except (OSError, SyntaxError, ValueError, EOFError, TypeError, IndexError, KeyError, struct.error) as exc:
+        raise ImageError(f"{name}: truncated or corrupt image ({str(exc).strip() or type(exc).__name__})") from None
+    finally:
+        Image.MAX_IMAGE_PIXELS = old_limit
+    if w * h > max_pixels:
+        raise TooLarge(name, "input", w, h, max_pixels)
+    if w == 0 or h == 0:
+        raise ImageError(f"{name}: image has zero size ({w}x{h})")
+    return h, w  # EXIF rotation may swap them; the pixel count, all the limits need, is the same
+
+
 def _decode(source: Path | io.BytesIO, path: Path, max_pixels: int) -> LoadedImage:
     old_limit = Image.MAX_IMAGE_PIXELS
     Image.MAX_IMAGE_PIXELS = None  # we enforce our own limit, with our own message
@@ -142,9 +199,20 @@ def _decode(source: Path | io.BytesIO, path: Path, max_pixels: int) -> LoadedIma
             if getattr(img, "n_frames", 1) > 1:
                 warnings.warn(f"{path}: animated image, using the first frame only", stacklevel=3)
                 img.seek(0)
+            deep_colour = img.format in ("PNG", "TIFF") and img.mode in ("RGB", "RGBA") and any(
+                ";16" in str(t[3]) for t in img.tile)  # Pillow reads 16-bit colour as 8-bit
+            orientation = int(img.getexif().get(_ORIENTATION, 1) or 1)
             img.load()
             oriented: Image.Image = ImageOps.exif_transpose(img) or img
+            oriented, metadata = _metadata(oriented, path)
             pixels, alpha, depth = _to_float(oriented, path)
+            if deep_colour:
+                deep = _tiff16_colour(source, orientation, pixels.shape) if img.format == "TIFF" else None
+                if deep is None:
+                    warnings.warn(f"{path}: 16-bit colour is read, and written, with 8 bits per channel "
+                                  "(16-bit colour TIFF keeps 16 bits)", stacklevel=3)
+                else:
+                    pixels, alpha, depth = deep
     except ImageError:
         raise
     except UnidentifiedImageError:
@@ -157,7 +225,95 @@ def _decode(source: Path | io.BytesIO, path: Path, max_pixels: int) -> LoadedIma
         Image.MAX_IMAGE_PIXELS = old_limit
     if pixels.shape[0] == 0 or pixels.shape[1] == 0:
         raise ImageError(f"{path}: image has zero size")
-    return LoadedImage(pixels=pixels, alpha=alpha, bit_depth=depth, path=path)
+    return LoadedImage(pixels=pixels, alpha=alpha, bit_depth=depth, path=path, metadata=metadata)
+
+
+def _metadata(img: Image.Image, path: Path) -> tuple[Image.Image, ImageMetadata]:
+    """The image's :class:`ImageMetadata`; CMYK/Lab with a profile is converted to sRGB here."""
+    exif = img.getexif()
+    icc = img.info.get("icc_profile") or None
+    dpi = img.info.get("dpi")
+    if img.mode in ("CMYK", "LAB") and icc:
+        from PIL import ImageCms
+
+        try:
+            src = ImageCms.ImageCmsProfile(io.BytesIO(icc))
+            img = ImageCms.profileToProfile(img, src, ImageCms.createProfile("sRGB"), outputMode="RGB") or img
+        except (ImageCms.PyCMSError, OSError, ValueError):
+            warnings.warn(f"{path}: unreadable {img.mode} colour profile; converting without it", stacklevel=4)
+        icc = None  # the pixels are now sRGB (or a plain conversion): the old profile no longer applies
+    elif img.mode in ("CMYK", "LAB"):
+        icc = None
+    try:
+        dpi_pair = (float(dpi[0]), float(dpi[1])) if dpi else None
+    except (TypeError, ValueError, IndexError):
+        dpi_pair = None
+    return img, ImageMetadata(exif=exif.tobytes() if len(exif) else None, icc_profile=icc, dpi=dpi_pair)
+
+
+def check_output_size(name: str, height: int, width: int, scale: float, limit: int) -> tuple[int, int]:
+    """The output size ``(round(scale * height), round(scale * width))`` of an upscale, checked.
+
+    Raises :class:`TooLarge` (``what="output"``) when it is over ``limit`` pixels, so callers
+    refuse an upscale before any of its work or memory is spent.
+    """
+    out_h, out_w = max(1, round(height * scale)), max(1, round(width * scale))
+    if out_h * out_w > limit:
+        raise TooLarge(name, "output", out_w, out_h, limit)
+    return out_h, out_w
+
+
+_ORIENTATION = 0x0112
+# numpy equivalents of EXIF orientations 2-8 (what ImageOps.exif_transpose does to a Pillow image)
+_ORIENT = {
+    2: lambda a: a[:, ::-1], 3: lambda a: a[::-1, ::-1], 4: lambda a: a[::-1],
+    5: lambda a: a.swapaxes(0, 1), 6: lambda a: np.rot90(a, -1), 7: lambda a: a[::-1, ::-1].swapaxes(0, 1),
+    8: lambda a: np.rot90(a, 1),
+}
+
+
+def _tiff16_colour(source: Path | io.BytesIO, orientation: int, shape: tuple[int, ...]
+                   ) -> tuple[NDArray[np.float64], NDArray[np.float64] | None, int] | None:
+    """A 16-bit RGB(A) TIFF's pixels at full depth, read with tifffile (Pillow reads 8 bits).
+
+    Returns ``(pixels, alpha, 16)`` oriented as ``shape`` (Pillow's reading), or ``None`` when the
+    file's layout is not the plain one this handles.
+    """
+    import tifffile
+
+    try:
+        if isinstance(source, io.BytesIO):
+            source.seek(0)
+        with tifffile.TiffFile(source) as tif:
+            arr = tif.pages[0].asarray()
+    except (ValueError, OSError, IndexError, TypeError, KeyError):
+        return None
+    if arr.dtype != np.uint16 or arr.ndim != 3 or arr.shape[2] not in (3, 4):
+        return None
+    arr = _ORIENT.get(orientation, lambda a: a)(arr)
+    if arr.shape[:2] != shape[:2]:
+        return None
+    rgb = np.asarray(arr[..., :3], dtype=np.float64) / 65535.0
+    alpha = np.asarray(arr[..., 3], dtype=np.float64) / 65535.0 if arr.shape[2] == 4 else None
+    return rgb, alpha, 16
+
+
+def _write_tiff16(path: Path, pixels: NDArray, alpha: NDArray | None,
+                  metadata: ImageMetadata | None) -> None:
+    """16-bit RGB(A) TIFF through tifffile (Pillow writes colour with 8 bits); EXIF is not kept."""
+    import tifffile
+
+    data = to_uint(pixels, 16)
+    extra: dict[str, Any] = {}
+    if alpha is not None:
+        data = np.dstack([data, to_uint(alpha, 16)])
+        extra["extrasamples"] = [2]  # unassociated alpha, as Pillow writes RGBA
+    if metadata is not None and metadata.icc_profile:
+        extra["iccprofile"] = metadata.icc_profile
+    if metadata is not None and metadata.dpi:
+        extra["resolution"], extra["resolutionunit"] = metadata.dpi, "INCH"
+    with atomic_path(path) as tmp:
+        tifffile.imwrite(tmp, np.ascontiguousarray(data), photometric="rgb", compression="zlib", **extra)
 
 
 def to_uint(array: NDArray[Any], bit_depth: int) -> NDArray[Any]:
@@ -171,13 +327,40 @@ def to_uint(array: NDArray[Any], bit_depth: int) -> NDArray[Any]:
     return np.clip(np.round(np.asarray(array, dtype=np.float64) * peak), 0, peak).astype(dtype)
 
 
-def _pil_format(path: Path) -> str:
+def output_format(path: Path) -> str:
+    """Pillow's format name (``"PNG"``, ``"JPEG"``, ...) that ``path``'s extension selects."""
     ext = path.suffix.lower()
-    formats = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".bmp": "BMP", ".tif": "TIFF",
-               ".tiff": "TIFF", ".webp": "WEBP"}
-    if ext not in formats:
-        raise ImageError(f"{path}: cannot write '{ext}' files (use .png, .jpg, .bmp, .tif or .webp)")
-    return formats[ext]
+    if ext not in _EXTENSIONS:
+        raise ImageError(f"{path}: cannot write '{ext}' files (use .png, .jpg, .webp, .tif or .bmp)")
+    return _EXTENSIONS[ext]
+
+
+def _save_options(fmt: str, metadata: ImageMetadata | None, size: tuple[int, int],
+                  quality: int) -> dict[str, object]:
+    """Pillow ``save`` keywords for ``fmt``: quality, and the metadata the format can hold.
+
+    EXIF's pixel-size tags, where present, are set to the output ``size`` (width, height).
+    """
+    options: dict[str, object] = {"quality": quality} if fmt in ("JPEG", "WEBP") else {}
+    if metadata is None:
+        return options
+    if metadata.dpi and fmt in ("PNG", "JPEG", "TIFF", "BMP"):
+        options["dpi"] = metadata.dpi
+    if fmt == "BMP":
+        return options
+    if metadata.icc_profile:
+        options["icc_profile"] = metadata.icc_profile
+    if metadata.exif:
+        exif = Image.Exif()
+        try:
+            exif.load(metadata.exif)
+            ifd = exif.get_ifd(_EXIF_IFD)
+            if _EXIF_WIDTH in ifd or _EXIF_HEIGHT in ifd:
+                ifd[_EXIF_WIDTH], ifd[_EXIF_HEIGHT] = size
+            options["exif"] = exif.tobytes()
+        except (SyntaxError, ValueError, KeyError, TypeError, struct.error):
+            options["exif"] = metadata.exif  # unparseable here: passed on as it came
+    return options
 
 
 def to_pil(
@@ -198,10 +381,11 @@ def to_pil(
 
 
 def encode_png(pixels: NDArray[Any], alpha: NDArray[Any] | None = None,
-               bit_depth: int = 8) -> bytes:
+               bit_depth: int = 8, metadata: ImageMetadata | None = None) -> bytes:
     """The PNG bytes :func:`save_image` would write for a ``.png`` path."""
     buf = io.BytesIO()
-    to_pil(pixels, alpha, bit_depth).save(buf, format="PNG")
+    img = to_pil(pixels, alpha, bit_depth)
+    img.save(buf, format="PNG", **_save_options("PNG", metadata, img.size, 95))
     return buf.getvalue()
 
 
@@ -210,22 +394,34 @@ def save_image(
     pixels: NDArray[Any],
     alpha: NDArray[Any] | None = None,
     bit_depth: int = 8,
+    metadata: ImageMetadata | None = None,
+    quality: int = 95,
 ) -> None:
     """Write float [0, 1] ``pixels`` (``(H, W)`` or ``(H, W, 3)``) to ``path`` atomically.
 
-    16-bit output is kept for PNG/TIFF greyscale; colour is written as 8-bit (Pillow cannot
-    write 16-bit RGB). JPEG/BMP drop the alpha plane.
+    The format follows the extension (.png, .jpg/.jpeg, .webp, .tif/.tiff, .bmp). 16-bit output
+    is kept for PNG/TIFF greyscale and for TIFF colour (through tifffile, without EXIF); other
+    formats write colour with 8 bits, with a warning (Pillow cannot write 16-bit RGB).
+    JPEG/BMP drop the alpha plane. ``metadata`` (EXIF, ICC profile, DPI) is written where the
+    format can hold it (BMP: DPI only); ``quality`` (1-100) applies to JPEG and WebP.
     """
     path = Path(path)
-    fmt = _pil_format(path)
+    fmt = output_format(path)
     if alpha is not None and fmt in ("JPEG", "BMP"):
         alpha = None
     img = to_pil(pixels, alpha, bit_depth, allow_16bit=fmt in ("PNG", "TIFF"))
     folder = path.parent if str(path.parent) else Path(".")
     if not folder.is_dir():
         raise ImageError(f"{path}: output folder {folder} does not exist")
+    deep_colour = bit_depth == 16 and pixels.ndim == 3
+    if deep_colour and fmt != "TIFF":
+        warnings.warn(f"{path}: 16-bit colour is written with 8 bits per channel "
+                      "(write .tif to keep 16 bits)", stacklevel=2)
     try:
+        if deep_colour and fmt == "TIFF":
+            _write_tiff16(path, pixels, alpha, metadata)
+            return
         with atomic_path(path) as tmp:
-            img.save(tmp, format=fmt, **({"quality": 95} if fmt in ("JPEG", "WEBP") else {}))
+            img.save(tmp, format=fmt, **_save_options(fmt, metadata, img.size, quality))
     except OSError as exc:
         raise ImageError(f"{path}: cannot write ({exc.strerror or exc})") from None

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from vdsr.constants import DEFAULT_SCALES
 from vdsr.errors import WeightsError
 from vdsr.model import VDSRConfig
 from vdsr.weights import WeightsMetadata, check_file, load_weights, save_weights
@@ -268,15 +269,49 @@ def import_pytorch_vdsr(path: str | Path) -> tuple[dict[str, torch.Tensor], Weig
     return state, meta
 
 
+def import_training_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], WeightsMetadata] | None:
+    """The model in a ``vdsr train`` ``checkpoint.pt``, or ``None`` if ``path`` is not one.
+
+    Our checkpoints are plain containers (loaded with ``weights_only=True``) holding the model's
+    ``state_dict`` under ``"model"`` and the training config as JSON under ``"config"``.
+    """
+    import json
+
+    from vdsr.runfolder import load_checkpoint
+
+    path = Path(path)
+    try:
+        checkpoint = load_checkpoint(path)
+    except Exception:  # noqa: BLE001 - torch's safe unpickler fails in many ways on other pickles
+        return None  # not ours: the pytorch-vdsr importer reports what the file is
+    if not (isinstance(checkpoint.get("model"), dict) and isinstance(checkpoint.get("config"), str)):
+        return None
+    try:
+        train = json.loads(checkpoint["config"])
+        config = VDSRConfig(**{k: train[k] for k in ("depth", "width", "channels", "bias", "body") if k in train})
+    except (ValueError, TypeError) as exc:
+        raise WeightsError(f"{path}: training checkpoint with an unreadable config ({exc})") from None
+    state = {k: v.float().contiguous() for k, v in checkpoint["model"].items()}
+    step = checkpoint.get("step")
+    meta = WeightsMetadata(
+        config=config, scales=list(train.get("scales") or DEFAULT_SCALES),
+        source=f"`vdsr train` checkpoint {path.name} (step {step})",
+        recipe={k: v for k, v in train.items() if k not in ("run_dir", "device", "threads", "log_every")}
+        | {"trained_steps": step},
+    )
+    return state, meta
+
+
 def convert(src: str | Path, dst: str | Path) -> WeightsMetadata:
-    """Import ``src`` (MatConvNet ``.mat``, pytorch-vdsr ``.pth`` or our own ``.safetensors``)."""
+    """Import ``src``: MatConvNet ``.mat``, a ``vdsr train`` ``checkpoint.pt``, a pytorch-vdsr
+    ``.pth`` or our own ``.safetensors``."""
     src = Path(src)
     check_file(src)
     suffix = src.suffix.lower()
     if suffix == ".mat":
         state, meta = import_matconvnet(src)
     elif suffix in (".pth", ".pt", ".pkl"):
-        state, meta = import_pytorch_vdsr(src)
+        state, meta = import_training_checkpoint(src) or import_pytorch_vdsr(src)
     elif suffix == ".safetensors":
         state, meta = load_weights(src)
     else:

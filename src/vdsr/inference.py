@@ -21,12 +21,12 @@ from vdsr.color import rgb2ycbcr, ycbcr2rgb
 from vdsr.constants import DEFAULT_SCALES, DEFAULT_TILE, MAX_SCALE
 from vdsr.engine import Progress, Upscaler
 from vdsr.engine import check_tile as _check_tile
-from vdsr.errors import BadScale, InvalidArgument, TooLarge, VDSRError
-from vdsr.images import LoadedImage
+from vdsr.errors import BadScale, InvalidArgument, VDSRError
+from vdsr.images import LoadedImage, check_output_size
 from vdsr.model import VDSR
 from vdsr.resize import imresize, imresize_banded, target_size
 
-__all__ = ["DEFAULT_TILE", "MAX_SCALE", "bicubic_clipped", "bicubic_upscale", "check_output_size",
+__all__ = ["DEFAULT_TILE", "MAX_SCALE", "bicubic_clipped", "bicubic_upscale",
            "check_scale", "check_tile", "run_network", "target_size", "upscale", "upscale_array",
            "upscale_image", "upscale_loaded", "upscale_pixels", "upscaler_for"]
 
@@ -55,13 +55,6 @@ def check_scale(scale: float, trained: list[int] | None = None) -> float:
 def check_tile(tile: int | None, model: VDSR) -> int | None:
     """``None`` or 0 means whole image; otherwise the tile must cover the receptive field."""
     return _check_tile(tile, model.config.receptive_field)
-
-
-def check_output_size(name: str, height: int, width: int, scale: float, limit: int | None) -> None:
-    """Raise :class:`TooLarge` (``what="output"``) when ``round(scale * size)`` is over ``limit``."""
-    out_h, out_w = target_size(height, width, scale)
-    if limit is not None and out_h * out_w > limit:
-        raise TooLarge(name, "output", out_w, out_h, limit)
 
 
 def upscaler_for(model: VDSR, tile: int | None = DEFAULT_TILE, device: str | torch.device = "cpu",
@@ -189,7 +182,8 @@ def upscale_image(up: Upscaler, image: LoadedImage, scale: float, progress: Prog
     The one path behind ``vdsr upscale`` and ``vdsr serve``. Raises :class:`TooLarge` before any
     work when the output would be over ``max_output_pixels``.
     """
-    check_output_size(str(image.path), image.height, image.width, scale, max_output_pixels)
+    if max_output_pixels is not None:
+        check_output_size(str(image.path), image.height, image.width, scale, max_output_pixels)
     dtype = np.uint16 if image.bit_depth == 16 else np.uint8
     pixels = upscale_pixels(up, image.pixels, scale, dtype, progress)
     alpha = None
@@ -269,7 +263,8 @@ def upscale(
             raise InvalidArgument(
                 f"float images must be in [0, 1]; this one spans [{lo:g}, {hi:g}] "
                 "(divide 8-bit values by 255, or pass the uint8 array)")
-    check_output_size("image", arr.shape[0], arr.shape[1], scale, max_output_pixels)
+    if max_output_pixels is not None:
+        check_output_size("image", arr.shape[0], arr.shape[1], scale, max_output_pixels)
     pixels = arr.astype(np.float64) / peak
     alpha = None
     if pixels.ndim == 3 and pixels.shape[2] == 4:

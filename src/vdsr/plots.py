@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -53,29 +54,58 @@ def training_curve(csv_path: str | os.PathLike[str], out: str | os.PathLike[str]
     plt.close(fig)
 
 
-def comparison(panels: list[tuple[str, NDArray[np.floating]]], out: str | os.PathLike[str],
-               crop: int | None = None, title: str | None = None) -> None:
-    """Write a PNG with the images of ``panels`` (label, float [0, 1] image of one size) in a row.
+def detail_box(images: Sequence[NDArray[np.floating]], side: int) -> tuple[int, int, int]:
+    """``(top, left, side)`` of the ``side`` x ``side`` square where the images differ most.
 
-    ``crop`` shows only a centre square of that many pixels, enlarged with nearest-neighbour
-    sampling, so the pixel-level detail that separates bicubic from VDSR is visible.
+    The first two images (e.g. bicubic and VDSR, float [0, 1], same size) are compared by mean
+    absolute difference over each square (a summed-area table, so every position is scored);
+    ``side`` is capped by the image size. With one image the centre square is used.
     """
-    plt = _figure()
+    h, w = images[0].shape[:2]
+    side = max(1, min(side, h, w))
+    if len(images) < 2:
+        return (h - side) // 2, (w - side) // 2, side
+    diff = np.abs(np.asarray(images[0], dtype=np.float64) - np.asarray(images[1], dtype=np.float64))
+    if diff.ndim == 3:
+        diff = diff.mean(axis=2)
+    table = np.pad(diff.cumsum(0).cumsum(1), ((1, 0), (1, 0)))
+    sums = table[side:, side:] - table[:-side, side:] - table[side:, :-side] + table[:-side, :-side]
+    top, left = np.unravel_index(int(np.argmax(sums)), sums.shape)
+    return int(top), int(left), side
+
+
+def comparison(panels: list[tuple[str, NDArray[np.floating]]], out: str | os.PathLike[str],
+               crop: int | None = 256, title: str | None = None) -> tuple[int, int, int, int]:
+    """Write a PNG with crops of the images of ``panels`` (label, float [0, 1] image of one size)
+    side by side, at full resolution: each output pixel is a ``zoom`` x ``zoom`` block of the
+    image's pixels (no resampling), so what separates bicubic from VDSR stays visible however
+    large the image.
+
+    ``crop`` is the side of the square shown (``None``: the whole image), placed where the
+    first two panels differ most (:func:`detail_box`). Returns ``(top, left, side, zoom)``.
+    """
+    from PIL import Image, ImageDraw, ImageFont
+
     images = [np.clip(np.asarray(a, dtype=np.float64), 0, 1) for _, a in panels]
-    if crop:
-        h, w = images[0].shape[:2]
-        c = min(crop, h, w)
-        top, left = (h - c) // 2, (w - c) // 2
-        images = [a[top : top + c, left : left + c] for a in images]
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 4.6), squeeze=False)
-    for ax, img, (label, _) in zip(axes[0], images, panels, strict=True):
-        ax.imshow(img, cmap="gray" if img.ndim == 2 else None, vmin=0, vmax=1,
-                  interpolation="nearest")
-        ax.set_title(label)
-        ax.axis("off")
+    h, w = images[0].shape[:2]
+    top, left, side = detail_box(images, crop) if crop else (0, 0, 0)
+    box_h, box_w = (side, side) if crop else (h, w)
+    zoom = max(1, 320 // max(box_h, box_w))  # small crops are enlarged to at least ~320 px
+    gap, label_h = 12, 26
+    title_h = label_h if title else 0
+    canvas = Image.new("RGB", (len(images) * (box_w * zoom + gap) + gap, title_h + label_h + box_h * zoom + gap),
+                       "white")
+    draw = ImageDraw.Draw(canvas)
+    font = ImageFont.load_default(size=15)
     if title:
-        fig.suptitle(title)
-    fig.tight_layout()
+        draw.text((gap, 5), title, fill="black", font=font)
+    for i, (img, (label, _)) in enumerate(zip(images, panels, strict=True)):
+        part = img[top : top + box_h, left : left + box_w]
+        rgb = np.repeat(part[..., None], 3, axis=2) if part.ndim == 2 else part[..., :3]
+        pixels = np.round(rgb * 255).astype(np.uint8).repeat(zoom, axis=0).repeat(zoom, axis=1)
+        x = gap + i * (box_w * zoom + gap)
+        draw.text((x, title_h + 5), label, fill="black", font=font)
+        canvas.paste(Image.fromarray(np.ascontiguousarray(pixels)), (x, title_h + label_h))
     with atomic_path(Path(out)) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
+        canvas.save(tmp, format="PNG")
+    return top, left, side if crop else 0, zoom
