@@ -173,3 +173,23 @@ def test_evaluate_record_stores_results_in_the_weights(tmp_path: Path, tiny_weig
     assert all(torch.equal(before[k], after[k]) for k in before)
     code, _, err = run(["evaluate", "--data", str(folder), "--bicubic-only", "--record"], capsys)
     assert code == 1 and "--bicubic-only" in err
+
+
+def test_evaluate_ensemble_is_its_own_row_and_cannot_be_recorded(
+        tmp_path: Path, tiny_weights: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    folder = tmp_path / "Mini"
+    folder.mkdir()
+    write_png(folder / "0.png", random_rgb(40, 44, seed=3))
+    results = {}
+    for flag in ([], ["--ensemble"]):
+        out = tmp_path / f"r{len(flag)}.json"
+        code, text, err = run(["evaluate", "--data", str(folder), "--scales", "2", "--weights",
+                               str(tiny_weights), "--json", str(out), *flag], capsys)
+        assert code == 0, err
+        body = json.loads(out.read_text())
+        assert body["run"]["ensemble"] is bool(flag) and body["run"]["precision"] == "fp32"
+        results[bool(flag)] = body["results"][0]["psnr"]
+    assert results[True] != results[False]
+    code, _, err = run(["evaluate", "--data", str(folder), "--scales", "2", "--weights",
+                        str(tiny_weights), "--ensemble", "--record"], capsys)
+    assert code == 1 and "--record" in err

@@ -392,3 +392,18 @@ def test_browser_shows_queue_places_and_retries_a_full_queue(tiny_weights: Path,
                 browser.close()
     finally:
         next(server, None)
+
+
+def test_ensemble_equals_cli_ensemble(client: TestClient, tiny_weights: Path, tmp_path: Path,
+                                      capsys: pytest.CaptureFixture[str]) -> None:
+    src = write_png(tmp_path / "e.png", random_rgb(26, 35, seed=5))
+    out, plain = tmp_path / "cli_e.png", tmp_path / "cli_plain.png"
+    assert main(["upscale", str(src), "-s", "2", "-o", str(out), "--weights", str(tiny_weights),
+                 "--ensemble"]) == 0
+    assert main(["upscale", str(src), "-s", "2", "-o", str(plain), "--weights", str(tiny_weights)]) == 0
+    assert "ensemble" in capsys.readouterr().out
+    r = client.post("/api/upscale?scale=2&ensemble=true", files={"file": ("e.png", src.read_bytes())})
+    assert r.status_code == 200
+    api = np.asarray(Image.open(io.BytesIO(r.content)))
+    assert np.array_equal(api, np.asarray(Image.open(out)))
+    assert not np.array_equal(api, np.asarray(Image.open(plain)))  # the ensemble changes pixels

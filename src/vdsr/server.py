@@ -8,7 +8,7 @@ a real browser).
 API:
 * ``GET /api/health`` -> ``{"status": "ok", "model": ..., "scales": [...], "limits": {...},
   "queue": {"running": R, "waiting": W}}``
-* ``POST /api/upscale?scale=S[&method=vdsr|bicubic][&ticket=T]`` with multipart ``file`` ->
+* ``POST /api/upscale?scale=S[&method=vdsr|bicubic][&ensemble=true][&ticket=T]`` with multipart ``file`` ->
   ``image/png``; errors are JSON ``{"error": "..."}`` with 400 (bad input), 413 (too large) or
   503 with ``Retry-After`` (the queue is full). VDSR jobs wait in a bounded first-come queue
   (``max_jobs`` run at once); bicubic previews skip it.
@@ -196,6 +196,8 @@ def create_app(weights: str | Path | None = None, limits: Limits | None = None,
     limits = limits or Limits()
     model, meta = load_model(weights, device=device)
     upscaler = Upscaler(model, device=device, precision=precision, backend=backend, tile=DEFAULT_TILE)
+    # The self-ensemble shares the backend (one session, one copy of the weights).
+    ensemble = Upscaler(model, tile=DEFAULT_TILE, ensemble=True, backend_instance=upscaler.runner)
     queue = JobQueue(limits.max_jobs, limits.max_queue)
     # Bicubic previews have a lane of their own: never behind VDSR jobs, yet bounded in memory.
     previews = JobQueue(SERVER_PREVIEW_JOBS, limits.max_queue)
@@ -239,7 +241,7 @@ def create_app(weights: str | Path | None = None, limits: Limits | None = None,
         return {"running": running, "waiting": waiting,
                 "position": None if ticket is None else queue.position(ticket)}
 
-    def work(data: bytes, name: str, scale: float, method: str) -> bytes:
+    def work(data: bytes, name: str, scale: float, method: str, use_ensemble: bool) -> bytes:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # out-of-range scale / animated image: still served
             image = decode_image(data, name, max_pixels=limits.max_pixels)
@@ -249,13 +251,14 @@ def create_app(weights: str | Path | None = None, limits: Limits | None = None,
             pixels = bicubic_clipped(image.pixels, scale)
             alpha = None if image.alpha is None else bicubic_clipped(image.alpha, scale)
         else:
-            pixels, alpha = upscale_image(upscaler, image, scale)
+            pixels, alpha = upscale_image(ensemble if use_ensemble else upscaler, image, scale)
         return encode_png(pixels, alpha, image.bit_depth, image.metadata)
 
     @app.post("/api/upscale", response_class=Response, responses=UPSCALE_RESPONSES,
               summary="Upscale one image")
     async def upscale_endpoint(file: UploadFile = File(...), scale: float = Query(...),  # noqa: B008
                                method: str = Query("vdsr"),
+                               ensemble: bool = Query(False, description="average the 8 flips/rotations (8x the time)"),
                                ticket: str | None = Query(None, max_length=64)) -> Response:  # noqa: B008
         if method not in ("vdsr", "bicubic"):
             return error(400, f"method must be vdsr or bicubic, got {method!r}")
@@ -287,7 +290,7 @@ def create_app(weights: str | Path | None = None, limits: Limits | None = None,
             return error(400, str(exc))
         started = time.monotonic()
         try:
-            png = await run_in_threadpool(work, data, name, scale, method)
+            png = await run_in_threadpool(work, data, name, scale, method, ensemble)
         except TooLarge as exc:
             return error(413, str(exc))
         except VDSRError as exc:
