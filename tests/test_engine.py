@@ -46,7 +46,8 @@ def test_progress_counts_tiles_and_ensemble_passes() -> None:
     calls: list[tuple[int, int]] = []
     up = Upscaler(tiny_model(), backend="torch", tile=16, ensemble=True)
     up.network(_input(40, 33), progress=lambda done, total: calls.append((done, total)))
-    assert calls[-1] == (8 * 9, 8 * 9) and len(calls) == 72  # 3x3 tiles (the shape turns), 8 passes
+    # tile 16 at depth 4: cores of 8 pixels, 5 x 5 of them (the shape turns with k), 8 passes
+    assert calls[-1] == (8 * 25, 8 * 25) and len(calls) == 200
 
 
 class _FlakyBackend:

@@ -35,7 +35,8 @@ Progress = Callable[[int, int], None]
 
 
 def check_tile(tile: int | None, receptive_field: int) -> int | None:
-    """``None`` or 0 means whole image; otherwise the tile must cover the receptive field."""
+    """``None`` or 0 means whole image; otherwise the tile must cover the receptive field (so
+    that its core, the tile less a halo of ``depth`` pixels each side, is at least one pixel)."""
     if tile is None or tile == 0:
         return None
     if tile < receptive_field:
@@ -88,8 +89,10 @@ class Upscaler:
             (:mod:`vdsr.precision`); the precision used is ``self.precision``.
         backend: ``"auto"``, ``"torch"``, ``"compile"``, ``"onnxruntime"`` or ``"int8"``
             (:mod:`vdsr.backends`).
-        tile: tile side in pixels of the network's input (``None``/0: whole image); results equal
-            whole-image inference.
+        tile: the largest network input, in pixels a side (``None``/0: whole image). Images that
+            fit run whole; larger ones in tiles whose core is ``tile - 2 * depth`` plus a halo of
+            ``depth`` on each side, so memory is bounded by one ``tile x tile`` input and results
+            equal whole-image inference.
         ensemble: geometric self-ensemble: the mean of the 8 flips/rotations (8x compute).
         threads: CPU threads for ONNX Runtime (None: all cores).
         backend_instance: an already built backend to use instead of building one.
@@ -160,7 +163,10 @@ class Upscaler:
     def _network(self, x: torch.Tensor, tile: int | None, progress: Progress | None) -> torch.Tensor:
         passes = 8 if self.ensemble else 1
         h, w = x.shape[-2], x.shape[-1]
-        tiles = 1 if tile is None else math.ceil(h / tile) * math.ceil(w / tile)
+        tiles = 1
+        if tile is not None and (h > tile or w > tile):
+            core = tile - 2 * self.config.depth
+            tiles = math.ceil(h / core) * math.ceil(w / core)
         counter = _Counter(passes * tiles, progress)
         x = x.float()
         if not self.ensemble:
@@ -177,9 +183,10 @@ class Upscaler:
             counter.step()
             return out
         halo = self.config.depth
+        core = tile - 2 * halo  # so that no network input is larger than tile x tile
         out = torch.empty_like(x)
-        for y0, y1 in _spans(h, tile):
-            for x0, x1 in _spans(w, tile):
+        for y0, y1 in _spans(h, core):
+            for x0, x1 in _spans(w, core):
                 ty0, ty1 = max(0, y0 - halo), min(h, y1 + halo)
                 tx0, tx1 = max(0, x0 - halo), min(w, x1 + halo)
                 patch = self.runner(x[..., ty0:ty1, tx0:tx1])

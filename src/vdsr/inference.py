@@ -17,7 +17,7 @@ import torch
 from numpy.typing import NDArray
 
 from vdsr.backends import shared_backend
-from vdsr.color import rgb2ycbcr, ycbcr2rgb
+from vdsr.color import rgb2y, rgb2ycbcr, ycbcr2rgb
 from vdsr.constants import DEFAULT_SCALES, DEFAULT_TILE, MAX_SCALE
 from vdsr.engine import Progress, Upscaler
 from vdsr.engine import check_tile as _check_tile
@@ -148,10 +148,14 @@ def upscale_pixels(up: Upscaler, pixels: NDArray[np.floating], scale: float,
         x = torch.from_numpy(np.ascontiguousarray(bicubic.transpose(2, 0, 1), dtype=np.float32))[None]
         sr = up.network(x, progress)[0].cpu().numpy().transpose(1, 2, 0)
         return _quantise(np.clip(sr.astype(np.float64), 0.0, 1.0), out_dtype)
+    # Y first, chroma after the network: the network's working set never meets the chroma planes.
+    y = bicubic_upscale(rgb2y(pixels), scale).astype(np.float32)  # float64 dropped at once
+    sr_y = _network_plane(up, y, progress)
+    del y
     ycbcr = rgb2ycbcr(pixels)  # low resolution: small
-    sr_y = _network_plane(up, bicubic_upscale(ycbcr[..., 0], scale), progress)
     cb = bicubic_upscale(ycbcr[..., 1], scale)
     cr = bicubic_upscale(ycbcr[..., 2], scale)
+    del ycbcr
     out = np.empty((*sr_y.shape, 3), dtype=out_dtype)
     for band in _bands(sr_y.shape[0]):
         merged = np.stack([sr_y[band].astype(np.float64), cb[band], cr[band]], axis=-1)
