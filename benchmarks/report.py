@@ -9,9 +9,32 @@ import json
 import sys
 
 
+def cli_table(r: dict) -> None:
+    """The whole-process table of benchmarks/cli_speed.py."""
+    m = r["machine"]
+    print(f"Machine: {m['cpu']}, {m['cores']} cores, CPU features: {', '.join(m['features']) or 'none'}; "
+          f"torch {m['torch']}, onnxruntime {m['onnxruntime']}, Python {m['python']}.\n")
+    print(f"Command: `{r['command']}`\n")
+    print("| workload | `vdsr upscale --backend` | median s (runs) | × baseline | peak RSS MB | Y-PSNR dB | dB vs baseline |")
+    print("|---|---|---|---|---|---|---|")
+    rows = r["rows"]
+    for key, row in rows.items():
+        workload, method = key.split("/")
+        base = rows.get(f"{workload}/baseline")
+        speed = f"{base['seconds'] / row['seconds']:.2f}" if base else "-"
+        name = "eager fp32 baseline" if method == "baseline" else method
+        psnr = f"{row['y_psnr']:.3f}" if "y_psnr" in row else "-"
+        delta = f"{row['db_vs_baseline']:+.3f}" if "db_vs_baseline" in row else "-"
+        print(f"| {workload} | {name} | {row['seconds']:.2f} ({len(row['times'])}) | {speed} | "
+              f"{row['peak_rss_mb']:.0f} | {psnr} | {delta} |")
+
+
 def main() -> None:
     path = sys.argv[1] if len(sys.argv) > 1 else "benchmarks/results.json"
     r = json.load(open(path))
+    if "rows" in r:
+        cli_table(r)
+        return
     m = r["machine"]
     peak = r["matmul"]["gflops"]
     print(f"Machine: {m['cpu']}, {m['cores']} cores, torch {m['torch']} ({m['threads']} threads), "
