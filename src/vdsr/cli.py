@@ -159,7 +159,7 @@ def _output_paths(files: list[Path], out: Path, args: argparse.Namespace, single
 class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
     """Writes to whatever ``sys.stderr`` is at the time (tests and tools replace it)."""
 
-    @property  # type: ignore[override]
+    @property
     def stream(self) -> Any:
         return sys.stderr
 
@@ -493,7 +493,7 @@ def cmd_summary(args: argparse.Namespace) -> int:
         if shape[0] < 1 or shape[1] < 1 or shape[2] < 1:
             raise VDSRError(f"--input-shape must be positive, got {shape}")
     try:
-        summary = summarize(model, shape)  # type: ignore[arg-type]
+        summary = summarize(model, shape)
     except RuntimeError as exc:
         raise VDSRError(f"model does not accept input shape {shape}: {str(exc).splitlines()[0]}") from None
     print(summary.format(title))

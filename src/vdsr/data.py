@@ -103,7 +103,7 @@ def degraded_images(
             on_image(path)
 
 
-def dihedral(a: NDArray, k: int) -> NDArray:
+def dihedral(a: NDArray[Any], k: int) -> NDArray[Any]:
     """One of the 8 rotations/flips of the last two axes: rotate by ``k % 4`` x 90, flip if ``k >= 4``."""
     out = np.rot90(a, k % 4, axes=(-2, -1))
     if k >= 4:

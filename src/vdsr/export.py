@@ -121,7 +121,7 @@ def onnx_int8_bytes(model: VDSR) -> bytes:
     except ImportError:
         raise VDSRError("int8 needs onnx and onnxruntime (pip install onnx onnxruntime)") from None
 
-    class Reader(CalibrationDataReader):  # type: ignore[misc]
+    class Reader(CalibrationDataReader):
         def __init__(self) -> None:
             self.items = iter(calibration_inputs(model.config.channels))
 

@@ -298,7 +298,7 @@ def _tiff16_colour(source: Path | io.BytesIO, orientation: int, shape: tuple[int
     return rgb, alpha, 16
 
 
-def _write_tiff16(path: Path, pixels: NDArray, alpha: NDArray | None,
+def _write_tiff16(path: Path, pixels: NDArray[Any], alpha: NDArray[Any] | None,
                   metadata: ImageMetadata | None) -> None:
     """16-bit RGB(A) TIFF through tifffile (Pillow writes colour with 8 bits); EXIF is not kept."""
     import tifffile

@@ -88,7 +88,7 @@ class _StorageRef:
 
 
 class _TensorRef:
-    def __init__(self, storage: _StorageRef, offset: int, size: tuple, stride: tuple) -> None:
+    def __init__(self, storage: _StorageRef, offset: int, size: tuple[int, ...], stride: tuple[int, ...]) -> None:
         self.storage, self.offset, self.size, self.stride = storage, offset, tuple(size), tuple(stride)
 
     def __setstate__(self, state: Any) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -104,7 +105,7 @@ def bicubic_clipped(pixels: NDArray[np.floating], scale: float) -> NDArray[np.fl
     return np.clip(bicubic_upscale(pixels, scale), 0.0, 1.0)
 
 
-def _quantise(rgb: NDArray[np.float64], dtype: np.dtype) -> NDArray:
+def _quantise(rgb: NDArray[np.float64], dtype: np.dtype) -> NDArray[Any]:
     """Float [0, 1] to ``dtype``: integers rounded and clipped, floats returned as they are."""
     if dtype == np.float64:
         return rgb
@@ -123,7 +124,7 @@ def _network_plane(up: Upscaler, plane: NDArray[np.floating], progress: Progress
 
 
 def upscale_pixels(up: Upscaler, pixels: NDArray[np.floating], scale: float,
-                   dtype: type | np.dtype = np.float64, progress: Progress | None = None) -> NDArray:
+                   dtype: type | np.dtype = np.float64, progress: Progress | None = None) -> NDArray[Any]:
     """Super-resolve ``(H, W, 3)`` RGB or ``(H, W)`` grey float pixels in [0, 1] by ``scale``.
 
     Returns ``round(scale * (H, W))`` pixels as ``dtype``: float64 in [0, 1] (unrounded), or
@@ -179,7 +180,7 @@ def upscale_array(
 
 
 def upscale_image(up: Upscaler, image: LoadedImage, scale: float, progress: Progress | None = None,
-                  max_output_pixels: int | None = None) -> tuple[NDArray, NDArray[np.uint8] | None]:
+                  max_output_pixels: int | None = None) -> tuple[NDArray[Any], NDArray[np.uint8] | None]:
     """Upscale a decoded image for writing: ``(pixels, alpha)`` as integers of its bit depth.
 
     ``pixels`` is uint8 (8-bit sources) or uint16 (16-bit); alpha, bicubic-upscaled, is uint8.
@@ -213,7 +214,7 @@ def upscale_loaded(
 
 
 def upscale(
-    image: NDArray,
+    image: NDArray[Any],
     scale: float,
     model: VDSR | None = None,
     tile: int | None = DEFAULT_TILE,
@@ -223,7 +224,7 @@ def upscale(
     ensemble: bool = False,
     max_output_pixels: int | None = None,
     progress: Progress | None = None,
-) -> NDArray:
+) -> NDArray[Any]:
     """Super-resolve an image with VDSR (the shipped default model unless ``model`` is given).
 
     Args:

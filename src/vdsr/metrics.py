@@ -7,6 +7,8 @@ bicubic and the network both see zero/mirror padding there.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 from numpy.typing import NDArray
 from skimage.metrics import structural_similarity
@@ -14,7 +16,7 @@ from skimage.metrics import structural_similarity
 from vdsr.errors import InvalidArgument
 
 
-def shave(image: NDArray, border: int) -> NDArray:
+def shave(image: NDArray[Any], border: int) -> NDArray[Any]:
     """Drop ``border`` pixels from each side of an ``(H, W, ...)`` array."""
     if border < 0:
         raise InvalidArgument(f"border must be >= 0, got {border}")
@@ -26,7 +28,7 @@ def shave(image: NDArray, border: int) -> NDArray:
 
 
 def psnr(
-    reference: NDArray, test: NDArray, border: int = 0, data_range: float = 255.0
+    reference: NDArray[Any], test: NDArray[Any], border: int = 0, data_range: float = 255.0
 ) -> float:
     """Peak signal-to-noise ratio in dB between two same-shaped arrays.
 
@@ -43,7 +45,7 @@ def psnr(
 
 
 def ssim(
-    reference: NDArray, test: NDArray, border: int = 0, data_range: float = 255.0
+    reference: NDArray[Any], test: NDArray[Any], border: int = 0, data_range: float = 255.0
 ) -> float:
     """Mean SSIM of two ``(H, W)`` images, following Wang et al.'s ``ssim_index.m``.
 

@@ -13,7 +13,7 @@ from numpy.typing import NDArray
 from vdsr.fileio import atomic_path
 
 
-def _figure():  # type: ignore[no-untyped-def]
+def _figure():
     import matplotlib
 
     matplotlib.use("Agg")

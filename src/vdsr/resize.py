@@ -11,6 +11,7 @@ to 1e-6 (0-255 scale).
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 import torch
@@ -22,7 +23,7 @@ from vdsr.errors import InvalidArgument
 MAX_OUTPUT_PIXELS = 1 << 31  # guards against absurd scales before any memory is asked for
 
 
-def modcrop(image: NDArray, scale: int) -> NDArray:
+def modcrop(image: NDArray[Any], scale: int) -> NDArray[Any]:
     """Crop the bottom/right so that height and width are multiples of ``scale``.
 
     ``image`` is ``(H, W)`` or ``(H, W, C)``; integer division fixes the notes' float-index bug.
@@ -49,7 +50,7 @@ def output_size(height: int, width: int, scale: float) -> tuple[int, int]:
 
 
 def imresize(
-    image: NDArray,
+    image: NDArray[Any],
     scale: float | None = None,
     size: tuple[int, int] | None = None,
 ) -> NDArray[np.float64]:
