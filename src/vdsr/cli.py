@@ -19,7 +19,7 @@ from typing import Any
 
 from vdsr import constants as C  # imports nothing: defaults for --help without torch
 from vdsr.constants import BACKENDS as _BACKENDS
-from vdsr.constants import PRECISIONS
+from vdsr.constants import DEFAULT_SCALES, PRECISIONS
 
 PROG = "vdsr"
 
@@ -685,7 +685,7 @@ def build_parser() -> argparse.ArgumentParser:
             "and score both against the original (Y-PSNR/SSIM, MATLAB-compatible), beside the "
             "paper's numbers for Set5, Set14, B100 and Urban100.")
     p.add_argument("--data", nargs="+", required=True, metavar="DIR", help="folders of HR images")
-    p.add_argument("--scales", nargs="+", type=_int_scale, default=[2, 3, 4], help="scales to score")
+    p.add_argument("--scales", nargs="+", type=_int_scale, default=list(DEFAULT_SCALES), help="scales to score")
     p.add_argument("--weights", help="weights file (default: the shipped model)")
     p.add_argument("--json", help="write the results to this JSON file")
     p.add_argument("--protocol", choices=("rgb8", "ydouble"), default="rgb8",
@@ -723,7 +723,7 @@ def build_parser() -> argparse.ArgumentParser:
             "`vdsr train --h5`. Optional: `vdsr train` cuts patches on the fly by default.")
     p.add_argument("--data", nargs="+", required=True, metavar="DIR", help="folders of HR images")
     p.add_argument("-o", "--output", required=True, help="HDF5 file to write")
-    p.add_argument("--scales", nargs="+", type=_int_scale, default=[2, 3, 4], help="scales to cut pairs for")
+    p.add_argument("--scales", nargs="+", type=_int_scale, default=list(DEFAULT_SCALES), help="scales to cut pairs for")
     p.add_argument("--patch", type=_positive_int, default=41, help="patch side in pixels")
     p.add_argument("--stride", type=_positive_int, default=41, help="step between patches in pixels")
     p.add_argument("--channels", type=int, choices=(1, 3), default=1, help="1: Y only; 3: RGB")

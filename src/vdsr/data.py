@@ -32,7 +32,7 @@ from vdsr.color import rgb2y
 from vdsr.errors import DataError, ImageError
 from vdsr.fileio import atomic_path
 from vdsr.images import list_images, load_image
-from vdsr.resize import imresize, modcrop
+from vdsr.resize import degrade, imresize
 
 
 @dataclass
@@ -51,13 +51,6 @@ def to_channels(pixels: NDArray[np.float64], channels: int) -> NDArray[np.float6
     if channels == 3:
         return np.repeat(pixels[..., None], 3, axis=2) if pixels.ndim == 2 else pixels
     raise DataError(f"channels must be 1 or 3, got {channels}")
-
-
-def degrade(hr: NDArray[np.float64], scale: int) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
-    """``modcrop`` then MATLAB bicubic down by ``scale`` and back up: ``(hr, bicubic)``."""
-    hr = modcrop(hr, scale)
-    bicubic = imresize(imresize(hr, 1.0 / scale), float(scale))
-    return hr, bicubic
 
 
 def _chw(a: NDArray[np.float64]) -> NDArray[np.float32]:

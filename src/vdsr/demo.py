@@ -16,7 +16,7 @@ from vdsr.images import save_image
 from vdsr.inference import bicubic_upscale, upscale_array
 from vdsr.metrics import psnr
 from vdsr.plots import comparison
-from vdsr.resize import imresize, modcrop
+from vdsr.resize import downscale_8bit, modcrop
 from vdsr.weights import load_model
 
 
@@ -35,7 +35,7 @@ def run_demo(out_dir: Path, scale: int = 3, weights: str | None = None) -> str:
     model, _ = load_model(weights)
     out_dir.mkdir(parents=True, exist_ok=True)
     hr = modcrop(sample_image(), scale)
-    lr = np.clip(np.round(imresize(hr * 255.0, 1.0 / scale)), 0, 255) / 255.0
+    lr = downscale_8bit(hr, scale) / 255.0
     bicubic = np.clip(bicubic_upscale(lr, scale), 0, 1)
     sr = upscale_array(model, lr, scale)
     save_image(out_dir / "lr.png", lr)

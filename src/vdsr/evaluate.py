@@ -31,7 +31,7 @@ from vdsr.images import list_images, load_image
 from vdsr.inference import upscaler_for
 from vdsr.metrics import psnr, ssim
 from vdsr.model import VDSR
-from vdsr.resize import imresize, modcrop
+from vdsr.resize import downscale_8bit, imresize, modcrop
 
 PROTOCOLS = ("rgb8", "ydouble")
 
@@ -83,7 +83,7 @@ def make_pair(
     if protocol == "ydouble":
         lr_y = imresize(gt_y, 1.0 / scale)
     else:
-        lr = np.clip(np.round(imresize(hr * 255.0, 1.0 / scale)), 0, 255)
+        lr = downscale_8bit(hr, scale)
         lr_y = lr if gray else rgb2ycbcr(lr / 255.0)[..., 0] * 255.0
     bicubic_y = imresize(lr_y, scale)
     return gt_y, bicubic_y

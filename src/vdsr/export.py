@@ -25,15 +25,16 @@ import torch
 from numpy.typing import NDArray
 
 from vdsr.color import rgb2y
+from vdsr.constants import DEFAULT_SCALES
 from vdsr.errors import VDSRError
 from vdsr.fileio import atomic_path
 from vdsr.model import VDSR
-from vdsr.resize import imresize, modcrop
+from vdsr.resize import degrade
 
 # scikit-image's bundled photos used for int8 calibration (not ``chelsea``: `vdsr demo` scores it).
 CALIBRATION_IMAGES = ("astronaut", "camera", "coffee", "rocket", "coins", "moon")
 CALIBRATION_CROP = 120  # divisible by every scale, so all inputs share one shape
-CALIBRATION_SCALES = (2, 3, 4)
+CALIBRATION_SCALES = DEFAULT_SCALES
 
 
 def onnx_bytes(model: VDSR, opset: int = 17) -> bytes:
@@ -77,8 +78,7 @@ def calibration_inputs(channels: int, crop: int = CALIBRATION_CROP) -> Iterator[
         hr = hr[top : top + crop, left : left + crop]
         pixels = rgb2y(hr)[..., None] if channels == 1 else hr
         for scale in CALIBRATION_SCALES:
-            hr_s = modcrop(pixels, scale)
-            bic = np.clip(imresize(imresize(hr_s, 1.0 / scale), scale), 0.0, 1.0)
+            bic = np.clip(degrade(pixels, scale)[1], 0.0, 1.0)
             yield np.ascontiguousarray(bic.transpose(2, 0, 1)[None], dtype=np.float32)
 
 

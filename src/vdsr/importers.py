@@ -60,7 +60,7 @@ def import_matconvnet(path: str | Path) -> tuple[dict[str, torch.Tensor], Weight
     meta = WeightsMetadata(
         config=config,
         source=f"official VDSR MatConvNet model (Kim et al., CVPR 2016), imported from {path.name}",
-        recipe={"trained_by": "the paper's authors", "data": "291 images", "scales": [2, 3, 4]},
+        recipe={"trained_by": "the paper's authors", "data": "291 images", "scales": list(DEFAULT_SCALES)},
     )
     return state, meta
 

@@ -180,3 +180,18 @@ def imresize_banded(plane: NDArray[np.floating], scale: float, size: tuple[int, 
     for r in range(0, out_h, BAND):
         out[r:r + BAND] = (padded[:, r:r + BAND][fov1] * wts1[:, :, None]).sum(1).T
     return out
+
+
+def degrade(hr: NDArray[np.float64], scale: int) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    """The training degradation: ``modcrop`` then MATLAB bicubic down by ``scale`` and back up.
+
+    Returns ``(hr, bicubic)``, both float64 on ``hr``'s scale, unclipped.
+    """
+    hr = modcrop(hr, scale)
+    return hr, imresize(imresize(hr, 1.0 / scale), float(scale))
+
+
+def downscale_8bit(hr: NDArray[np.float64], scale: int) -> NDArray[np.float64]:
+    """The low-resolution image of the benchmark protocol: MATLAB bicubic ``1/scale`` of an HR image
+    in [0, 1], rounded to 8 bits as a saved file would be. Returns 0-255 float64 values."""
+    return np.clip(np.round(imresize(hr * 255.0, 1.0 / scale)), 0, 255)

@@ -10,7 +10,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from vdsr.constants import OPTIMIZERS, RESUME_OVERRIDES, SCHEDULES
+from vdsr.constants import DEFAULT_SCALES, OPTIMIZERS, RESUME_OVERRIDES, SCHEDULES
 from vdsr.errors import VDSRError
 from vdsr.model import VDSRConfig
 
@@ -31,7 +31,7 @@ class TrainConfig:
     train_dirs: list[str] = field(default_factory=lambda: ["../shared/datasets/T91", "../shared/datasets/BSD200"])
     h5: str | None = None
     val_dir: str | None = "../shared/datasets/Set5"
-    scales: list[int] = field(default_factory=lambda: [2, 3, 4])
+    scales: list[int] = field(default_factory=lambda: list(DEFAULT_SCALES))
     downscales: list[float] = field(default_factory=lambda: [1.0, 0.7, 0.5])
     channels: int = 1
     depth: int = 20

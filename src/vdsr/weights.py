@@ -28,6 +28,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from vdsr.constants import DEFAULT_SCALES
 from vdsr.errors import WeightsError
 from vdsr.fileio import atomic_path
 from vdsr.model import VDSR, VDSRConfig
@@ -50,7 +51,7 @@ class WeightsMetadata:
 
     config: VDSRConfig
     color: str = Y_CONVENTION
-    scales: list[int] = field(default_factory=lambda: [2, 3, 4])
+    scales: list[int] = field(default_factory=lambda: list(DEFAULT_SCALES))
     source: str = ""
     recipe: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
@@ -87,7 +88,7 @@ class WeightsMetadata:
         except (KeyError, TypeError, ValueError) as exc:
             raise WeightsError(f"{path}: bad model config in metadata ({exc})") from None
         known = {"format", "format_version", "model", "color", "scales", "source", "recipe", "metrics"}
-        scales = body.get("scales", [2, 3, 4])
+        scales = body.get("scales", list(DEFAULT_SCALES))
         if not isinstance(scales, list):
             raise WeightsError(f"{path}: metadata 'scales' must be a list")
         return cls(
