@@ -12,6 +12,10 @@ a compiled function) lives in the backend, never on the model.
 | ``compile``   | :mod:`.pytorch`     | cpu, cuda | fp32, tf32, fp16, bf16     |
 | ``onnxruntime`` | :mod:`.ort`       | cpu       | fp32                       |
 | ``int8``      | :mod:`.ort`         | cpu       | int8 body, fp32 ends       |
+| ``openvino``  | :mod:`.openvino`    | cpu       | fp32; bf16 on bf16 CPUs    |
+
+``auto`` is chosen from measurements (docs/cpu_backends.md) and the CPU's features
+(:mod:`vdsr.cpu`), never assumed: see :func:`pick_backend`.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from typing import Protocol, runtime_checkable
 import torch
 
 from vdsr.constants import BACKENDS
+from vdsr.cpu import CpuFeatures, cpu_features
 from vdsr.errors import BackendUnavailable, InvalidArgument
 from vdsr.model import VDSR
 from vdsr.precision import resolve_precision
@@ -48,24 +53,51 @@ def _ort_available() -> bool:
     return True
 
 
-def pick_backend(backend: str, device: torch.device, precision: str = "auto") -> str:
+def _openvino_available() -> bool:
+    from vdsr.backends.openvino import openvino_available
+
+    return openvino_available()
+
+
+def pick_backend(backend: str, device: torch.device, precision: str = "auto",
+                 features: CpuFeatures | None = None) -> str:
     """Resolve ``"auto"`` and check that ``backend`` can run on ``device``.
 
-    ``auto`` is ONNX Runtime on a CPU when it is installed and the precision is fp32 (the fastest
-    exact path measured on CPUs, BENCHMARKS.md), else PyTorch.
+    ``auto`` on a CPU (measured, docs/cpu_backends.md; ``features`` default to
+    :func:`vdsr.cpu.cpu_features`, which ``$VDSR_CPU_FEATURES`` overrides):
+
+    * fp32 (and ``auto`` precision): ONNX Runtime fp32 when installed, else OpenVINO fp32 when
+      installed, else PyTorch. The int8 graphs are faster but none kept both the shipped and
+      the official weights within 0.02 dB of fp32 on Set5 and Set14, so int8 stays opt-in
+      (``int8``); OpenVINO fp32 was no faster than ONNX Runtime.
+    * bf16: OpenVINO where the CPU has native bf16 (AVX512_BF16 or AMX) and OpenVINO is
+      installed, else PyTorch (which emulates bf16 on other CPUs).
+
+    Everywhere else PyTorch, which runs on every machine.
     """
     if backend not in BACKENDS:
         raise InvalidArgument(f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")
-    if backend in ("onnxruntime", "int8"):
+    if backend in ("onnxruntime", "int8", "openvino"):
         if device.type != "cpu":
             raise BackendUnavailable(backend, f"it runs on the CPU only, not {device}")
-        if not _ort_available():
+        if backend == "openvino" and not _openvino_available():
+            raise BackendUnavailable(backend, "openvino is not installed (pip install openvino)")
+        if backend != "openvino" and not _ort_available():
             raise BackendUnavailable(backend, "onnxruntime is not installed (pip install onnxruntime)")
         return backend
     if backend != "auto":
         return backend
-    if device.type == "cpu" and precision in ("auto", "fp32") and _ort_available():
-        return "onnxruntime"
+    if device.type != "cpu":
+        return "torch"
+    if precision in ("auto", "fp32"):
+        if _ort_available():
+            return "onnxruntime"
+        if _openvino_available():
+            return "openvino"
+        return "torch"
+    features = features if features is not None else cpu_features()
+    if precision == "bf16" and features.bf16 and _openvino_available():
+        return "openvino"
     return "torch"
 
 
@@ -79,7 +111,8 @@ def create_backend(model: VDSR, backend: str = "auto", device: str | torch.devic
         device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``...
         precision: one of :data:`vdsr.constants.PRECISIONS`; ``"auto"`` per
             :func:`vdsr.precision.resolve_precision`.
-        threads: CPU threads for ONNX Runtime (None: its default, all cores).
+        threads: CPU threads for ONNX Runtime (None: its default, all cores) and OpenVINO
+            (None: ``torch.get_num_threads()``).
     """
     dev = torch.device(device)
     name = pick_backend(backend, dev, precision)
@@ -88,6 +121,10 @@ def create_backend(model: VDSR, backend: str = "auto", device: str | torch.devic
         from vdsr.backends.ort import OrtBackend
 
         return OrtBackend(model, int8=name == "int8", threads=threads)
+    if name == "openvino":
+        from vdsr.backends.openvino import OpenVinoBackend
+
+        return OpenVinoBackend(model, resolved, threads)
     from vdsr.backends.pytorch import TorchBackend
 
     return TorchBackend(model, dev, resolved, compile=name == "compile")
