@@ -1,8 +1,9 @@
 """The ONNX Runtime backends (CPU): ``onnxruntime`` (fp32) and ``int8`` (statically quantised).
 
 The int8 graph takes seconds to calibrate (:func:`vdsr.export.onnx_int8_bytes`), so it is cached
-on disk by a hash of the weights; a cached file that is not a valid model is recalibrated and
-replaced, never trusted.
+on disk by a hash of the weights; a cached file that is not a valid model, or that is a valid model
+made for another key (stale: other weights, recipe or exporter), is rebuilt and replaced, never
+trusted. The key is also written into the graph's metadata (``vdsr_cache_key``) and checked on read.
 """
 
 from __future__ import annotations
@@ -33,7 +34,11 @@ def cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "vdsr"
 
 
-def _valid_onnx(data: bytes) -> bool:
+CACHE_KEY_PROP = "vdsr_cache_key"  # graph metadata: the cache key the graph was made for
+
+
+def _valid_onnx(data: bytes, key: str | None = None) -> bool:
+    """Whether ``data`` is a checked ONNX model with our input (and, given ``key``, made for it)."""
     import onnx
 
     try:
@@ -41,7 +46,18 @@ def _valid_onnx(data: bytes) -> bool:
         onnx.checker.check_model(model)
     except Exception:  # protobuf and checker errors have no common base class
         return False
+    if key is not None and {p.key: p.value for p in model.metadata_props}.get(CACHE_KEY_PROP) != key:
+        return False
     return bool(model.graph.node) and [i.name for i in model.graph.input][:1] == ["input"]
+
+
+def _with_key(data: bytes, key: str) -> bytes:
+    """``data`` with ``key`` in its metadata (the file's name alone does not prove what it holds)."""
+    import onnx
+
+    model = onnx.load_from_string(data)
+    onnx.helper.set_model_props(model, {CACHE_KEY_PROP: key})
+    return bytes(model.SerializeToString())
 
 
 def graph_cache_path(model: VDSR, kind: str) -> Path:
@@ -76,14 +92,15 @@ def _cached(model: VDSR, kind: str) -> bytes:
     """A derived graph from the cache when it is a valid model, else made, cached and returned.
 
     A cache that cannot be written is skipped (the result is then just not reused); a damaged
-    file is rebuilt and replaced, never handed to ONNX Runtime.
+    or stale file (not made for this key) is rebuilt and replaced, never handed to a runtime.
     """
     path = graph_cache_path(model, kind)
+    key = path.stem
     try:
         data = path.read_bytes()
-        if _valid_onnx(data):
+        if _valid_onnx(data, key):
             return data
-        log.info("cached model %s is damaged; rebuilding it", path)
+        log.info("cached model %s is damaged or stale; rebuilding it", path)
     except OSError:
         pass
     if kind == "int8":
@@ -91,6 +108,7 @@ def _cached(model: VDSR, kind: str) -> bytes:
         data = export.onnx_int8_bytes(model)
     else:
         data = export.onnx_bytes(model)
+    data = _with_key(data, key)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         with atomic_path(path) as tmp:
