@@ -124,7 +124,7 @@ def candidates(model: VDSR, threads: int, which: set[str] | None, compile_: bool
         made[f"onnxruntime int8 {split[0]}+{split[1]}"] = (
             lambda s=split: OrtGraph(int8_graph(s), f"int8 {s[0]}+{s[1]}", threads))
     if openvino_available():
-        made["openvino int8 3+1"] = lambda: OpenVinoBackend(model, "fp32", threads, graph=int8_graph((3, 1)))
+        made["openvino int8 3+1"] = lambda: OpenVinoBackend(model, "int8", threads, graph=int8_graph((3, 1)))
     if bf16:
         made["torch bf16"] = lambda: TorchBackend(model, torch.device("cpu"), "bf16")
     if compile_:
@@ -181,31 +181,32 @@ def model_macs(model: VDSR) -> int:
 
 
 def accuracy(weights: dict[str, Path | None], threads: int, which: set[str] | None,
-             results: dict[str, Any], save: Callable[[], None]) -> None:
+             datasets: list[str], results: dict[str, Any], save: Callable[[], None]) -> None:
+    """Y-PSNR per weights, candidate, dataset and scale, merged into ``results["accuracy"]``;
+    (candidate, dataset) pairs already there are kept, so runs can be split and resumed."""
     acc = results.setdefault("accuracy", {})
-    for label, path in weights.items():
-        model, _ = load_model(path)
-        per = acc.setdefault(label, {})
-        for name, make in candidates(model, threads, which, False, bf16=True).items():
-            skip = ("eager fp32 (baseline)", "torch fp32 channels_last", "torch bf16")
-            if name in skip and (which is None or name not in which):
-                continue  # fp32 like the reference; torch bf16 emulated is slow (on request only)
-            if name in per:
-                continue
-            t0 = time.perf_counter()
-            up = Upscaler(model, backend_instance=make(), tile=None)
-            scores = {}
-            for dataset in DATASETS:
+    for dataset in datasets:
+        for label, path in weights.items():
+            model, _ = load_model(path)
+            per = acc.setdefault(label, {})
+            for name, make in candidates(model, threads, which, False, bf16=True).items():
+                skip = ("eager fp32 (baseline)", "torch fp32 channels_last", "torch bf16")
+                if name in skip and (which is None or name not in which):
+                    continue  # fp32 like the reference; torch bf16 emulated is slow (on request)
+                scores = per.setdefault(name, {})
+                if f"{dataset} x{SCALES[0]}" in scores:
+                    continue
+                t0 = time.perf_counter()
+                up = Upscaler(model, backend_instance=make(), tile=None)
                 for r in evaluate_folder(up, SHARED / "datasets" / dataset, SCALES, with_ssim=False):
                     scores[f"{dataset} x{r.scale}"] = r.psnr
-            per[name] = scores
-            ref = per.get("onnxruntime fp32")
-            delta = {k: v - ref[k] for k, v in scores.items()} if ref else {}
-            print(f"{label} {name}: {time.perf_counter() - t0:.0f} s  " + "  ".join(
-                f"{k} {v:.3f}" + (f" ({delta[k]:+.3f})" if delta else "") for k, v in scores.items()),
-                flush=True)
-            save()
-    add_deltas(acc)
+                ref = per.get("onnxruntime fp32", {})
+                print(f"{label} {dataset} {name}: {time.perf_counter() - t0:.0f} s  " + "  ".join(
+                    f"x{s} {scores[f'{dataset} x{s}']:.3f}"
+                    + (f" ({scores[f'{dataset} x{s}'] - ref[f'{dataset} x{s}']:+.3f})"
+                       if f"{dataset} x{s}" in ref else "") for s in SCALES), flush=True)
+                add_deltas(acc)
+                save()
 
 
 def add_deltas(acc: dict[str, Any]) -> None:
@@ -219,7 +220,8 @@ def add_deltas(acc: dict[str, Any]) -> None:
             if name.startswith("_"):
                 continue
             delta = {k: scores[k] - ref[k] for k in scores if k in ref}
-            summary[name] = {"delta_db": delta, "worst_db": min(delta.values())}
+            if delta:
+                summary[name] = {"delta_db": delta, "worst_db": min(delta.values())}
         per["_vs_fp32"] = summary
 
 
@@ -231,6 +233,7 @@ def main() -> None:
     parser.add_argument("--bf16", action="store_true",
                         help="time bf16 paths even without native bf16 (emulated: shows they lose)")
     parser.add_argument("--only", nargs="*", help="candidate names to run (default: all)")
+    parser.add_argument("--datasets", nargs="+", default=list(DATASETS), help="for --accuracy")
     parser.add_argument("--size", type=int, default=384)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
@@ -241,9 +244,10 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     results: dict[str, Any] = json.loads(args.out.read_text()) if args.out.exists() else {}
+    note = args.note or results.get("machine", {}).get("note", "")
     results["machine"] = {
         "cpu": cpu_name(), "features": cpu_features().to_dict(), "cores_used": args.threads,
-        "torch": torch.__version__, "python": platform.python_version(), "note": args.note,
+        "torch": torch.__version__, "python": platform.python_version(), "note": note,
         **_versions(),
     }
 
@@ -261,7 +265,7 @@ def main() -> None:
             weights["official"] = args.official
         else:
             print(f"official weights not found at {args.official}; shipped only", file=sys.stderr)
-        accuracy(weights, args.threads, which, results, save)
+        accuracy(weights, args.threads, which, args.datasets, results, save)
         save()
 
 

@@ -205,3 +205,35 @@ def test_int8_split_is_a_parameter() -> None:
     assert set(_int8_excluded(graph)) == {*convs[:3], convs[-1], last}  # the package's recipe
     assert set(_int8_excluded(graph, 5, 2)) == {*convs[:5], *convs[-2:], last}
     assert set(_int8_excluded(graph, 0, 0)) == {last}
+
+
+# -- which runtime runs the int8 graph ---------------------------------------------------------
+
+def test_int8_runtime_follows_the_features(monkeypatch: pytest.MonkeyPatch) -> None:
+    import vdsr.export as export
+    from vdsr.backends import int8_runtime
+
+    model = tiny_model(depth=8, width=16)
+    x = torch.from_numpy(next(export.calibration_inputs(1))[:, :, :40, :44])
+    with torch.no_grad():
+        ref = model(x)
+    monkeypatch.setenv(CPU_FEATURES_ENV, "avx2")  # no VNNI: ONNX Runtime, the fallback
+    assert int8_runtime() == "onnxruntime"
+    ort_int8 = create_backend(model, "int8")
+    assert (ort_int8.name, ort_int8.precision, getattr(ort_int8, "runtime", None)) == (
+        "int8", "int8", "onnxruntime")
+    ort_out = ort_int8(x)
+    assert 0 < (ort_out - ref).abs().max() < 0.02
+    if not HAVE_OPENVINO:
+        monkeypatch.setenv(CPU_FEATURES_ENV, "avx512,vnni")
+        assert int8_runtime() == "onnxruntime"
+        return
+    monkeypatch.setenv(CPU_FEATURES_ENV, "avx512,vnni")
+    assert int8_runtime() == "openvino"
+    ov_int8 = create_backend(model, "int8")  # the same cached graph, no recalibration
+    monkeypatch.setattr(export, "onnx_int8_bytes", lambda *a, **k: pytest.fail("recalibrated"))
+    assert (ov_int8.name, ov_int8.precision, getattr(ov_int8, "runtime", None)) == (
+        "int8", "int8", "openvino")
+    ov_out = ov_int8(x)
+    assert 0 < (ov_out - ref).abs().max() < 0.02
+    assert (ov_out - ort_out).abs().max() < 0.01  # one graph, two runtimes' int8 kernels

@@ -11,7 +11,7 @@ a compiled function) lives in the backend, never on the model.
 | ``torch``     | :mod:`.pytorch`     | cpu, cuda | fp32, tf32, fp16, bf16     |
 | ``compile``   | :mod:`.pytorch`     | cpu, cuda | fp32, tf32, fp16, bf16     |
 | ``onnxruntime`` | :mod:`.ort`       | cpu       | fp32                       |
-| ``int8``      | :mod:`.ort`         | cpu       | int8 body, fp32 ends       |
+| ``int8``      | :mod:`.ort`, :mod:`.openvino` | cpu | int8 body, fp32 ends   |
 | ``openvino``  | :mod:`.openvino`    | cpu       | fp32; bf16 on bf16 CPUs    |
 
 ``auto`` is chosen from measurements (docs/cpu_backends.md) and the CPU's features
@@ -31,7 +31,7 @@ from vdsr.errors import BackendUnavailable, InvalidArgument
 from vdsr.model import VDSR
 from vdsr.precision import resolve_precision
 
-__all__ = ["Backend", "create_backend", "pick_backend", "shared_backend"]
+__all__ = ["Backend", "create_backend", "int8_runtime", "pick_backend", "shared_backend"]
 
 
 @runtime_checkable
@@ -69,7 +69,9 @@ def pick_backend(backend: str, device: torch.device, precision: str = "auto",
     * fp32 (and ``auto`` precision): ONNX Runtime fp32 when installed, else OpenVINO fp32 when
       installed, else PyTorch. The int8 graphs are faster but none kept both the shipped and
       the official weights within 0.02 dB of fp32 on Set5 and Set14, so int8 stays opt-in
-      (``int8``); OpenVINO fp32 was no faster than ONNX Runtime.
+      (``int8``, run by :func:`int8_runtime`). OpenVINO fp32 was 1.1-1.3x ONNX Runtime's speed
+      on an AVX512_VNNI Xeon but 0.94x on the AMD EPYC of issue 17: no clear winner, and
+      ONNX Runtime is a dependency where OpenVINO is an extra.
     * bf16: OpenVINO where the CPU has native bf16 (AVX512_BF16 or AMX) and OpenVINO is
       installed, else PyTorch (which emulates bf16 on other CPUs).
 
@@ -101,6 +103,20 @@ def pick_backend(backend: str, device: torch.device, precision: str = "auto",
     return "torch"
 
 
+def int8_runtime(features: CpuFeatures | None = None) -> str:
+    """Which runtime runs the ``int8`` backend's graph: ``"openvino"`` or ``"onnxruntime"``.
+
+    OpenVINO where it is installed and the CPU has VNNI (int8 dot products): on the same graph it
+    was 1.3x faster than ONNX Runtime on an AVX512_VNNI Xeon (docs/cpu_backends.md). Elsewhere
+    ONNX Runtime, measured at 3.3x the eager baseline on an AVX2 EPYC (BENCHMARKS.md); OpenVINO's
+    int8 without VNNI was not measured. ``features`` default to :func:`vdsr.cpu.cpu_features`.
+    """
+    features = features if features is not None else cpu_features()
+    if features.vnni and _openvino_available():
+        return "openvino"
+    return "onnxruntime"
+
+
 def create_backend(model: VDSR, backend: str = "auto", device: str | torch.device = "cpu",
                    precision: str = "auto", threads: int | None = None) -> Backend:
     """A new backend running ``model`` (its weights as they are now).
@@ -117,6 +133,10 @@ def create_backend(model: VDSR, backend: str = "auto", device: str | torch.devic
     dev = torch.device(device)
     name = pick_backend(backend, dev, precision)
     resolved = resolve_precision(precision, dev, name)
+    if name == "int8" and int8_runtime() == "openvino":
+        from vdsr.backends.openvino import OpenVinoBackend
+
+        return OpenVinoBackend(model, "int8", threads)
     if name in ("onnxruntime", "int8"):
         from vdsr.backends.ort import OrtBackend
 

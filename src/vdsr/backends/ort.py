@@ -125,6 +125,7 @@ class OrtBackend:
     """
 
     device = torch.device("cpu")
+    runtime = "onnxruntime"
 
     def __init__(self, model: VDSR, int8: bool = False, threads: int | None = None) -> None:
         try:
