@@ -53,7 +53,7 @@ SHARED = ROOT.parent / "shared"
 OUT = ROOT / "benchmarks" / "results_cpu_backends.json"
 DATASETS = ("Set5", "Set14")
 SCALES = (2, 3, 4)
-INT8_SPLITS = ((3, 1), (5, 1), (10, 1), (3, 3))  # (first, last) convolutions kept fp32
+INT8_SPLITS = ((3, 1), (5, 1), (10, 1), (3, 3), (3, 9))  # (first, last) convolutions kept fp32
 
 
 class EagerNCHW:
@@ -225,11 +225,33 @@ def add_deltas(acc: dict[str, Any]) -> None:
         per["_vs_fp32"] = summary
 
 
+def table(results: dict[str, Any]) -> str:
+    """The accuracy differences to fp32 as a markdown table: one row per candidate and weights."""
+    keys = [f"{d} x{s}" for d in DATASETS for s in SCALES]
+    lines = ["| path | weights | " + " | ".join(keys) + " | worst |",
+             "|---|---|" + "---|" * (len(keys) + 1)]
+    acc = results.get("accuracy", {})
+    names = list(dict.fromkeys(n for per in acc.values() for n in per.get("_vs_fp32", {})))
+    for name in names:
+        for label, per in acc.items():
+            row = per.get("_vs_fp32", {}).get(name)
+            if row is None or name == "onnxruntime fp32":
+                continue
+            cells = [f"{row['delta_db'][k]:+.3f}" if k in row["delta_db"] else "" for k in keys]
+            lines.append(f"| {name} | {label} | " + " | ".join(cells) + f" | {row['worst_db']:+.3f} |")
+    ref = {label: per.get("onnxruntime fp32", {}) for label, per in acc.items()}
+    for label, scores in ref.items():
+        cells = [f"{scores[k]:.3f}" if k in scores else "" for k in keys]
+        lines.append(f"| fp32 (reference, dB) | {label} | " + " | ".join(cells) + " | |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--speed", action="store_true")
     parser.add_argument("--accuracy", action="store_true")
     parser.add_argument("--compile", action="store_true", help="also time torch.compile")
+    parser.add_argument("--table", action="store_true", help="print the accuracy table (markdown)")
     parser.add_argument("--bf16", action="store_true",
                         help="time bf16 paths even without native bf16 (emulated: shows they lose)")
     parser.add_argument("--only", nargs="*", help="candidate names to run (default: all)")
@@ -255,9 +277,10 @@ def main() -> None:
         args.out.write_text(json.dumps(results, indent=1) + "\n")
 
     which = set(args.only) if args.only else None
-    if args.speed:
-        results["speed"] = speed(load_model()[0], args.size, args.rounds, args.threads, which,
-                                 args.compile, args.bf16 or cpu_features().bf16)
+    if args.speed:  # runs accumulate: under load only ratios within one run compare
+        run = speed(load_model()[0], args.size, args.rounds, args.threads, which, args.compile,
+                    args.bf16 or cpu_features().bf16)
+        results.setdefault("speed_runs", []).append({**run, "note": note})
         save()
     if args.accuracy:
         weights: dict[str, Path | None] = {"shipped": None}
@@ -267,6 +290,8 @@ def main() -> None:
             print(f"official weights not found at {args.official}; shipped only", file=sys.stderr)
         accuracy(weights, args.threads, which, args.datasets, results, save)
         save()
+    if args.table:
+        print(table(results))
 
 
 def _versions() -> dict[str, str]:
