@@ -124,7 +124,9 @@ def candidates(model: VDSR, threads: int, which: set[str] | None, compile_: bool
         made[f"onnxruntime int8 {split[0]}+{split[1]}"] = (
             lambda s=split: OrtGraph(int8_graph(s), f"int8 {s[0]}+{s[1]}", threads))
     if openvino_available():
-        made["openvino int8 3+1"] = lambda: OpenVinoBackend(model, "int8", threads, graph=int8_graph((3, 1)))
+        for split in ((3, 1), (3, 3)):
+            made[f"openvino int8 {split[0]}+{split[1]}"] = (
+                lambda s=split: OpenVinoBackend(model, "int8", threads, graph=int8_graph(s)))
     if bf16:
         made["torch bf16"] = lambda: TorchBackend(model, torch.device("cpu"), "bf16")
     if compile_:

@@ -237,3 +237,38 @@ def test_int8_runtime_follows_the_features(monkeypatch: pytest.MonkeyPatch) -> N
     ov_out = ov_int8(x)
     assert 0 < (ov_out - ref).abs().max() < 0.02
     assert (ov_out - ort_out).abs().max() < 0.01  # one graph, two runtimes' int8 kernels
+
+
+def test_mixed_keeps_the_last_three_convolutions_fp32(monkeypatch: pytest.MonkeyPatch) -> None:
+    import onnx
+
+    from vdsr.backends import ort
+
+    monkeypatch.setenv(CPU_FEATURES_ENV, "avx2")  # ONNX Runtime runs it
+    model = tiny_model(depth=8, width=16)
+    backend = create_backend(model, "mixed")
+    assert (backend.name, backend.precision) == ("mixed", "mixed")
+    import vdsr.export as export
+
+    x = torch.from_numpy(next(export.calibration_inputs(1))[:, :, :30, :26])  # a natural image
+    with torch.no_grad():
+        assert (backend(x) - model(x)).abs().max() < 0.02
+    graph = onnx.load_from_string(ort.cached_graph_bytes(model, "mixed")).graph
+    dequantised = {o for n in graph.node if n.op_type == "DequantizeLinear" for o in n.output}
+    quantised = [n.input[1] in dequantised for n in graph.node if n.op_type == "Conv"]
+    assert quantised == [False] * 3 + [True] * 2 + [False] * 3  # 8 convs: 3 fp32, 2 int8, 3 fp32
+    assert resolve_precision("auto", CPU, "mixed") == "mixed"
+
+
+def test_auto_takes_mixed_only_when_enabled_and_vnni(monkeypatch: pytest.MonkeyPatch) -> None:
+    import vdsr.backends as backends
+
+    monkeypatch.setenv(CPU_FEATURES_ENV, "avx512,vnni")
+    assert pick_backend("auto", CPU) == "onnxruntime"  # off by default (see CPU_AUTO_MIXED)
+    monkeypatch.setattr(backends, "CPU_AUTO_MIXED", True)
+    assert pick_backend("auto", CPU) == "mixed"
+    assert pick_backend("auto", CPU, "fp32") == "onnxruntime"  # fp32 asked for: exact
+    monkeypatch.setenv(CPU_FEATURES_ENV, "avx2")  # no VNNI: the exact fallback
+    assert pick_backend("auto", CPU) == "onnxruntime"
+    monkeypatch.setenv(CPU_FEATURES_ENV, "none")
+    assert pick_backend("auto", CPU) == "onnxruntime"

@@ -18,7 +18,8 @@ SERVER_MAX_OUTPUT_PIXELS = 64_000_000
 SERVER_MAX_UPLOAD_MB = 20
 
 # Inference backends: "auto" picks the fastest measured one for the device (BENCHMARKS.md).
-BACKENDS: tuple[str, ...] = ("auto", "torch", "compile", "onnxruntime", "int8", "openvino")
+BACKENDS: tuple[str, ...] = ("auto", "torch", "compile", "onnxruntime", "int8", "mixed",
+                             "openvino")
 # Numeric precision of the network's arithmetic; "auto" picks per device (see vdsr.precision).
 PRECISIONS: tuple[str, ...] = ("auto", "fp32", "tf32", "fp16", "bf16")
 

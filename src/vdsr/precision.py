@@ -37,10 +37,10 @@ def resolve_precision(precision: str, device: torch.device, backend: str) -> str
     """
     if precision not in PRECISIONS:
         raise InvalidArgument(f"unknown precision {precision!r}; choose from {', '.join(PRECISIONS)}")
-    if backend == "int8":
+    if backend in ("int8", "mixed"):
         if precision not in ("auto", "fp32"):
-            raise InvalidArgument(f"the int8 backend has its own precision; {precision} is not possible")
-        return "int8"
+            raise InvalidArgument(f"the {backend} backend has its own precision; {precision} is not possible")
+        return backend
     if backend == "onnxruntime":
         if precision not in ("auto", "fp32"):
             raise InvalidArgument(f"the onnxruntime backend runs fp32 only; the torch backend runs {precision}")

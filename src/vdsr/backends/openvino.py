@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from vdsr.backends.ort import cached_fp32_bytes, cached_int8_bytes
+from vdsr.backends.ort import INT8_SPLITS, cached_graph_bytes
 from vdsr.errors import BackendUnavailable, InvalidArgument
 from vdsr.model import VDSR
 
@@ -33,7 +33,7 @@ __all__ = ["OV_PRECISIONS", "OpenVinoBackend", "openvino_available"]
 
 # Our precision names -> OpenVINO's INFERENCE_PRECISION_HINT. "int8" is the int8 backend's QDQ
 # graph: its quantised convolutions run in int8 (VNNI), the layers it keeps in fp32 in f32.
-OV_PRECISIONS = {"fp32": "f32", "bf16": "bf16", "int8": "f32"}
+OV_PRECISIONS = {"fp32": "f32", "bf16": "bf16", "int8": "f32", "mixed": "f32"}
 
 
 def openvino_available() -> bool:
@@ -55,7 +55,7 @@ class OpenVinoBackend:
         model: the network.
         precision: ``"fp32"``, ``"bf16"`` (already resolved: :func:`vdsr.precision.resolve_precision`
             refuses bf16 on CPUs without it) or ``"int8"`` (the int8 backend's cached graph; the
-            backend's ``name`` is then ``"int8"``).
+            backend's ``name`` is then ``"int8"``) or ``"mixed"`` (likewise).
         threads: inference threads (None: ``torch.get_num_threads()``, which follows the
             caller's ``torch.set_num_threads``).
         graph: an ONNX graph of ``model`` to compile instead of its cached fp32 one (e.g. the
@@ -73,12 +73,12 @@ class OpenVinoBackend:
             raise BackendUnavailable("openvino", "openvino is not installed (pip install openvino)") from None
         if precision not in OV_PRECISIONS:
             raise InvalidArgument(f"the openvino backend runs {' or '.join(OV_PRECISIONS)}, not {precision}")
-        self.name = "int8" if precision == "int8" else "openvino"
+        self.name = precision if precision in INT8_SPLITS else "openvino"
         self.precision = precision
         self.threads = int(threads or torch.get_num_threads())
         core = ov.Core()
         if graph is None:
-            graph = cached_int8_bytes(model) if precision == "int8" else cached_fp32_bytes(model)
+            graph = cached_graph_bytes(model, precision)
         network = core.read_model(graph)
         config: dict[str, Any] = {
             "INFERENCE_PRECISION_HINT": OV_PRECISIONS[precision],
