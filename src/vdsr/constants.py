@@ -20,7 +20,8 @@ SERVER_PREVIEW_JOBS = 2  # bicubic previews computed at once by `vdsr serve` (ow
 SERVER_MAX_QUEUE = 32  # VDSR jobs waiting on `vdsr serve`; uploads are held in memory meanwhile
 
 # Inference backends: "auto" picks the fastest measured one for the device (BENCHMARKS.md).
-BACKENDS: tuple[str, ...] = ("auto", "torch", "compile", "onnxruntime", "int8")
+BACKENDS: tuple[str, ...] = ("auto", "torch", "compile", "onnxruntime", "int8", "mixed",
+                             "openvino")
 # Numeric precision of the network's arithmetic; "auto" picks per device (see vdsr.precision).
 PRECISIONS: tuple[str, ...] = ("auto", "fp32", "tf32", "fp16", "bf16")
 

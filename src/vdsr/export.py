@@ -82,14 +82,17 @@ def calibration_inputs(channels: int, crop: int = CALIBRATION_CROP) -> Iterator[
             yield np.ascontiguousarray(bic.transpose(2, 0, 1)[None], dtype=np.float32)
 
 
-def _int8_excluded(graph: Any) -> list[str]:
-    """Nodes kept in fp32: the first three and the last convolution and the final (residual) node.
+def _int8_excluded(graph: Any, keep_first: int = 3, keep_last: int = 1) -> list[str]:
+    """Nodes kept in fp32: the first ``keep_first`` and the last ``keep_last`` convolutions and
+    the final (residual) node.
 
     On the official weights, quantising the 2nd and 3rd convolutions cost 0.05–0.65 dB on Set5
-    (×2/×4); keeping them in fp32 brought that within 0.05 dB (BENCHMARKS.md).
+    (×2/×4); keeping them in fp32 brought that within 0.05 dB (BENCHMARKS.md). Other splits are
+    measured by ``benchmarks/cpu_backends.py`` (docs/cpu_backends.md).
     """
     convs = [n.name for n in graph.node if n.op_type == "Conv"]
-    return sorted({*convs[:3], convs[-1], graph.node[-1].name})
+    tail = convs[len(convs) - keep_last:] if keep_last > 0 else []
+    return sorted({*convs[:keep_first], *tail, graph.node[-1].name})
 
 
 def _inline_shared_initializers(graph: Any) -> None:
@@ -107,8 +110,11 @@ def _inline_shared_initializers(graph: Any) -> None:
         graph.node.remove(node)
 
 
-def onnx_int8_bytes(model: VDSR) -> bytes:
-    """The model as a statically quantised int8 ONNX graph (same input/output as :func:`onnx_bytes`)."""
+def onnx_int8_bytes(model: VDSR, keep_first: int = 3, keep_last: int = 1) -> bytes:
+    """The model as a statically quantised int8 ONNX graph (same input/output as :func:`onnx_bytes`).
+
+    ``keep_first``/``keep_last``: how many of the first and last convolutions stay fp32.
+    """
     try:
         import onnx
         from onnxruntime.quantization import (
@@ -141,7 +147,7 @@ def onnx_int8_bytes(model: VDSR) -> bytes:
         quantize_static(
             str(src), str(dst), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
             activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-            calibrate_method=CalibrationMethod.MinMax, nodes_to_exclude=_int8_excluded(fp32.graph),
+            calibrate_method=CalibrationMethod.MinMax, nodes_to_exclude=_int8_excluded(fp32.graph, keep_first, keep_last),
         )
         return dst.read_bytes()
 

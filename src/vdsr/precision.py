@@ -4,7 +4,9 @@ what ``"auto"`` means.
 The rule for ``"auto"`` (``vdsr upscale``, ``evaluate``, ``serve`` and the benchmarks):
 
 * CPU: ``fp32``. The fp32 ONNX Runtime path is the fastest exact one measured on CPUs here; bf16
-  moved OpenVINO's output by up to 0.016 on the [0, 1] scale (issue 17), so it stays opt-in.
+  moved OpenVINO's output by up to 0.016 on the [0, 1] scale (issue 17) and costs more than 0.02 dB
+  of Y-PSNR (docs/cpu_backends.md), so it stays opt-in, and the ``openvino`` backend runs it only
+  on CPUs with native bf16 (AVX512_BF16 or AMX, :func:`vdsr.cpu.cpu_features`).
 * CUDA: ``fp16``. It keeps 10 mantissa bits where bf16 keeps 7: bf16 cost the authors' official
   weights 0.23 dB at x4 on held-out images (issue 16), while fp16 stayed within 0.02 dB of fp32 for
   both the shipped and the official weights on Set5 and Set14 (docs/precision.md, measured with
@@ -35,19 +37,37 @@ def resolve_precision(precision: str, device: torch.device, backend: str) -> str
     """
     if precision not in PRECISIONS:
         raise InvalidArgument(f"unknown precision {precision!r}; choose from {', '.join(PRECISIONS)}")
-    if backend == "int8":
+    if backend in ("int8", "mixed"):
         if precision not in ("auto", "fp32"):
-            raise InvalidArgument(f"the int8 backend has its own precision; {precision} is not possible")
-        return "int8"
+            raise InvalidArgument(f"the {backend} backend has its own precision; {precision} is not possible")
+        return backend
     if backend == "onnxruntime":
         if precision not in ("auto", "fp32"):
             raise InvalidArgument(f"the onnxruntime backend runs fp32 only; the torch backend runs {precision}")
         return "fp32"
+    if backend == "openvino":
+        return _openvino_precision(precision)
     if precision == "auto":
         return AUTO_PRECISION.get(device.type, "fp32")
     if precision == "tf32" and device.type != "cuda":
         raise InvalidArgument("tf32 exists on CUDA devices only")
     return precision
+
+
+def _openvino_precision(precision: str) -> str:
+    """fp32, or bf16 where the CPU computes it natively (emulated bf16 is slower than fp32)."""
+    from vdsr.cpu import cpu_features
+
+    if precision in ("auto", "fp32"):
+        return "fp32"
+    if precision != "bf16":
+        raise InvalidArgument(f"the openvino backend runs fp32 or bf16, not {precision}")
+    features = cpu_features()
+    if not features.bf16:
+        have = ", ".join(features.names()) or "none of avx2, avx512, vnni, bf16, amx"
+        raise InvalidArgument("bf16 on the openvino backend needs a CPU with AVX512_BF16 or AMX "
+                              f"(this one has {have}); use fp32")
+    return "bf16"
 
 
 def torch_dtype(precision: str) -> torch.dtype:
