@@ -147,8 +147,12 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--check-crop", type=int, default=48, help="0: skip the emulation check")
     ap.add_argument("--reuse", type=Path, help="an earlier run's JSON: keep its rows, measure the rest")
+    ap.add_argument("--table", type=Path, help="print the Markdown table of this results JSON and exit")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results_precision.json")
     args = ap.parse_args()
+    if args.table:
+        print(table(json.loads(args.table.read_text())))
+        return
     torch.set_num_threads(args.threads)
     weights = args.weights or ["shipped"]
     datas = args.data or [str(ROOT.parent / "shared" / "datasets" / "Set5")]
@@ -199,7 +203,28 @@ def main() -> None:
                     doc["results"].append(row)
                     write(args.out, doc)
                     print(json.dumps(row), flush=True)
+    doc["merged"] = combined(doc["results"])
+    write(args.out, doc)
     print(table(doc))
+
+
+def combined(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Rows of a folder measured in several subsets (``Set14:a,b`` and ``Set14:c,...``) merged into
+    one row per (weights, precision) over all their images: the image-weighted mean PSNR."""
+    groups: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
+    for r in results:
+        folder = r["data"].split(":")[0]
+        if ":" in r["data"]:
+            groups.setdefault((r["weights"], folder, r["precision"]), []).append(r)
+    out = []
+    for (weights, folder, precision), rows in groups.items():
+        if len(rows) < 2:
+            continue
+        images = sum(r["images"] for r in rows)
+        psnr = {s: sum(r["psnr"][s] * r["images"] for r in rows) / images for s in rows[0]["psnr"]}
+        out.append({"weights": weights, "data": f"{folder} ({images} images, merged)",
+                    "precision": precision, "psnr": psnr, "images": images})
+    return out
 
 
 def table(doc: dict[str, Any]) -> str:
@@ -207,8 +232,9 @@ def table(doc: dict[str, Any]) -> str:
     scales = [f"x{s}" for s in doc["scales"]]
     lines = ["| weights | data | precision | " + " | ".join(scales) + " | Δ vs fp32 (dB) |",
              "|---|---|---|" + "---|" * len(scales) + "---|"]
-    base = {(r["weights"], r["data"]): r["psnr"] for r in doc["results"] if r["precision"] == "fp32"}
-    for r in doc["results"]:
+    rows = doc["results"] + combined(doc["results"])
+    base = {(r["weights"], r["data"]): r["psnr"] for r in rows if r["precision"] == "fp32"}
+    for r in rows:
         ref = base.get((r["weights"], r["data"]))
         delta = ("" if ref is None or r["precision"] == "fp32" else
                  " / ".join(f"{r['psnr'][s] - ref[s]:+.3f}" for s in scales))
