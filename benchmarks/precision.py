@@ -119,7 +119,7 @@ def data_folder(spec: str, tmp: Path) -> tuple[str, Path, list[str] | None]:
     if not names:
         return folder.name, folder, None
     chosen = names.split(",")
-    sub = tmp / folder.name
+    sub = tmp / str(len(list(tmp.iterdir()))) / folder.name  # one folder per subset
     sub.mkdir(parents=True, exist_ok=True)
     for f in folder.iterdir():
         if f.stem in chosen:
