@@ -231,7 +231,7 @@ class Trainer:
         Without deferral (CPU, or ``skip_nonfinite``) a non-finite loss is caught before the
         update: the step is skipped with ``skip_nonfinite``, otherwise it raises.
         """
-        compiled = self.loss_fn is not self._forward_loss
+        compiled = self.config.compile
         if compiled and self.device.type == "cuda":
             torch.compiler.cudagraph_mark_step_begin()  # a new step: earlier graph outputs are done
         loss = self.loss_fn(x, y)
