@@ -1,77 +1,313 @@
-"""GPU benchmark: inference MP/s, training patches/s and bf16 accuracy, against eager fp32.
+"""GPU benchmark steps (issue 16), each one process, each adding its results to one JSON file.
 
-    bash benchmarks/gpu.sh [--out FILE]     # one command, about a minute on an H100-class card
+    bash benchmarks/gpu.sh                      # all steps, each under its own timeout (gpu.sh)
+    python benchmarks/gpu.py STEP --json FILE [--smoke] [--device cuda] [--data DIR] [--official FILE]
 
-Measured in one run, on the same weights (the shipped model) and inputs:
+Every number is written into ``FILE`` (atomically) as soon as it is measured, under
+``steps[STEP]``, so a step cut short by its timeout keeps what it measured. Steps:
 
-* inference, a batch of 8 512x512 Y images: the baseline (eager fp32 NCHW, cuDNN heuristics, as
-  pytorch-vdsr runs it) vs the package's GPU path (bf16 autocast, channels_last, cuDNN
-  autotuning, ``inference_mode``); and ``run_network`` on one 1024x1024 image, host copies included;
-* training: a plain eager fp32 loop (pytorch-vdsr style, batch already on the GPU) vs
-  ``vdsr train``'s own loop (patches cut on the GPU by ``PatchSampler.batch_tensors``, bf16
-  autocast, channels_last, Adam, clipping, loss read back only at log steps) at batch 64/128/256;
-* Set5 Y-PSNR of the bf16 path vs fp32 at x2/x3/x4 (goal: within 0.05 dB).
+* ``info``: the card's name, memory and driver; torch, CUDA, cuDNN versions.
+* ``infer``: a batch of 8 512² Y images through the package's torch backend
+  (:class:`vdsr.backends.pytorch.TorchBackend`, ``channels_last``, ``inference_mode``) in fp32 (the
+  baseline: eager, TF32 off), tf32, fp16 and bf16; MP/s of network pixels.
+* ``infer_compile``: the same in fp16 through the ``compile`` backend (``torch.compile``,
+  dynamic shapes, max-autotune without CUDA graphs, as ``vdsr upscale --backend compile`` runs
+  it), and a static-shape compile with CUDA graphs (``mode="max-autotune"``) of the same fp16
+  forward, with their compile seconds and max |difference| to eager fp16.
+* ``e2e``: one 1024² RGB photo, x2, through ``vdsr.inference.upscale_pixels(Upscaler(...))`` in
+  fp16 (whole image, host copies and colour conversion included), eager and compiled.
+* ``accuracy``: Set5 Y-PSNR (rgb8 protocol, whole images) in fp32, tf32, fp16, bf16 for the shipped
+  weights and, when ``--official`` names an existing file, the official ones (skipped otherwise).
+* ``accuracy_compile``: the same for the shipped weights through the fp16 ``compile`` backend.
+* ``train``: ``vdsr train``'s step (``Trainer.train_step``, its precision's ``auto`` = bf16, the
+  loss read back once per timed run as ``fit`` does at a log step) at batch 64/128/256, and the
+  eager fp32 baseline loop (pytorch-vdsr style, ``loss.item()`` every step) at batch 64.
+* ``train_compile``: the same step with ``TrainConfig(compile=True)`` (CUDA graphs) at 64, 256, 128.
+
+``--smoke`` runs every step on tiny sizes with one repeat, so the script is known to run (on a CPU).
+The JSON's ``gpu_report.py`` turns it into BENCHMARKS.md's tables.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from timing import median_time
 
 ROOT = Path(__file__).resolve().parents[1]
-BATCHES = (64, 128, 256)  # training batch sizes of `vdsr train`'s loop; the baseline uses the first
-STEPS = 20  # optimiser steps per timed run
+sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from timing import median_time  # noqa: E402
+
+from vdsr.fileio import atomic_path  # noqa: E402
+
+STEPS = ("info", "infer", "infer_compile", "e2e", "accuracy", "accuracy_compile", "train", "train_compile")
 
 
-def timed(fn: Any, repeats: int = 10) -> float:
-    """Median seconds of ``fn()``, synchronised with the GPU around each run."""
-    sync = torch.cuda.synchronize if torch.cuda.is_available() else None
-    return median_time(fn, repeats, sync=sync)[0]
+class Sizes:
+    """What each step measures: the issue's sizes, or tiny ones for ``--smoke``."""
+
+    def __init__(self, smoke: bool) -> None:
+        self.smoke = smoke
+        self.batch, self.side = (2, 48) if smoke else (8, 512)  # inference batch of side² Y images
+        self.photo = 24 if smoke else 1024  # e2e RGB photo side, upscaled x2
+        self.repeats = 1 if smoke else 10
+        self.train_batches = (4, 8) if smoke else (64, 128, 256)
+        self.train_compile_batches = (4,) if smoke else (64, 256, 128)
+        self.train_steps = 2 if smoke else 20  # optimiser steps per timed run
+        self.train_repeats = 1 if smoke else 5
 
 
-def inference(model: torch.nn.Module, dev: torch.device) -> dict[str, float]:
-    from vdsr.inference import run_network
+class Record:
+    """``steps[step][key] = value`` in the JSON file, written atomically after every value."""
 
-    x = torch.rand(8, 1, 512, 512, device=dev)
+    def __init__(self, path: Path, step: str) -> None:
+        self.path, self.step = path, step
+
+    def load(self) -> dict[str, Any]:
+        if self.path.exists():
+            doc: dict[str, Any] = json.loads(self.path.read_text())
+            return doc
+        return {"steps": {}}
+
+    def __call__(self, key: str, value: Any) -> None:
+        doc = self.load()
+        doc.setdefault("steps", {}).setdefault(self.step, {})[key] = value
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(self.path) as tmp:
+            tmp.write_text(json.dumps(doc, indent=2) + "\n")
+        print(f"[{self.step}] {key}: {json.dumps(value)}", flush=True)
+
+
+def sync(dev: torch.device) -> Callable[[], None] | None:
+    return (lambda: torch.cuda.synchronize(dev)) if dev.type == "cuda" else None
+
+
+def timed(fn: Callable[[], object], dev: torch.device, repeats: int) -> float:
+    """Median seconds of ``fn()`` after one untimed warm-up run, synchronised around each run."""
+    return median_time(fn, repeats, sync=sync(dev))[0]
+
+
+def precisions(dev: torch.device) -> list[str]:
+    return ["fp32", "tf32", "fp16", "bf16"] if dev.type == "cuda" else ["fp32", "fp16", "bf16"]
+
+
+# -- steps ---------------------------------------------------------------------------------------
+def step_info(rec: Record, dev: torch.device, args: argparse.Namespace, sz: Sizes) -> None:
+    rec("torch", torch.__version__)
+    rec("cuda", torch.version.cuda)
+    rec("cudnn", torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None)
+    rec("device", str(dev))
+    if dev.type != "cuda":
+        rec("card", "cpu")
+        rec("threads", torch.get_num_threads())
+        return
+    props = torch.cuda.get_device_properties(dev)
+    rec("card", torch.cuda.get_device_name(dev))
+    rec("memory_mib", props.total_memory // 2**20)
+    rec("capability", f"{props.major}.{props.minor}")
+    try:
+        smi = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version,memory.total,clocks.max.sm",
+                              "--format=csv,noheader"], capture_output=True, text=True, timeout=20)
+        rec("nvidia_smi", smi.stdout.strip())
+    except (OSError, subprocess.SubprocessError) as exc:
+        rec("nvidia_smi", f"unavailable: {exc}")
+
+
+def _batch(dev: torch.device, sz: Sizes) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(0)
+    return torch.rand(sz.batch, 1, sz.side, sz.side, generator=gen).to(dev)
+
+
+def step_infer(rec: Record, dev: torch.device, args: argparse.Namespace, sz: Sizes) -> None:
+    from vdsr.backends.pytorch import TorchBackend
+    from vdsr.weights import load_model
+
+    model, _ = load_model()
+    model.eval()
+    x = _batch(dev, sz)
     mp = x.numel() / 1e6
-    torch.backends.cudnn.benchmark = False
-    with torch.no_grad():
-        base = timed(lambda: model(x))
-    torch.backends.cudnn.benchmark = True
-    fast_model = model.to(memory_format=torch.channels_last)
+    rec("batch", [sz.batch, 1, sz.side, sz.side])
+    # The baseline: eager fp32 as pytorch-vdsr runs it (NCHW, cuDNN heuristics, no autotuning),
+    # with TF32 off so that it is fp32.
+    base = model.to(dev)
+    with torch.backends.cudnn.flags(enabled=True, benchmark=False, allow_tf32=False), torch.no_grad():
+        seconds = timed(lambda: base(x), dev, sz.repeats)
+    rec("baseline_fp32_nchw_mp_per_s", mp / seconds)
+    for p in precisions(dev):
+        backend = TorchBackend(model, dev, p)
+        seconds = timed(lambda b=backend: b(x), dev, sz.repeats)
+        rec(f"{p}_mp_per_s", mp / seconds)
+
+
+def step_infer_compile(rec: Record, dev: torch.device, args: argparse.Namespace, sz: Sizes) -> None:
+    from vdsr.backends.pytorch import TorchBackend
+    from vdsr.weights import load_model
+
+    model, _ = load_model()
+    model.eval()
+    x = _batch(dev, sz)
+    mp = x.numel() / 1e6
+    eager = TorchBackend(model, dev, "fp16")(x)
+    compiled = TorchBackend(model, dev, "fp16", compile=True)
+    t = time.perf_counter()
+    first = compiled(x)
+    rec("compile_fp16_compile_s", time.perf_counter() - t)
+    rec("compile_fp16_max_abs_diff_vs_eager_fp16", float((first - eager).abs().max()))
+    rec("compile_fp16_mp_per_s", mp / timed(lambda: compiled(x), dev, sz.repeats))
+
+    # Static shapes + CUDA graphs: the road past launch overhead for a fixed batch.
+    low = TorchBackend(model, dev, "fp16")
+    assert low._low is not None
+    body = low._low
+
+    def forward(inp: torch.Tensor) -> torch.Tensor:
+        return inp + body.predict_residual(inp.half()).float()
+
+    mode = "max-autotune" if dev.type == "cuda" else None
+    static = torch.compile(forward, dynamic=False, mode=mode)
     xc = x.contiguous(memory_format=torch.channels_last)
 
-    def fast() -> torch.Tensor:
-        with torch.inference_mode(), torch.autocast(dev.type, dtype=torch.bfloat16):
-            return fast_model(xc)
+    def run() -> torch.Tensor:
+        with torch.inference_mode():
+            return static(xc).clone()
 
-    tuned = timed(fast)
-    image = np.random.default_rng(0).random((1, 1024, 1024), dtype=np.float32)
-    whole = timed(lambda: run_network(fast_model, image, tile=None, device=dev, backend="torch"), 5)
-    return {"eager_fp32": mp / base, "bf16_channels_last": mp / tuned,
-            "run_network_1024": 1024 * 1024 / 1e6 / whole}
+    t = time.perf_counter()
+    first = run()
+    rec("static_cudagraphs_fp16_compile_s", time.perf_counter() - t)
+    rec("static_cudagraphs_fp16_max_abs_diff_vs_eager_fp16", float((first - eager).abs().max()))
+    rec("static_cudagraphs_fp16_mp_per_s", mp / timed(run, dev, sz.repeats))
 
 
-def training(dev: torch.device, data: Path) -> dict[str, float]:
-    from vdsr.data import PatchSampler, collect_files, degraded_images
-    from vdsr.model import VDSR
+def step_e2e(rec: Record, dev: torch.device, args: argparse.Namespace, sz: Sizes) -> None:
+    from vdsr.engine import Upscaler
+    from vdsr.inference import upscale_pixels
+    from vdsr.weights import load_model
+
+    model, _ = load_model()
+    model.eval()
+    photo = np.random.default_rng(0).random((sz.photo, sz.photo, 3))
+    out_mp = (2 * sz.photo) ** 2 / 1e6
+    rec("photo", {"side": sz.photo, "scale": 2, "output_mp": out_mp})
+    for backend in ("torch", "compile"):
+        up = Upscaler(model, device=dev, backend=backend, precision="fp16", tile=None)
+        t = time.perf_counter()
+        upscale_pixels(up, photo, 2, dtype=np.uint8)
+        rec(f"{backend}_fp16_first_call_s", time.perf_counter() - t)
+        seconds = timed(lambda u=up: upscale_pixels(u, photo, 2, dtype=np.uint8), dev,
+                        max(1, sz.repeats // 2))
+        rec(f"{backend}_fp16_seconds", seconds)
+        rec(f"{backend}_fp16_output_mp_per_s", out_mp / seconds)
+
+
+def _accuracy(rec: Record, dev: torch.device, args: argparse.Namespace, sz: Sizes,
+              backend: str, precs: list[str], official: bool) -> None:
+    from vdsr.engine import Upscaler
+    from vdsr.evaluate import evaluate_folder
+    from vdsr.weights import load_model
+
+    data = Path(args.data)
+    if not data.is_dir():
+        rec("skipped", f"no data folder {data}")
+        return
+    if sz.smoke:  # two 40² crops: CPU fp16 convolutions are ~40x slower than fp32
+        data = _crops(data, Path(args.tmp) / "vdsr-smoke-crops", 40)
+    weights: list[tuple[str, str | None]] = [("shipped", None)]
+    if official:
+        if args.official and Path(args.official).exists():
+            weights.append(("official", args.official))
+        else:
+            rec("official_skipped", f"no file {args.official!r} (pass --official FILE.safetensors)")
+    scales = [2] if sz.smoke else [2, 3, 4]
+    for name, file in weights:
+        model, _ = load_model(file)
+        model.eval()
+        for p in precs:
+            up = Upscaler(model, device=dev, backend=backend, precision=p, tile=None)
+            t = time.perf_counter()
+            results = evaluate_folder(up, data, scales, with_ssim=False)
+            rec(f"{name}_{backend}_{p}", {"psnr": {f"x{r.scale}": r.psnr for r in results},
+                                          "images": results[0].images,
+                                          "seconds": time.perf_counter() - t})
+
+
+def _crops(folder: Path, out: Path, side: int) -> Path:
+    """The top-left ``side``² of the first two images of ``folder``, as PNGs in ``out``."""
+    from vdsr.images import list_images, load_image, save_image
+
+    out.mkdir(parents=True, exist_ok=True)
+    for f in list_images(folder)[:2]:
+        save_image(out / f"{f.stem}.png", load_image(f).pixels[:side, :side])
+    return out
+
+
+def step_accuracy(rec: Record, dev: torch.device, args: argparse.Namespace, sz: Sizes) -> None:
+    rec("data", str(args.data))
+    _accuracy(rec, dev, args, sz, "torch", precisions(dev), official=True)
+
+
+def step_accuracy_compile(rec: Record, dev: torch.device, args: argparse.Namespace, sz: Sizes) -> None:
+    _accuracy(rec, dev, args, sz, "compile", ["fp16"], official=False)
+
+
+def _trainer(dev: torch.device, batch: int, compile: bool, tmp: Path) -> Any:
+    """A ``Trainer`` of the default model on synthetic degraded images (no files needed)."""
+    from vdsr.data import DegradedImage, PatchSampler
     from vdsr.train import TrainConfig, Trainer
 
-    out: dict[str, float] = {}
+    rng = np.random.default_rng(0)
+    images = [DegradedImage(rng.random((1, 256, 256), dtype=np.float32),
+                            rng.random((1, 256, 256), dtype=np.float32), 2) for _ in range(8)]
+    config = TrainConfig(run_dir=str(tmp / f"run_{batch}_{int(compile)}"), val_dir=None,
+                         batch_size=batch, device=str(dev), compile=compile, steps=10**6)
+    return Trainer(config, sampler=PatchSampler(images, 41, seed=0))
+
+
+def _train_rate(rec: Record, dev: torch.device, sz: Sizes, batch: int, compile: bool, tmp: Path) -> None:
+    trainer = _trainer(dev, batch, compile, tmp)
+    tag = "compile" if compile else "eager"
+    rec(f"{tag}_b{batch}_precision", trainer.precision)
+
+    def steps() -> None:
+        pending = []
+        for _ in range(sz.train_steps):
+            x, y = trainer.next_batch()
+            pending.append(trainer.train_step(x, y))
+            trainer.scheduler.step()
+        trainer._read_losses(pending)  # the loss check of a log step: one read, raises if non-finite
+
+    t = time.perf_counter()
+    steps()  # warm-up: cuDNN autotuning; with compile, compiling and recording the graphs
+    rec(f"{tag}_b{batch}_warmup_s", time.perf_counter() - t)
+    seconds = median_time(steps, sz.train_repeats, warmup=lambda: None, sync=sync(dev))[0]
+    rec(f"{tag}_b{batch}_patches_per_s", batch * sz.train_steps / seconds)
+    rec(f"{tag}_b{batch}_ms_per_step", 1e3 * seconds / sz.train_steps)
+
+
+def step_train(rec: Record, dev: torch.device, args: argparse.Namespace, sz: Sizes) -> None:
+    from vdsr.model import VDSR
+
+    b0 = sz.train_batches[0]
+    torch.manual_seed(0)
     plain = VDSR().to(dev)
     opt = torch.optim.Adam(plain.parameters(), 1e-4)
-    b0 = BATCHES[0]
     xb, yb = torch.rand(b0, 1, 41, 41, device=dev), torch.rand(b0, 1, 41, 41, device=dev)
-    torch.backends.cudnn.benchmark = False
+    if dev.type == "cuda":
+        torch.backends.cudnn.benchmark = False
+        torch.backends.cudnn.allow_tf32 = False  # the baseline is fp32
 
     def plain_steps() -> None:
-        for _ in range(STEPS):
+        for _ in range(sz.train_steps):
             loss = torch.nn.functional.mse_loss(plain(xb), yb)
             opt.zero_grad()
             loss.backward()
@@ -79,71 +315,45 @@ def training(dev: torch.device, data: Path) -> dict[str, float]:
             opt.step()
             float(loss)  # the usual per-step loss.item()
 
-    out[f"eager_fp32_b{b0}"] = b0 * STEPS / timed(plain_steps, 5)
-    images = list(degraded_images(collect_files([data]), [2, 3, 4], 1, [1.0, 0.7, 0.5], 41))
-    for batch in BATCHES:
-        sampler = PatchSampler(images, 41, seed=0)
-        trainer = Trainer(TrainConfig(val_dir=None, batch_size=batch, device=str(dev)), sampler=sampler)
-
-        def steps(t: Trainer = trainer) -> None:
-            for _ in range(STEPS):
-                x, y = t.next_batch()
-                t.train_step(x, y)
-                t.scheduler.step()
-
-        out[f"vdsr_train_b{batch}"] = batch * STEPS / timed(steps, 5)
-    return out
+    seconds = timed(plain_steps, dev, sz.train_repeats)
+    rec(f"baseline_fp32_b{b0}_patches_per_s", b0 * sz.train_steps / seconds)
+    for batch in sz.train_batches:
+        _train_rate(rec, dev, sz, batch, False, Path(args.tmp))
 
 
-def accuracy(model: torch.nn.Module, dev: torch.device, folder: Path) -> dict[str, Any]:
-    """Set5 Y-PSNR (rgb8 protocol, whole images) of fp32 and bf16 autocast outputs."""
-    from vdsr.evaluate import make_pair
-    from vdsr.images import list_images, load_image
-    from vdsr.metrics import psnr
-
-    model = model.to(memory_format=torch.contiguous_format).float()
-    images = [load_image(f).pixels for f in list_images(folder)]
-    result: dict[str, Any] = {}
-    for scale in (2, 3, 4):
-        scores: dict[str, list[float]] = {"fp32": [], "bf16": []}
-        for pixels in images:
-            gt, bic = make_pair(pixels, scale)
-            x = torch.from_numpy(bic / 255.0).float()[None, None].to(dev)
-            for name, amp in (("fp32", False), ("bf16", True)):
-                with torch.inference_mode(), torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp):
-                    y = model(x).float()[0, 0].cpu().numpy().astype(np.float64)
-                scores[name].append(psnr(gt, np.clip(y * 255.0, 0, 255), border=scale))
-        fp32, bf16 = float(np.mean(scores["fp32"])), float(np.mean(scores["bf16"]))
-        result[f"x{scale}"] = {"fp32": fp32, "bf16": bf16, "diff_db": bf16 - fp32}
-    return result
+def step_train_compile(rec: Record, dev: torch.device, args: argparse.Namespace, sz: Sizes) -> None:
+    for batch in sz.train_compile_batches:
+        _train_rate(rec, dev, sz, batch, True, Path(args.tmp))
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", help="also write the results to this JSON file")
-    parser.add_argument("--data", default=str(ROOT.parent / "shared" / "datasets" / "Set5"),
-                        help="HR images for the training feed and the accuracy check (default Set5)")
-    parser.add_argument("--device", default="cuda", help="torch device (default cuda)")
-    args = parser.parse_args()
-
-    from vdsr.weights import load_model
-
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("step", choices=(*STEPS, "mark"))
+    ap.add_argument("--json", type=Path, required=True, help="results file (created or added to)")
+    ap.add_argument("--device", default="cuda")
+    ap.add_argument("--smoke", action="store_true", help="tiny sizes, one repeat")
+    ap.add_argument("--data", default=str(ROOT.parent / "shared" / "datasets" / "Set5"),
+                    help="Set5 folder for the accuracy steps (skipped if absent)")
+    ap.add_argument("--official", help="official weights as .safetensors (vdsr convert); skipped if absent")
+    ap.add_argument("--tmp", default=os.environ.get("TMPDIR", "/tmp"), help="scratch folder for run folders")
+    ap.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch's default)")
+    ap.add_argument("--rc", type=int, help="mark: the step's exit status")
+    ap.add_argument("--seconds", type=float, help="mark: the step's wall seconds")
+    ap.add_argument("--name", help="mark: which step")
+    args = ap.parse_args()
+    if args.step == "mark":  # gpu.sh records how each step ended, timeouts included
+        rec = Record(args.json, "_status")
+        rec(args.name, {"rc": args.rc, "seconds": args.seconds,
+                        "timed_out": args.rc in (124, 137)})
+        return
+    if args.threads:
+        torch.set_num_threads(args.threads)
     dev = torch.device(args.device)
-    assert dev.type == "cpu" or torch.cuda.is_available(), "no CUDA device"
-    name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu"
-    results: dict[str, Any] = {"device": name, "torch": torch.__version__,
-                               "cuda": torch.version.cuda, "cudnn": torch.backends.cudnn.version()}
-    model, _ = load_model(device=dev)
-    model.eval()
-    results["inference_mp_per_s"] = inference(model, dev)
-    print(json.dumps(results, indent=2), flush=True)
-    results["train_patches_per_s"] = training(dev, Path(args.data))
-    print(json.dumps(results["train_patches_per_s"], indent=2), flush=True)
-    results["set5_psnr"] = accuracy(model, dev, Path(args.data))
-    text = json.dumps(results, indent=2)
-    print(text)
-    if args.out:
-        Path(args.out).write_text(text + "\n")
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("no CUDA device (use --device cpu --smoke to try the script on a CPU)")
+    rec = Record(args.json, args.step)
+    rec("smoke", args.smoke)
+    globals()[f"step_{args.step}"](rec, dev, args, Sizes(args.smoke))
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One prepared training stage, sized to a wall-clock budget, and resumable:
-#   1. on a fresh GPU run, the GPU benchmark (benchmarks/gpu.py, about a minute), whose measured
+#   1. on a fresh GPU run, the GPU benchmark's training step (benchmarks/gpu.py train), whose measured
 #      training rate sizes the step count so the run ends inside the budget;
 #   2. `vdsr train` into the run folder $RUN (default $OUT/run): a fine-tune of $INIT (default the
 #      shipped weights), or, when $RUN already holds a run, `--resume` of it. At the budget's end
@@ -84,13 +84,13 @@ fi
 steps=$STEPS
 if [[ -z $resume_from && -z $steps ]]; then
   say "benchmark" | tee -a "$LOG"
-  timeout 150 "$PYTHON" benchmarks/gpu.py --data "$VAL_DIR" --out "$TMP/gpu.json" 2>&1 | tee -a "$LOG"
+  timeout -k 10 150 "$PYTHON" benchmarks/gpu.py train --json "$TMP/gpu.json" >>"$LOG" 2>&1
   budget=$((TOTAL - $(date +%s) + start - 25))
   steps=$("$PYTHON" - "$TMP/gpu.json" "$BATCH" "$budget" <<'PY'
 import json, sys
 path, batch, budget = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
 try:
-    rate = json.load(open(path))["train_patches_per_s"][f"vdsr_train_b{batch}"]
+    rate = json.load(open(path))["steps"]["train"][f"eager_b{batch}_patches_per_s"]
 except Exception:
     rate = 8000.0  # no benchmark: a cautious guess for an H100-class card
 # 40 s for loading the data and the first cuDNN autotuning; 85% of the measured rate for

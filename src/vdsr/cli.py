@@ -778,6 +778,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--init-weights", help="start from these .safetensors weights (fine-tune)")
     p.add_argument("--device", help="auto (default), cpu or cuda")
     p.add_argument("--threads", type=int, help="torch CPU threads (0 = torch's default)")
+    p.add_argument("--precision", choices=PRECISIONS,
+                   help="arithmetic of the training passes: auto (default: bf16 autocast on CUDA, "
+                        "fp32 on CPU), fp32, tf32 (CUDA), fp16 (autocast + loss scaling), bf16")
+    p.add_argument("--compile", action="store_true", default=None,
+                   help="torch.compile the forward/backward (CUDA graphs on one GPU); "
+                        "the first steps pay the compile time")
     p.add_argument("--overwrite", action="store_true", help="start afresh in an existing run folder")
     p.set_defaults(func=cmd_train)
 

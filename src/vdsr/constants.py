@@ -30,4 +30,4 @@ PRECISIONS: tuple[str, ...] = ("auto", "fp32", "tf32", "fp16", "bf16")
 OPTIMIZERS: tuple[str, ...] = ("adam", "sgd")
 SCHEDULES: tuple[str, ...] = ("constant", "step", "exponential", "cosine")
 RESUME_OVERRIDES: tuple[str, ...] = ("steps", "val_every", "checkpoint_every", "log_every",
-                                     "threads", "device")
+                                     "threads", "device", "compile")

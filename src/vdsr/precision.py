@@ -7,11 +7,14 @@ The rule for ``"auto"`` (``vdsr upscale``, ``evaluate``, ``serve`` and the bench
   moved OpenVINO's output by up to 0.016 on the [0, 1] scale (issue 17) and costs more than 0.02 dB
   of Y-PSNR (docs/cpu_backends.md), so it stays opt-in, and the ``openvino`` backend runs it only
   on CPUs with native bf16 (AVX512_BF16 or AMX, :func:`vdsr.cpu.cpu_features`).
-* CUDA: ``fp16``. It keeps 10 mantissa bits where bf16 keeps 7: bf16 cost the authors' official
-  weights 0.23 dB at x4 on held-out images (issue 16), while fp16 stayed within 0.02 dB of fp32 for
-  both the shipped and the official weights on Set5 and Set14 (docs/precision.md, measured with
-  ``python benchmarks/precision.py``). The network's input and the global residual addition stay
-  fp32 in every precision: only the body runs in 16 bits (:meth:`VDSR.predict_residual`).
+* CUDA: ``fp16``, the fastest precision that keeps both the shipped and the authors' official
+  weights within 0.02 dB of fp32. It keeps 10 mantissa bits where bf16 keeps 7, at the same
+  tensor-core speed: bf16 cost the official weights 0.15 dB at x4 on Set5 (0.23 dB on held-out
+  crops on an H200, issue 16), while fp16 stayed within 0.002 dB of fp32 for both weights at
+  x2/x3/x4 on Set5 and Set14 (docs/precision.md: ``python benchmarks/precision.py``, the GPU's
+  16-bit rounding emulated on a CPU; ``benchmarks/gpu.sh`` measures it natively). The network's
+  input and the global residual addition stay fp32 in every precision: only the body runs in
+  16 bits (:meth:`VDSR.predict_residual`).
 
 ``tf32`` is CUDA-only (cuDNN's TF32 convolutions); ``fp32`` on CUDA turns TF32 off, which PyTorch
 otherwise allows for convolutions by default.
@@ -24,9 +27,15 @@ import torch
 from vdsr.constants import PRECISIONS
 from vdsr.errors import InvalidArgument
 
-__all__ = ["AUTO_PRECISION", "resolve_precision", "torch_dtype"]
+__all__ = ["AUTO_PRECISION", "AUTO_TRAIN_PRECISION", "resolve_precision", "resolve_train_precision",
+           "torch_dtype"]
 
 AUTO_PRECISION = {"cpu": "fp32", "cuda": "fp16"}
+
+# Training (``vdsr train --precision``): bf16 autocast on CUDA, as the shipped model was trained
+# (its exponent range needs no loss scaling; the weights stay fp32, only the arithmetic is bf16).
+# fp16 autocast is offered with a gradient scaler; fp32 elsewhere.
+AUTO_TRAIN_PRECISION = {"cpu": "fp32", "cuda": "bf16"}
 
 
 def resolve_precision(precision: str, device: torch.device, backend: str) -> str:
@@ -68,6 +77,21 @@ def _openvino_precision(precision: str) -> str:
         raise InvalidArgument("bf16 on the openvino backend needs a CPU with AVX512_BF16 or AMX "
                               f"(this one has {have}); use fp32")
     return "bf16"
+
+
+def resolve_train_precision(precision: str, device: torch.device) -> str:
+    """The concrete training precision (never ``"auto"``) on ``device``; raises if unsupported.
+
+    ``fp32``/``tf32``: no autocast (``tf32`` lets cuDNN and cuBLAS use TF32, CUDA only);
+    ``fp16``/``bf16``: autocast to that dtype, weights and optimiser state stay fp32.
+    """
+    if precision not in PRECISIONS:
+        raise InvalidArgument(f"unknown precision {precision!r}; choose from {', '.join(PRECISIONS)}")
+    if precision == "auto":
+        return AUTO_TRAIN_PRECISION.get(device.type, "fp32")
+    if precision == "tf32" and device.type != "cuda":
+        raise InvalidArgument("tf32 exists on CUDA devices only")
+    return precision
 
 
 def torch_dtype(precision: str) -> torch.dtype:

@@ -39,7 +39,7 @@ from vdsr.weights import WeightsMetadata, check_state_dict, save_weights
 CHECKPOINT_KEYS = ("step", "model", "optimizer", "scheduler", "sampler", "torch_rng",
                    "python_rng", "best_psnr", "best_metrics", "config")
 # Recipe keys left out of exported weights' metadata: where and how it ran, not what it learned.
-_NOT_RECIPE = ("run_dir", "device", "threads", "log_every")
+_NOT_RECIPE = ("run_dir", "device", "threads", "log_every", "compile")
 
 
 def csv_fields(scales: list[int]) -> list[str]:

@@ -22,7 +22,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from typing import Any
 
 import numpy as np
@@ -35,6 +35,7 @@ from vdsr.distributed import DistContext
 from vdsr.errors import NonFiniteLoss, TrainingError, TrainingInterrupted, VDSRError, WeightsError
 from vdsr.evaluate import evaluate_folder
 from vdsr.model import VDSR
+from vdsr.precision import resolve_train_precision, torch_dtype
 from vdsr.runfolder import RunFolder, csv_fields, load_checkpoint, model_difference
 from vdsr.trainconfig import OPTIMIZERS, RESUME_OVERRIDES, SCHEDULES, TrainConfig, lr_factor
 from vdsr.weights import load_weights
@@ -97,7 +98,6 @@ class Trainer:
                  progress: Callable[[int, dict[str, float]], None] | None = None,
                  dist: DistContext | None = None,
                  on_stop_requested: Callable[[str], None] | None = None) -> None:
-        self.config = config
         self.dist = dist or DistContext()
         if config.batch_size % self.dist.world_size:
             raise VDSRError(f"batch size {config.batch_size} does not divide among "
@@ -106,6 +106,19 @@ class Trainer:
         self.device = pick_device(config.device)
         if self.device.type == "cuda" and self.dist.enabled:
             self.device = torch.device("cuda", self.dist.local_rank)
+        # "auto" becomes the precision used, so config.json and the weights' recipe name it.
+        self.precision = resolve_train_precision(config.precision, self.device)
+        config = replace(config, precision=self.precision)
+        self.config = config
+        # fp16/bf16: autocast (weights and optimiser state stay fp32); fp32/tf32: none.
+        low = torch_dtype(self.precision)
+        self.autocast_dtype: torch.dtype | None = None if low == torch.float32 else low
+        # fp16's 5 exponent bits underflow small gradients: scale the loss (bf16 needs no scaler).
+        self.scaler = torch.amp.GradScaler(self.device.type) if self.precision == "fp16" else None
+        if self.device.type == "cuda":
+            # PyTorch lets cuDNN use TF32 by default: fp32 means fp32.
+            torch.backends.cudnn.allow_tf32 = self.precision == "tf32"
+            torch.backends.cuda.matmul.allow_tf32 = self.precision == "tf32"
         if config.threads:
             torch.set_num_threads(config.threads)
         torch.manual_seed(config.seed)
@@ -130,6 +143,14 @@ class Trainer:
 
             self.net = DistributedDataParallel(
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        self.loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = self._forward_loss
+        if config.compile:
+            # On one GPU, CUDA graphs replay the whole forward and backward with one launch each:
+            # the eager step is bound by the host queueing its kernels (BENCHMARKS.md).
+            mode = "reduce-overhead" if self.device.type == "cuda" and not self.dist.enabled else None
+            self.loss_fn = torch.compile(self._forward_loss, mode=mode)
+        log.info("training in %s on %s%s", self.precision, self.device,
+                 " (torch.compile)" if config.compile else "")
         self.optimizer = make_optimizer(config, self.model)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda s: lr_factor(config, s))
@@ -156,6 +177,7 @@ class Trainer:
             "best_psnr": self.best_psnr,
             "best_metrics": json.dumps(self.best_metrics),
             "config": json.dumps(asdict(self.config)),
+            **({"scaler": self.scaler.state_dict()} if self.scaler is not None else {}),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -171,6 +193,8 @@ class Trainer:
             self.step = int(state["step"])
             self.best_psnr = float(state["best_psnr"])
             self.best_metrics = json.loads(state["best_metrics"])
+            if self.scaler is not None and "scaler" in state:
+                self.scaler.load_state_dict(state["scaler"])
         except (KeyError, RuntimeError, ValueError, TypeError) as exc:
             raise TrainingError(f"checkpoint does not fit this run ({exc})") from None
 
@@ -207,10 +231,13 @@ class Trainer:
         Without deferral (CPU, or ``skip_nonfinite``) a non-finite loss is caught before the
         update: the step is skipped with ``skip_nonfinite``, otherwise it raises.
         """
-        use_amp = self.device.type == "cuda"
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=use_amp):
-            out = self.net(x)
-        loss = nn.functional.mse_loss(out.float(), y)
+        compiled = self.config.compile
+        if compiled and self.device.type == "cuda":
+            torch.compiler.cudagraph_mark_step_begin()  # a new step: earlier graph outputs are done
+        loss = self.loss_fn(x, y)
+        if compiled:
+            # A CUDA graph's outputs are overwritten by its next replay; the loss waits to be read.
+            loss = loss.clone()
         if not self._defer_loss_check():
             value = float(loss.detach())
             if not math.isfinite(value):
@@ -220,10 +247,24 @@ class Trainer:
                     return loss.detach()
                 raise NonFiniteLoss(value, self.step + 1)
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        clip_gradients(self.config, self.model, float(self.scheduler.get_last_lr()[0]))
-        self.optimizer.step()
+        if self.scaler is None:
+            loss.backward()
+            clip_gradients(self.config, self.model, float(self.scheduler.get_last_lr()[0]))
+            self.optimizer.step()
+        else:
+            self.scaler.scale(loss).backward()
+            self.scaler.unscale_(self.optimizer)  # clip the true gradients, not the scaled ones
+            clip_gradients(self.config, self.model, float(self.scheduler.get_last_lr()[0]))
+            self.scaler.step(self.optimizer)  # skipped if a gradient overflowed
+            self.scaler.update()
         return loss.detach()
+
+    def _forward_loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """MSE of the network on ``x`` against ``y`` in the run's precision: a 0-d float32 tensor."""
+        with torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.bfloat16,
+                            enabled=self.autocast_dtype is not None):
+            out = self.net(x)
+        return nn.functional.mse_loss(out.float(), y)
 
     def _read_losses(self, pending: list[torch.Tensor]) -> NDArray[np.float32]:
         """The finite pending losses (one device read); raises if a deferred one is non-finite."""

@@ -10,7 +10,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from vdsr.constants import DEFAULT_SCALES, OPTIMIZERS, RESUME_OVERRIDES, SCHEDULES
+from vdsr.constants import DEFAULT_SCALES, OPTIMIZERS, PRECISIONS, RESUME_OVERRIDES, SCHEDULES
 from vdsr.errors import VDSRError
 from vdsr.model import VDSRConfig
 
@@ -25,6 +25,12 @@ class TrainConfig:
     (the global batch in distributed runs). ``clip`` is the gradient value bound for Adam (the
     notes' ``clip_by_value(0.1)``) and theta of the paper's adjustable clipping for SGD, where
     each gradient is clipped to ``[-clip / lr, clip / lr]``.
+
+    ``precision`` is the arithmetic of the forward and backward passes (:mod:`vdsr.precision`,
+    :func:`~vdsr.precision.resolve_train_precision`); the trainer replaces ``"auto"`` by what it
+    resolved to, so ``config.json`` and the exported weights' recipe name the precision used.
+    ``compile`` runs the step's forward, loss and backward through ``torch.compile`` (CUDA graphs
+    on a GPU); it changes speed, not the recipe, so a resumed run may switch it.
     """
 
     run_dir: str = "runs/vdsr"
@@ -57,12 +63,16 @@ class TrainConfig:
     init_weights: str | None = None
     device: str = "auto"
     threads: int = 0
+    precision: str = "auto"
+    compile: bool = False
 
     def __post_init__(self) -> None:
         if self.val_dir is not None and self.val_dir.strip().lower() in ("", "none"):
             self.val_dir = None
         if self.optimizer not in OPTIMIZERS:
             raise VDSRError(f"unknown optimizer {self.optimizer!r}; choose from {OPTIMIZERS}")
+        if self.precision not in PRECISIONS:
+            raise VDSRError(f"unknown precision {self.precision!r}; choose from {PRECISIONS}")
         if self.schedule not in SCHEDULES:
             raise VDSRError(f"unknown schedule {self.schedule!r}; choose from {SCHEDULES}")
         for name in ("batch_size", "steps", "patch", "log_every", "val_every", "checkpoint_every"):
