@@ -12,6 +12,7 @@ import pytest
 from safetensors.torch import load_file
 
 from tests.conftest import random_rgb, write_png
+from vdsr.weights import load_weights
 
 
 def _free_port() -> int:
@@ -41,9 +42,10 @@ def test_two_process_ddp_equals_single_process(tmp_path: Path) -> None:
         capture_output=True, text=True, timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
-    a, b = load_file(str(single / "last.safetensors")), load_file(str(ddp / "last.safetensors"))
+    a, b = load_weights(single / "last.safetensors")[0], load_weights(ddp / "last.safetensors")[0]
     assert a.keys() == b.keys()  # plain module keys: no "module." prefix
     assert not any(k.startswith("module.") for k in b)
+    assert not any(k.startswith("vdsr.module.") for k in load_file(str(ddp / "last.safetensors")))
     diff = max(float((a[k] - b[k]).abs().max()) for k in a)
     assert diff < 1e-5, diff
     moved = max(float((a[k]).abs().max()) for k in a if k.startswith("output"))

@@ -7,6 +7,7 @@ Every subcommand maps its flags onto library calls. Errors from the library
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import math
@@ -168,24 +169,35 @@ class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
         pass
 
 
-def _show_library_notes() -> None:
-    """Show the library's INFO notes (e.g. int8 calibrating on first use) as ``vdsr: ...`` lines."""
+@contextlib.contextmanager
+def _library_notes_shown() -> Iterator[None]:
+    """Show the library's INFO notes (e.g. int8 calibrating on first use) as ``vdsr: ...`` lines
+    while the block runs; the library stays silent for callers of ``main`` afterwards."""
     logger = logging.getLogger("vdsr")
-    if not any(isinstance(h, _StderrHandler) for h in logger.handlers):
-        handler = _StderrHandler()
-        handler.setFormatter(logging.Formatter(f"{PROG}: %(message)s"))
-        logger.addHandler(handler)
+    handler = _StderrHandler()
+    handler.setFormatter(logging.Formatter(f"{PROG}: %(message)s"))
+    level = logger.level
+    logger.addHandler(handler)
     logger.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
 
 
 def cmd_upscale(args: argparse.Namespace) -> int:
+    with _library_notes_shown():
+        return _upscale(args)
+
+
+def _upscale(args: argparse.Namespace) -> int:
     from vdsr.engine import Upscaler
     from vdsr.errors import VDSRError
     from vdsr.images import check_output_size, load_image, save_image
     from vdsr.inference import check_scale, upscale_image
     from vdsr.weights import load_model
 
-    _show_library_notes()
     files = _expand_inputs(args.inputs)
     out = Path(args.output)
     single_target = _output_is_file(args.output, len(args.inputs) == 1 and not Path(args.inputs[0]).is_dir())
