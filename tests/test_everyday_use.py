@@ -9,6 +9,7 @@ import pytest
 
 from tests.conftest import random_rgb, write_png
 from vdsr.cli import main
+from vdsr.constants import DEFAULT_TILE
 
 
 def run(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
@@ -288,7 +289,7 @@ def test_help_has_descriptions_examples_and_defaults(capsys: pytest.CaptureFixtu
     assert "--tile TILE" in commands["upscale"].format_help()
     tiles = {commands[n].parse_args(["--data", "d"] if n == "evaluate" else ["a", "-s", "2", "-o", "b"]).tile
              for n in ("upscale", "evaluate")}
-    assert tiles == {512}
+    assert tiles == {DEFAULT_TILE}
     assert "(default: 64000000)" in commands["upscale"].format_help().replace("\n", " ").replace("  ", " ")
     assert "examples:" in parser.format_help()
 

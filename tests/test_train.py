@@ -370,7 +370,7 @@ def test_disk_full_while_checkpointing_keeps_last_good(tmp_path: Path, train_dir
                       patch=21, batch_size=2, steps=4, checkpoint_every=2, val_dir=None,
                       downscales=[1.0], threads=1)
     trainer = Trainer(cfg)
-    cfg.steps = 2
+    trainer.config.steps = 2  # the trainer keeps its own copy (precision resolved)
     trainer.fit()
     good = (tmp_path / "r" / "checkpoint.pt").read_bytes()
 
@@ -378,7 +378,7 @@ def test_disk_full_while_checkpointing_keeps_last_good(tmp_path: Path, train_dir
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(torch, "save", full_disk)
-    cfg.steps = 4
+    trainer.config.steps = 4
     with pytest.raises(TrainingError, match="No space left on device.*previous checkpoint is kept"):
         trainer.fit()
     assert (tmp_path / "r" / "checkpoint.pt").read_bytes() == good
