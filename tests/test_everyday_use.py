@@ -32,8 +32,7 @@ def test_output_pixels_are_limited_before_any_work(tmp_path: Path, tiny_weights:
 
     import vdsr.inference
 
-    # upscale_loaded before the tensor engine, upscale_image after it: the CLI's one call
-    entry = "upscale_image" if hasattr(vdsr.inference, "upscale_image") else "upscale_loaded"
+    entry = "upscale_image"  # the CLI's one call into the library
     monkeypatch.setattr(vdsr.inference, entry, no_work)
     code, _, err = run(["upscale", str(src), "-s", "4", "-o", str(out), "--weights", str(tiny_weights),
                         "--max-output-pixels", "79999"], capsys)

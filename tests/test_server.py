@@ -216,8 +216,7 @@ def _blocking_upscale(monkeypatch: pytest.MonkeyPatch) -> tuple[threading.Event,
     import vdsr.server
 
     gate, order = threading.Event(), []
-    # upscale_loaded before the tensor engine, upscale_image after it: the server's one call
-    entry = "upscale_image" if hasattr(vdsr.server, "upscale_image") else "upscale_loaded"
+    entry = "upscale_image"  # the server's one call into the library
     real = getattr(vdsr.server, entry)
 
     def slow(model, image, *args, **kwargs):  # type: ignore[no-untyped-def]
@@ -363,7 +362,7 @@ def test_browser_shows_queue_places_and_retries_a_full_queue(tiny_weights: Path,
 
     import vdsr.server
 
-    entry = "upscale_image" if hasattr(vdsr.server, "upscale_image") else "upscale_loaded"
+    entry = "upscale_image"
     real = getattr(vdsr.server, entry)
 
     def slow(*args, **kwargs):  # type: ignore[no-untyped-def]

@@ -29,7 +29,7 @@ from vdsr.resize import imresize, imresize_banded, target_size
 
 __all__ = ["DEFAULT_TILE", "MAX_SCALE", "bicubic_clipped", "bicubic_upscale",
            "check_scale", "check_tile", "run_network", "target_size", "upscale", "upscale_array",
-           "upscale_image", "upscale_loaded", "upscale_pixels", "upscaler_for"]
+           "upscale_image", "upscale_pixels", "upscaler_for"]
 
 BAND_ROWS = 256  # rows converted back to RGB at a time: 2048-wide float64 RGB bands of 12 MB
 
@@ -194,22 +194,6 @@ def upscale_image(up: Upscaler, image: LoadedImage, scale: float, progress: Prog
     alpha = None
     if image.alpha is not None:
         alpha = _quantise(bicubic_clipped(image.alpha, scale), np.dtype(np.uint8))
-    return pixels, alpha
-
-
-def upscale_loaded(
-    model: VDSR,
-    image: LoadedImage,
-    scale: float,
-    tile: int | None = DEFAULT_TILE,
-    device: str | torch.device = "cpu",
-    backend: str = "auto",
-) -> tuple[NDArray[np.float64], NDArray[np.float64] | None]:
-    """Upscale a decoded image: ``(pixels, alpha)``, float64 [0, 1]; alpha is bicubic-upscaled."""
-    pixels = upscale_array(model, image.pixels, scale, tile, device, backend)
-    alpha = None
-    if image.alpha is not None:
-        alpha = bicubic_clipped(image.alpha, scale)
     return pixels, alpha
 
 
