@@ -171,3 +171,11 @@ def test_import_vdsr_and_cli_parser_do_not_import_torch() -> None:
             "print('torch' in sys.modules, vdsr.__version__)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split()[0] == "False"
+
+
+def test_banded_bicubic_refuses_an_absurd_output_size() -> None:
+    """Found by the fuzz test: the banded upscaler must check the size as imresize does."""
+    from vdsr.inference import bicubic_upscale
+
+    with pytest.raises(VDSRError, match="too large"):
+        bicubic_upscale(np.zeros((4, 9), np.uint8), 3299167961088.0)

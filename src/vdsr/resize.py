@@ -163,6 +163,8 @@ def imresize_banded(plane: NDArray[np.floating], scale: float, size: tuple[int, 
     if arr.ndim != 2 or 0 in arr.shape or not scale >= 1.0:
         raise InvalidArgument(f"imresize_banded upscales a non-empty (H, W) plane, got {arr.shape} x{scale}")
     (h, w), (out_h, out_w) = arr.shape, size
+    if out_h < 1 or out_w < 1 or out_h * out_w > MAX_OUTPUT_PIXELS:
+        raise InvalidArgument(f"imresize output size {size} is empty or too large")
     if (out_h, out_w) == (h, w) and scale == 1.0:
         return arr.copy()
     fov0, wts0, pad0 = _axis_plan(h, out_h, float(scale))
