@@ -767,7 +767,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--depth", type=_positive_int, help="convolution layers (20)")
     p.add_argument("--width", type=_positive_int, help="channels of the hidden layers (64)")
     p.add_argument("--no-bias", dest="bias", action="store_false", default=None, help="convolutions without biases")
-    p.add_argument("--body", choices=("plain", "residual", "dense", "inception"),
+    p.add_argument("--body", choices=C.BODIES,
                    help="architecture between the input and output layers (plain: the paper)")
     p.add_argument("--patch", type=_positive_int, help="training patch side (41)")
     p.add_argument("--batch-size", type=_positive_int, help="patches per step (64)")
@@ -821,7 +821,7 @@ def build_parser() -> argparse.ArgumentParser:
             "or of a weights file's model.")
     p.add_argument("model", help="vdsr, inception (the Inception example) or a weights file")
     p.add_argument("--input-shape", nargs=3, type=int, metavar=("H", "W", "C"), help="input size to trace")
-    p.add_argument("--body", choices=("plain", "residual", "dense", "inception"), default="plain",
+    p.add_argument("--body", choices=C.BODIES, default="plain",
                    help="VDSR body (with MODEL=vdsr)")
     p.set_defaults(func=cmd_summary)
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 __version__ = "0.2.0"
 
+BODIES: tuple[str, ...] = ("plain", "residual", "dense", "inception")  # VDSR bodies (vdsr.model)
 DEFAULT_SCALES: tuple[int, ...] = (2, 3, 4)  # the scales the paper trains and reports
 MAX_SCALE = 16.0  # larger factors are refused: VDSR only sharpens a bicubic upscale
 DEFAULT_TILE = 384  # network input side: 2 threads ran 424-MB-peak tiles faster than 512 (cache), measured

@@ -14,10 +14,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from vdsr.constants import BODIES
 from vdsr.errors import InvalidArgument
 from vdsr.layers import Add, DenseBlock, Inception, ResidualBlock
 
-BODIES = ("plain", "residual", "dense", "inception")
 # Branch widths chosen so 9 blocks of 64 channels hold plain VDSR's parameter count (-0.1%).
 INCEPTION_WIDTHS = {"ch1x1": 24, "ch3x3red": 64, "ch3x3": 64, "ch5x5red": 48, "ch5x5": 16, "pool_proj": 16}
 DENSE_GROWTH = 37  # 6 dense blocks of 3 convs: +1.3% parameters
