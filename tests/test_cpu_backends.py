@@ -10,11 +10,10 @@ import torch
 
 from tests.conftest import tiny_model
 from vdsr import cpu
-from vdsr.backends import create_backend, pick_backend
+from vdsr.backends import create_backend, pick_runtime
 from vdsr.cpu import CPU_FEATURES_ENV, CpuFeatures, cpu_features
 from vdsr.engine import Upscaler
 from vdsr.errors import BackendUnavailable, InvalidArgument
-from vdsr.precision import resolve_precision
 
 CPU = torch.device("cpu")
 
@@ -68,52 +67,50 @@ def test_detection_reads_kernel_flags(tmp_path: Path, monkeypatch: pytest.Monkey
     assert cpu.cpu_name()
 
 
-# -- the choice ----------------------------------------------------------------------------------
+# -- which runtime runs a recipe ------------------------------------------------------------------
 
-def test_auto_choice_on_a_machine_without_the_features(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv(CPU_FEATURES_ENV, "none")
-    # fp32 (the default) needs no feature: ONNX Runtime, as everywhere.
-    assert pick_backend("auto", CPU) == "onnxruntime"
-    assert pick_backend("auto", CPU, "fp32") == "onnxruntime"
-    # bf16 without native bf16: never OpenVINO's (emulated, slower than fp32); torch runs it.
-    assert pick_backend("auto", CPU, "bf16") == "torch"
-    with pytest.raises(InvalidArgument, match="AVX512_BF16"):
-        resolve_precision("bf16", CPU, "openvino")
-    assert resolve_precision("auto", CPU, "openvino") == "fp32"
-    # A GPU is never handed a CPU-only backend.
-    assert pick_backend("auto", torch.device("cuda"), "bf16") == "torch"
+AMX = CpuFeatures(avx2=True, avx512=True, vnni=True, bf16=True, amx=True)
+BF16 = CpuFeatures(avx2=True, avx512=True, vnni=True, bf16=True)
+VNNI = CpuFeatures(avx2=True, avx512=True, vnni=True)
+AVX2 = CpuFeatures(avx2=True)
 
 
-@needs_openvino
-def test_auto_choice_on_a_bf16_machine(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv(CPU_FEATURES_ENV, "avx2,avx512,vnni,bf16")
-    assert pick_backend("auto", CPU, "bf16") == "openvino"
-    assert resolve_precision("bf16", CPU, "openvino") == "bf16"
-    # bf16 is not exact enough to be the default, even where it is fast.
-    assert pick_backend("auto", CPU) == "onnxruntime"
-    assert resolve_precision("auto", CPU, "openvino") == "fp32"
-    # The features can also be handed in.
-    assert pick_backend("auto", CPU, "bf16", features=CpuFeatures()) == "torch"
+def test_runtime_for_each_recipe_and_cpu_class(monkeypatch: pytest.MonkeyPatch) -> None:
+    import vdsr.backends as backends
+
+    for have_openvino in (False, True):
+        real = backends._available
+        monkeypatch.setattr(backends, "_available",
+                            lambda m, h=have_openvino, r=real: (m != "openvino" or h) and (m == "openvino" or r(m)))
+        ov = "openvino" if have_openvino else None
+        assert pick_runtime("auto", CPU, "fp32", features=BF16) == "onnxruntime"  # exact: ORT everywhere
+        assert pick_runtime("auto", CPU, "int8", features=VNNI) == (ov or "onnxruntime")
+        assert pick_runtime("auto", CPU, "mixed", features=AVX2) == "onnxruntime"  # no VNNI: ORT
+        assert pick_runtime("auto", CPU, "bf16", features=BF16) == (ov or "torch")
+        assert pick_runtime("auto", CPU, "bf16-edge", features=AMX) == (ov or "torch")
+        assert pick_runtime("auto", CPU, "bf16", features=VNNI) == "torch"  # never OpenVINO's emulation
+        monkeypatch.setattr(backends, "_available", real)
 
 
 def test_openvino_missing_is_backend_unavailable(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "openvino", None)  # makes `import openvino` raise ImportError
     with pytest.raises(BackendUnavailable, match="openvino is not installed"):
-        pick_backend("openvino", CPU)
+        pick_runtime("openvino", CPU, "fp32")
     from vdsr.backends.openvino import OpenVinoBackend
 
     with pytest.raises(BackendUnavailable):
         OpenVinoBackend(tiny_model())
-    monkeypatch.setenv(CPU_FEATURES_ENV, "avx512,vnni,bf16")
-    assert pick_backend("auto", CPU, "bf16") == "torch"  # the fallback that works everywhere
+    assert pick_runtime("auto", CPU, "bf16", features=BF16) == "torch"  # the fallback that works everywhere
 
 
-def test_openvino_refuses_gpu_and_other_precisions(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_openvino_refuses_gpu_and_recipes_it_cannot_run() -> None:
     if HAVE_OPENVINO:
         with pytest.raises(InvalidArgument, match="CPU only"):
-            pick_backend("openvino", torch.device("cuda"))
-    with pytest.raises(InvalidArgument, match="fp32 or bf16"):
-        resolve_precision("fp16", CPU, "openvino")
+            pick_runtime("openvino", torch.device("cuda"), "fp32")
+        with pytest.raises(InvalidArgument, match="does not run fp16"):
+            pick_runtime("openvino", CPU, "fp16", features=BF16)
+        with pytest.raises(InvalidArgument, match="AVX512_BF16"):
+            pick_runtime("openvino", CPU, "bf16", features=VNNI)
 
 
 # -- the OpenVINO backend ----------------------------------------------------------------------
@@ -133,7 +130,7 @@ def test_openvino_fp32_equals_torch_any_size_and_tiled(monkeypatch: pytest.Monke
         first = out.clone()
         backend(torch.zeros_like(x))  # the output buffer is reused by the runtime: ours is a copy
         assert torch.equal(out, first)
-    up = Upscaler(model, backend="openvino", tile=16)
+    up = Upscaler(model, backend="openvino", precision="fp32", tile=16)
     x = torch.rand(1, 1, 37, 29)
     with torch.no_grad():
         assert (up.network(x) - model(x)).abs().max() < 1e-5
@@ -141,19 +138,25 @@ def test_openvino_fp32_equals_torch_any_size_and_tiled(monkeypatch: pytest.Monke
 
 
 @needs_openvino
-def test_openvino_bf16_on_a_bf16_machine_is_close_not_exact(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("recipe", ["bf16", "bf16-edge"])
+def test_openvino_bf16_graph_is_close_not_exact(recipe: str, monkeypatch: pytest.MonkeyPatch) -> None:
     # OpenVINO emulates bf16 where the CPU lacks it, so this runs anywhere (slowly, on a tiny model).
     monkeypatch.setenv(CPU_FEATURES_ENV, "avx2,avx512,vnni,bf16")
     model = tiny_model(depth=6, width=8)
-    backend = create_backend(model, "openvino", precision="bf16", threads=1)
-    assert backend.precision == "bf16"
+    backend = create_backend(model, "openvino", precision=recipe, threads=1)
+    assert (backend.name, backend.precision) == ("openvino", recipe)
     x = torch.rand(1, 1, 24, 24)
     with torch.no_grad():
         err = (backend(x) - model(x)).abs().max().item()
     assert 0 < err < 0.02
+    # The input and the residual addition stay fp32: a zero residual gives the input back exactly.
+    with torch.no_grad():
+        model.output.weight.zero_()
+        model.output.bias.zero_()
+    assert torch.equal(create_backend(model, "openvino", precision=recipe, threads=1)(x), x)
     monkeypatch.setenv(CPU_FEATURES_ENV, "avx2,vnni")
     with pytest.raises(InvalidArgument, match="bf16"):
-        create_backend(model, "openvino", precision="bf16")
+        create_backend(model, "openvino", precision=recipe)
 
 
 # -- the cached graphs -------------------------------------------------------------------------
@@ -211,29 +214,22 @@ def test_int8_split_is_a_parameter() -> None:
 
 def test_int8_runtime_follows_the_features(monkeypatch: pytest.MonkeyPatch) -> None:
     import vdsr.export as export
-    from vdsr.backends import int8_runtime
 
     model = tiny_model(depth=8, width=16)
     x = torch.from_numpy(next(export.calibration_inputs(1))[:, :, :40, :44])
     with torch.no_grad():
         ref = model(x)
     monkeypatch.setenv(CPU_FEATURES_ENV, "avx2")  # no VNNI: ONNX Runtime, the fallback
-    assert int8_runtime() == "onnxruntime"
-    ort_int8 = create_backend(model, "int8")
-    assert (ort_int8.name, ort_int8.precision, getattr(ort_int8, "runtime", None)) == (
-        "int8", "int8", "onnxruntime")
+    ort_int8 = create_backend(model, "auto", precision="int8")
+    assert (ort_int8.name, ort_int8.precision) == ("onnxruntime", "int8")
     ort_out = ort_int8(x)
     assert 0 < (ort_out - ref).abs().max() < 0.02
     if not HAVE_OPENVINO:
-        monkeypatch.setenv(CPU_FEATURES_ENV, "avx512,vnni")
-        assert int8_runtime() == "onnxruntime"
         return
     monkeypatch.setenv(CPU_FEATURES_ENV, "avx512,vnni")
-    assert int8_runtime() == "openvino"
-    ov_int8 = create_backend(model, "int8")  # the same cached graph, no recalibration
+    ov_int8 = create_backend(model, "auto", precision="int8")  # the same cached graph, no recalibration
     monkeypatch.setattr(export, "onnx_int8_bytes", lambda *a, **k: pytest.fail("recalibrated"))
-    assert (ov_int8.name, ov_int8.precision, getattr(ov_int8, "runtime", None)) == (
-        "int8", "int8", "openvino")
+    assert (ov_int8.name, ov_int8.precision) == ("openvino", "int8")
     ov_out = ov_int8(x)
     assert 0 < (ov_out - ref).abs().max() < 0.02
     assert (ov_out - ort_out).abs().max() < 0.01  # one graph, two runtimes' int8 kernels
@@ -246,8 +242,8 @@ def test_mixed_keeps_the_last_three_convolutions_fp32(monkeypatch: pytest.Monkey
 
     monkeypatch.setenv(CPU_FEATURES_ENV, "avx2")  # ONNX Runtime runs it
     model = tiny_model(depth=8, width=16)
-    backend = create_backend(model, "mixed")
-    assert (backend.name, backend.precision) == ("mixed", "mixed")
+    backend = create_backend(model, "auto", precision="mixed")
+    assert (backend.name, backend.precision) == ("onnxruntime", "mixed")
     import vdsr.export as export
 
     x = torch.from_numpy(next(export.calibration_inputs(1))[:, :, :30, :26])  # a natural image
@@ -257,18 +253,3 @@ def test_mixed_keeps_the_last_three_convolutions_fp32(monkeypatch: pytest.Monkey
     dequantised = {o for n in graph.node if n.op_type == "DequantizeLinear" for o in n.output}
     quantised = [n.input[1] in dequantised for n in graph.node if n.op_type == "Conv"]
     assert quantised == [False] * 3 + [True] * 2 + [False] * 3  # 8 convs: 3 fp32, 2 int8, 3 fp32
-    assert resolve_precision("auto", CPU, "mixed") == "mixed"
-
-
-def test_auto_takes_mixed_only_when_enabled_and_vnni(monkeypatch: pytest.MonkeyPatch) -> None:
-    import vdsr.backends as backends
-
-    monkeypatch.setenv(CPU_FEATURES_ENV, "avx512,vnni")
-    assert pick_backend("auto", CPU) == "onnxruntime"  # off by default (see CPU_AUTO_MIXED)
-    monkeypatch.setattr(backends, "CPU_AUTO_MIXED", True)
-    assert pick_backend("auto", CPU) == "mixed"
-    assert pick_backend("auto", CPU, "fp32") == "onnxruntime"  # fp32 asked for: exact
-    monkeypatch.setenv(CPU_FEATURES_ENV, "avx2")  # no VNNI: the exact fallback
-    assert pick_backend("auto", CPU) == "onnxruntime"
-    monkeypatch.setenv(CPU_FEATURES_ENV, "none")
-    assert pick_backend("auto", CPU) == "onnxruntime"

@@ -10,11 +10,12 @@ import pytest
 import torch
 
 from tests.conftest import tiny_model
-from vdsr.backends import create_backend, pick_backend
+from vdsr.backends import create_backend, pick_runtime
+from vdsr.color import rgb2ycbcr, ycbcr2rgb
 from vdsr.engine import Upscaler, dihedral, dihedral_inverse
 from vdsr.errors import BackendUnavailable, InvalidArgument, TooLarge, VDSRError
-from vdsr.inference import upscale, upscale_array, upscale_pixels
-from vdsr.precision import resolve_precision
+from vdsr.inference import run_network, upscale
+from vdsr.resize import imresize
 
 
 def _input(h: int = 45, w: int = 61, seed: int = 0) -> torch.Tensor:
@@ -33,21 +34,41 @@ def test_ensemble_equals_the_mean_of_eight_transformed_runs() -> None:
     with torch.no_grad():  # a non-zero output layer, so the transforms give different residuals
         model.output.weight.normal_(0, 0.05)
     x = _input()
-    plain = Upscaler(model, backend="torch", tile=None)
+    plain = Upscaler(model, backend="torch", precision="fp32", tile=None)
     by_hand = sum(dihedral_inverse(plain.network(dihedral(x, k)), k) for k in range(8)) / 8
-    ensemble = Upscaler(model, backend="torch", tile=None, ensemble=True).network(x)
+    ensemble = Upscaler(model, backend="torch", precision="fp32", tile=None, ensemble=True).network(x)
     assert torch.allclose(ensemble, by_hand, atol=1e-6)
     assert not torch.allclose(ensemble, plain.network(x), atol=1e-4)  # it does something
-    tiled = Upscaler(model, backend="torch", tile=16, ensemble=True).network(x)
+    tiled = Upscaler(model, backend="torch", precision="fp32", tile=16, ensemble=True).network(x)
     assert torch.allclose(tiled, ensemble, atol=1e-5)
 
 
-def test_progress_counts_tiles_and_ensemble_passes() -> None:
+def test_progress_counts_tiles() -> None:
     calls: list[tuple[int, int]] = []
-    up = Upscaler(tiny_model(), backend="torch", tile=16, ensemble=True)
+    up = Upscaler(tiny_model(), backend="torch", precision="fp32", tile=16, ensemble=True)
     up.network(_input(40, 33), progress=lambda done, total: calls.append((done, total)))
-    # tile 16 at depth 4: cores of 8 pixels, 5 x 5 of them (the shape turns with k), 8 passes
-    assert calls[-1] == (8 * 25, 8 * 25) and len(calls) == 200
+    # tile 16 at depth 4: cores of 8 pixels, 5 x 5 of them (each tile's 8 passes run together)
+    assert calls == [(i, 25) for i in range(1, 26)]
+    calls.clear()
+    rgb = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (3, 20, 17), dtype=np.uint8))
+    blocks = list(up.blocks(rgb, 2, progress=lambda done, total: calls.append((done, total))))
+    assert len(blocks) == 25 and calls[-1] == (25, 25)
+
+
+def test_an_exception_from_progress_stops_the_work() -> None:
+    """How the server cancels a job whose client has gone: raise from the progress callback."""
+
+    class Stop(Exception):
+        pass
+
+    def stop(done: int, total: int) -> None:
+        if done == 2:
+            raise Stop
+
+    up = Upscaler(tiny_model(), backend="torch", precision="fp32", tile=16)
+    rgb = torch.zeros((3, 30, 30), dtype=torch.uint8)
+    with pytest.raises(Stop):
+        list(up.blocks(rgb, 2, progress=stop))
 
 
 class _FlakyBackend:
@@ -73,7 +94,7 @@ def test_out_of_memory_halves_the_tile_and_finishes() -> None:
     up = Upscaler(model, tile=None, backend_instance=fake)
     with pytest.warns(UserWarning, match="out of memory.*continuing with 25-pixel tiles"):
         out = up.network(x)
-    whole = Upscaler(model, backend="torch", tile=None).network(x)
+    whole = Upscaler(model, backend="torch", precision="fp32", tile=None).network(x)
     assert torch.allclose(out, whole, atol=1e-5)
     assert up.tile == 25  # 100 -> 50 -> 25: kept for the next image
 
@@ -85,25 +106,32 @@ def test_out_of_memory_below_the_receptive_field_is_an_error() -> None:
         up.network(_input(40, 40))
 
 
-def test_precision_rule() -> None:
+def test_runtime_rule_for_each_recipe() -> None:
+    """Which runtime runs a recipe; features handed in, so no machine's CPU or optional packages
+    decide the answer (openvino is hidden here as if it were not installed)."""
+    import vdsr.backends as backends
+
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
-    assert resolve_precision("auto", cpu, "torch") == "fp32"
-    assert resolve_precision("auto", cuda, "torch") == "fp16"
-    assert resolve_precision("auto", cpu, "onnxruntime") == "fp32"
-    assert resolve_precision("bf16", cpu, "torch") == "bf16"
-    assert resolve_precision("auto", cpu, "int8") == "int8"
-    with pytest.raises(InvalidArgument, match="CUDA"):
-        resolve_precision("tf32", cpu, "torch")
-    with pytest.raises(InvalidArgument, match="fp32 only"):
-        resolve_precision("fp16", cpu, "onnxruntime")
-    with pytest.raises(InvalidArgument, match="unknown precision"):
-        resolve_precision("fp8", cpu, "torch")
-    # auto picks ONNX Runtime on CPU for fp32 only; a lower precision needs PyTorch
-    assert pick_backend("auto", cpu, "auto") == "onnxruntime"
-    assert pick_backend("auto", cpu, "bf16") == "torch"
-    assert pick_backend("auto", cuda, "auto") == "torch"
-    with pytest.raises(BackendUnavailable, match="CPU only"):
-        pick_backend("int8", cuda)
+    plain = backends.CpuFeatures(avx2=True, avx512=True, vnni=True, bf16=True)
+    real = backends._available
+    try:
+        backends._available = lambda module: module != "openvino" and real(module)  # type: ignore[assignment]
+        assert pick_runtime("auto", cpu, "fp32", features=plain) == "onnxruntime"
+        assert pick_runtime("auto", cpu, "int8", features=plain) == "onnxruntime"
+        assert pick_runtime("auto", cpu, "bf16", features=plain) == "torch"
+        assert pick_runtime("auto", cuda, "fp16", features=plain) == "torch"
+        with pytest.raises(InvalidArgument, match="CUDA"):
+            pick_runtime("auto", cpu, "tf32", features=plain)
+        with pytest.raises(InvalidArgument, match="does not run fp16"):
+            pick_runtime("onnxruntime", cpu, "fp16", features=plain)
+        with pytest.raises(InvalidArgument, match="unknown precision"):
+            pick_runtime("auto", cpu, "fp8", features=plain)
+        with pytest.raises(BackendUnavailable, match="CPU only"):
+            pick_runtime("auto", cuda, "int8", features=plain)
+        with pytest.raises(BackendUnavailable, match="CPU only"):
+            pick_runtime("onnxruntime", cuda, "fp32", features=plain)
+    finally:
+        backends._available = real  # type: ignore[assignment]
 
 
 def test_reduced_precision_keeps_the_input_path_exact() -> None:
@@ -112,7 +140,7 @@ def test_reduced_precision_keeps_the_input_path_exact() -> None:
         model.output.weight.zero_()
         model.output.bias.zero_()
     x = _input()
-    for precision in ("bf16", "fp16"):
+    for precision in ("bf16", "bf16-edge", "fp16"):
         up = Upscaler(model, backend="torch", precision=precision, tile=None)
         assert up.precision == precision
         assert torch.equal(up.network(x), x)  # fp32 input + a 16-bit zero residual
@@ -120,39 +148,65 @@ def test_reduced_precision_keeps_the_input_path_exact() -> None:
         model.output.weight.normal_(0, 0.05)
     ref = Upscaler(model, backend="torch", precision="fp32", tile=None).network(x)
     low = Upscaler(model, backend="torch", precision="bf16", tile=None).network(x)
+    edge = Upscaler(model, backend="torch", precision="bf16-edge", tile=None).network(x)
     assert 0 < (low - ref).abs().max() < 0.02
+    assert 0 < (edge - ref).abs().max() < 0.02
 
 
-def test_tensor_upscale_matches_the_numpy_path() -> None:
+def _whole_image_reference(model: torch.nn.Module, rgb8: np.ndarray, scale: float) -> np.ndarray:
+    """The pipeline of earlier releases, whole planes in NumPy: Y and Cb/Cr upscaled whole,
+    the network on the whole Y plane, back to RGB, rounded."""
+    size = (round(rgb8.shape[0] * scale), round(rgb8.shape[1] * scale))
+    ycbcr = rgb2ycbcr(rgb8 / 255.0)
+    y = imresize(ycbcr[..., 0], scale=scale, size=size).astype(np.float32)
+    sr_y = run_network(model, y[None], tile=None, backend="torch")[0].astype(np.float64)
+    cbcr = [imresize(ycbcr[..., c], scale=scale, size=size) for c in (1, 2)]
+    rgb = np.clip(ycbcr2rgb(np.stack([sr_y, *cbcr], axis=-1)), 0, 1)
+    return np.clip(np.round(rgb * 255), 0, 255).astype(np.uint8)
+
+
+@pytest.mark.parametrize("scale", [2, 3, 2.5])
+def test_tile_by_tile_colour_pipeline_equals_whole_planes(scale: float) -> None:
+    """Each tile's bicubic input is made from the few low-resolution pixels it reads; the result
+    equals whole-plane processing (the network's tiling is exact; rounding may move a level)."""
     model = tiny_model(depth=4)
-    with torch.no_grad():
-        model.output.weight.normal_(0, 0.05)
+    rgb8 = np.random.default_rng(3).integers(0, 256, (41, 37, 3), dtype=np.uint8)
+    ref = _whole_image_reference(model, rgb8, scale)
+    for tile in (None, 16, 23):
+        out = upscale(rgb8, scale, model=model, tile=tile, backend="torch", precision="fp32")
+        diff = np.abs(out.astype(int) - ref.astype(int))
+        assert out.shape == ref.shape and diff.max() <= 1 and (diff > 0).mean() < 1e-3
+
+
+def test_tensor_upscale_matches_the_numpy_face() -> None:
+    model = tiny_model(depth=4)
     rgb = np.random.default_rng(3).random((23, 31, 3))
-    ref = upscale_array(model, rgb, 3, tile=None, backend="torch")
-    up = Upscaler(model, backend="torch", tile=None)
+    ref = upscale(rgb, 3, model=model, tile=None, backend="torch", precision="fp32")
+    up = Upscaler(model, backend="torch", precision="fp32", tile=None)
     out = up.upscale(torch.from_numpy(rgb.transpose(2, 0, 1).copy())[None], 3)
     assert out.shape == (1, 3, 69, 93) and out.dtype == torch.float32
-    assert np.abs(out[0].numpy().transpose(1, 2, 0) - ref).max() < 1e-5
+    assert np.abs(out[0].numpy().transpose(1, 2, 0) - ref).max() < 1e-6
     grey = up.upscale(torch.from_numpy(rgb[None, None, ..., 0].copy()), 2.5)
     assert grey.shape == (1, 1, 58, 78)
 
 
-def test_numpy_output_as_integers_equals_rounded_float() -> None:
+def test_integer_output_equals_rounded_float_output() -> None:
     model = tiny_model(depth=4)
-    rgb = np.random.default_rng(4).random((300, 40, 3))  # several row bands at x3
-    up = Upscaler(model, backend="torch", tile=None)
-    as_float = upscale_pixels(up, rgb, 3)
-    as_uint8 = upscale_pixels(up, rgb, 3, np.uint8)
-    assert as_uint8.dtype == np.uint8
-    assert np.array_equal(as_uint8, np.clip(np.round(as_float * 255), 0, 255).astype(np.uint8))
+    rgb = np.random.default_rng(4).random((300, 40, 3))
+    as_float = upscale(rgb, 3, model=model, backend="torch", precision="fp32")
+    up = Upscaler(model, backend="torch", precision="fp32")
+    out = torch.empty((3, 900, 120), dtype=torch.uint8)
+    up.upscale_into(torch.from_numpy(rgb.transpose(2, 0, 1).copy()), 3, out)
+    assert np.array_equal(out.numpy().transpose(1, 2, 0),
+                          np.clip(np.round(as_float * 255), 0, 255).astype(np.uint8))
 
 
 def test_python_api_refuses_float_images_on_another_scale_and_huge_outputs() -> None:
     model = tiny_model()
     with pytest.raises(InvalidArgument, match=r"must be in \[0, 1\].*255"):
-        upscale(np.full((8, 8, 3), 200.0), 2, model=model)
+        upscale(np.full((8, 8, 3), 200.0), 2, model=model, precision="fp32")
     with pytest.raises(TooLarge) as info:
-        upscale(np.zeros((100, 100), np.uint8), 4, model=model, max_output_pixels=100_000)
+        upscale(np.zeros((100, 100), np.uint8), 4, model=model, max_output_pixels=100_000, precision="fp32")
     assert (info.value.what, info.value.pixels, info.value.limit) == ("output", 160_000, 100_000)
 
 
@@ -160,9 +214,9 @@ def test_backends_share_one_protocol() -> None:
     model = tiny_model()
     x = _input()
     ref = create_backend(model, "torch")(x)
-    for name in ("onnxruntime", "int8"):
-        backend = create_backend(model, name)
-        assert backend.name == name and backend.device.type == "cpu"
+    for name, precision in (("onnxruntime", "fp32"), ("onnxruntime", "int8")):
+        backend = create_backend(model, name, precision=precision)
+        assert (backend.name, backend.precision, backend.device.type) == (name, precision, "cpu")
         assert backend(x).shape == ref.shape
 
 
@@ -173,8 +227,8 @@ def test_import_vdsr_and_cli_parser_do_not_import_torch() -> None:
     assert out.stdout.split()[0] == "False"
 
 
-def test_banded_bicubic_refuses_an_absurd_output_size() -> None:
-    """Found by the fuzz test: the banded upscaler must check the size as imresize does."""
+def test_bicubic_refuses_an_absurd_output_size() -> None:
+    """Found by the fuzz test: the bicubic upscaler must check the size before allocating."""
     from vdsr.inference import bicubic_upscale
 
     with pytest.raises(VDSRError, match="too large"):

@@ -55,7 +55,7 @@ def test_int8_backend_close_to_fp32_cached_and_silent(
     model = tiny_model(depth=8, width=16)
     x = next(export.calibration_inputs(1))[0, :, :60, :72]  # a natural (bicubic-degraded) image
     ref = run_network(model, x, tile=None, backend="torch")
-    out = run_network(model, x, tile=None, backend="int8")
+    out = run_network(model, x, tile=None, precision="int8")
     assert out.shape == ref.shape
     err = np.abs(out - ref)
     assert 0 < err.max() < 0.02 and err.mean() < 2e-3  # quantised: close, not equal
@@ -68,20 +68,20 @@ def test_int8_backend_close_to_fp32_cached_and_silent(
     # A second model object with the same weights reuses the cache instead of recalibrating.
     monkeypatch.setattr(export, "onnx_int8_bytes", lambda m: pytest.fail("recalibrated"))
     again = tiny_model(depth=8, width=16)
-    assert np.array_equal(run_network(again, x, tile=None, backend="int8"), out)
+    assert np.array_equal(run_network(again, x, tile=None, precision="int8"), out)
     # A damaged cache file is recalibrated and replaced, not fed to onnxruntime.
     cached[0].write_bytes(b"\x00garbage")
     monkeypatch.undo()
     monkeypatch.setenv("VDSR_CACHE_DIR", str(tmp_path / "cache"))
     fresh = tiny_model(depth=8, width=16)
-    assert np.array_equal(run_network(fresh, x, tile=None, backend="int8"), out)
+    assert np.array_equal(run_network(fresh, x, tile=None, precision="int8"), out)
     assert cached[0].stat().st_size > 1000
     # New weights get their own entry.
     monkeypatch.undo()
     monkeypatch.setenv("VDSR_CACHE_DIR", str(tmp_path / "cache"))
     with torch.no_grad():
         again.output.weight.mul_(2)
-    run_network(again, x, tile=None, backend="int8")
+    run_network(again, x, tile=None, precision="int8")
     assert len(list((tmp_path / "cache").glob("int8-*.onnx"))) == 2
 
 
@@ -91,24 +91,25 @@ def test_int8_unwritable_cache_still_works(tmp_path: Path, monkeypatch: pytest.M
     monkeypatch.setenv("VDSR_CACHE_DIR", str(blocker / "cache"))
     model = tiny_model(depth=6, width=8)
     x = np.random.default_rng(1).random((1, 30, 30)).astype(np.float32)
-    assert run_network(model, x, tile=None, backend="int8").shape == x.shape
+    assert run_network(model, x, tile=None, precision="int8").shape == x.shape
 
 
 def test_int8_refuses_gpu_device() -> None:
     from vdsr.errors import InvalidArgument
 
     with pytest.raises(InvalidArgument, match="CPU only"):
-        run_network(tiny_model(), np.zeros((1, 8, 8), np.float32), device="cuda", backend="int8")
+        run_network(tiny_model(), np.zeros((1, 8, 8), np.float32), device="cuda", precision="int8")
 
 
 @needs_shared
 @pytest.mark.parametrize("which", ["default", "official"])
 def test_int8_psnr_within_005_db_of_fp32_on_set5(which: str, official_weights: Path) -> None:
-    from vdsr.evaluate import evaluate_folder
+    from vdsr.engine import Upscaler
+    from vdsr.evaluate import EvalConfig, evaluate_folder
 
     model, _ = load_model(None if which == "default" else official_weights)
-    fp32 = evaluate_folder(model, DATASETS / "Set5", [2, 3, 4], with_ssim=False, backend="onnxruntime")
-    int8 = evaluate_folder(model, DATASETS / "Set5", [2, 3, 4], with_ssim=False, backend="int8")
+    fp32 = evaluate_folder(Upscaler(model, precision="fp32"), DATASETS / "Set5", EvalConfig(ssim=False))
+    int8 = evaluate_folder(Upscaler(model, precision="int8"), DATASETS / "Set5", EvalConfig(ssim=False))
     for a, b in zip(fp32, int8, strict=True):
         assert abs(a.psnr - b.psnr) < 0.05, (a.scale, a.psnr, b.psnr)
 

@@ -39,7 +39,8 @@ def _load_bytes(tmp: Path, data: bytes, suffix: str) -> None:
     except VDSRError:
         return
     assert img.pixels.ndim in (2, 3) and img.height > 0 and img.width > 0
-    assert np.isfinite(img.pixels).all() and 0 <= img.pixels.min() and img.pixels.max() <= 1
+    pixels = img.floats()[0]
+    assert np.isfinite(pixels).all() and 0 <= pixels.min() and pixels.max() <= 1
 
 
 @FUZZ

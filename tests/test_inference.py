@@ -7,8 +7,10 @@ import pytest
 import torch
 
 from tests.conftest import random_rgb, tiny_model
+from vdsr.engine import check_tile
 from vdsr.errors import VDSRError
-from vdsr.inference import check_scale, check_tile, run_network, upscale, upscale_array
+from vdsr.inference import run_network, upscale
+from vdsr.sizes import check_scale
 
 
 @pytest.mark.parametrize("tile", [13, 16, 29, 50])
@@ -33,8 +35,8 @@ def test_tiled_equals_whole_default_depth() -> None:
 def test_tile_smaller_than_receptive_field_is_refused() -> None:
     model = tiny_model(depth=20)
     with pytest.raises(VDSRError, match="receptive field"):
-        check_tile(40, model)
-    assert check_tile(0, model) is None
+        check_tile(40, model.config.receptive_field)
+    assert check_tile(0, model.config.receptive_field) is None
 
 
 @pytest.mark.parametrize("scale", [2, 3, 4, 2.5, 1.3])
@@ -42,7 +44,7 @@ def test_output_size_is_rounded_scale(scale: float) -> None:
     model = tiny_model()
     img = random_rgb(23, 31)
     with pytest.warns(UserWarning) if not 2 <= scale <= 4 else _nowarn():
-        out = upscale(img, scale, model=model)
+        out = upscale(img, scale, model=model, precision="fp32")
     assert out.shape == (round(23 * scale), round(31 * scale), 3)
     assert out.dtype == np.uint8
 
@@ -68,29 +70,29 @@ def test_identity_model_gives_bicubic_in_ycbcr() -> None:
 
     model = VDSR(VDSRConfig(depth=3, width=4)).eval()  # zero output layer = identity
     img = random_rgb(20, 24).astype(np.float64) / 255
-    out = upscale_array(model, img, 2)
+    out = upscale(img, 2, model=model, precision="fp32")
     assert np.abs(out - np.clip(bicubic_upscale(img, 2), 0, 1)).max() < 1e-6
 
 
 def test_dtypes_alpha_and_gray() -> None:
     model = tiny_model()
     rgba = np.dstack([random_rgb(10, 12), np.full((10, 12), 200, np.uint8)])
-    out = upscale(rgba, 2, model=model)
+    out = upscale(rgba, 2, model=model, precision="fp32")
     assert out.shape == (20, 24, 4) and out.dtype == np.uint8
     assert np.abs(out[..., 3].astype(int) - 200).max() <= 1
     u16 = (random_rgb(10, 12).astype(np.uint16) * 257)
-    out16 = upscale(u16, 2, model=model)
+    out16 = upscale(u16, 2, model=model, precision="fp32")
     assert out16.dtype == np.uint16 and out16.max() > 255
     flt = random_rgb(10, 12).astype(np.float32) / 255
-    outf = upscale(flt, 2, model=model)
+    outf = upscale(flt, 2, model=model, precision="fp32")
     assert outf.dtype == np.float32 and 0 <= outf.min() and outf.max() <= 1
     gray = random_rgb(10, 12)[..., 0]
-    assert upscale(gray, 2, model=model).shape == (20, 24)
+    assert upscale(gray, 2, model=model, precision="fp32").shape == (20, 24)
 
 
 def test_three_channel_model() -> None:
     model = tiny_model(channels=3)
-    out = upscale(random_rgb(9, 11), 2, model=model)
+    out = upscale(random_rgb(9, 11), 2, model=model, precision="fp32")
     assert out.shape == (18, 22, 3)
 
 

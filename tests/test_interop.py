@@ -19,7 +19,7 @@ from safetensors.torch import load_file, save_file
 from tests.conftest import random_rgb, tiny_model
 from vdsr.cli import main
 from vdsr.errors import BadScale
-from vdsr.inference import upscale_array
+from vdsr.inference import upscale
 from vdsr.resize import imresize
 from vdsr.rgb_onnx import (
     OPSET,
@@ -175,7 +175,7 @@ def test_rgb_onnx_equals_vdsr_upscale(scale: int) -> None:
         rgb = np.random.default_rng(h).random((h, w, 3)) if h < 4 else \
             random_rgb(h, w, seed=h).astype(np.float64) / 255.0
         ours = _run(session, rgb)
-        ref = upscale_array(model, rgb, scale)
+        ref = upscale(rgb, scale, model=model, precision="fp32")
         assert ours.shape == ref.shape == (scale * h, scale * w, 3)
         psnr, max_diff = _psnr8(ours, ref)
         assert psnr >= 45.0 and max_diff <= 1, (psnr, max_diff)
@@ -199,7 +199,7 @@ def test_rgb_onnx_fp16_keeps_float32_io() -> None:
     assert graph.graph.output[0].type.tensor_type.elem_type == f32
     assert any(t.data_type == f16 for t in graph.graph.initializer)
     rgb = random_rgb(37, 53, seed=3).astype(np.float64) / 255.0
-    psnr, max_diff = _psnr8(_run(_session(data), rgb), upscale_array(model, rgb, 2))
+    psnr, max_diff = _psnr8(_run(_session(data), rgb), upscale(rgb, 2, model=model, precision="fp32"))
     assert psnr >= 45.0, (psnr, max_diff)
 
 
@@ -207,7 +207,7 @@ def test_rgb_onnx_of_an_rgb_model() -> None:
     model = tiny_model(channels=3)
     rgb = random_rgb(15, 22, seed=4).astype(np.float64) / 255.0
     ours = _run(_session(rgb_onnx_bytes(model, 4)), rgb)
-    psnr, max_diff = _psnr8(ours, upscale_array(model, rgb, 4, backend="torch"))
+    psnr, max_diff = _psnr8(ours, upscale(rgb, 4, model=model, backend="torch", precision="fp32"))
     assert psnr >= 45.0 and max_diff <= 1, (psnr, max_diff)
 
 

@@ -18,7 +18,7 @@ from vdsr.engine import Upscaler
 from vdsr.evaluate import make_pair, super_resolve_y
 from vdsr.images import load_image
 from vdsr.metrics import psnr
-from vdsr.precision import AUTO_PRECISION
+from vdsr.recipes import CUDA_ORDER
 from vdsr.weights import load_model
 
 CROP = 40
@@ -30,9 +30,9 @@ CROP = 40
 def test_cuda_auto_precision_stays_within_002_db_and_beats_bf16(which: str, official_weights: Path) -> None:
     model, _ = load_model(official_weights if which == "official" else None)
     model.eval()
-    pixels = load_image(DATASETS / "Set5" / "butterfly.png").pixels[:CROP, :CROP]
+    pixels = load_image(DATASETS / "Set5" / "butterfly.png").floats()[0][:CROP, :CROP]
     gt, bicubic = make_pair(pixels, 4, "rgb8")
-    auto = AUTO_PRECISION["cuda"]
+    auto = CUDA_ORDER[0]  # the first recipe auto checks on CUDA
     torch.set_num_threads(2)
     out = {p: super_resolve_y(Upscaler(model, backend="torch", precision=p, tile=None), bicubic)
            for p in dict.fromkeys(("fp32", auto, "bf16"))}

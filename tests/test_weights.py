@@ -15,8 +15,9 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from tests.conftest import DATASETS, REFERENCE, needs_shared, tiny_model
+from vdsr.engine import Upscaler
 from vdsr.errors import TrainingError, WeightsError
-from vdsr.evaluate import PAPER, evaluate_folder
+from vdsr.evaluate import PAPER, EvalConfig, evaluate_folder
 from vdsr.importers import RestrictedUnpickler, import_pytorch_vdsr
 from vdsr.weights import (
     WeightsMetadata,
@@ -151,7 +152,8 @@ def test_pytorch_vdsr_import_structure() -> None:
 def test_official_weights_reach_paper_on_set5(official_weights: Path) -> None:
     """Authors' weights, our protocol: within 0.1 dB of the paper's Set5 numbers."""
     model, _ = load_model(official_weights)
-    results = evaluate_folder(model, DATASETS / "Set5", [2, 3, 4], tile=None, with_ssim=False)
+    results = evaluate_folder(Upscaler(model, precision="fp32", tile=None), DATASETS / "Set5",
+                              EvalConfig(ssim=False))
     for r in results:
         paper_vdsr = PAPER[("Set5", r.scale)]["vdsr"][0]
         paper_bic = PAPER[("Set5", r.scale)]["bicubic"][0]
@@ -169,8 +171,8 @@ def test_pytorch_vdsr_weights_on_set5(tmp_path: Path) -> None:
     out = tmp_path / "pv.safetensors"
     convert(REFERENCE / "pytorch_vdsr_model_epoch_50.pth", out)
     model, _ = load_model(out)
-    results = evaluate_folder(model, DATASETS / "Set5", [2, 3, 4], protocol="ydouble",
-                              tile=None, with_ssim=False)
+    results = evaluate_folder(Upscaler(model, precision="fp32", tile=None), DATASETS / "Set5",
+                              EvalConfig(protocol="ydouble", ssim=False))
     expected = {2: 37.65, 3: 33.77, 4: 31.45}
     for r in results:
         assert abs(r.psnr - expected[r.scale]) < 0.02, (r.scale, r.psnr)

@@ -191,11 +191,24 @@ def cmd_upscale(args: argparse.Namespace) -> int:
         return _upscale(args)
 
 
+def _engine_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The engine's keyword arguments from the shared flags; ``--backend int8``/``mixed`` of earlier
+    releases are recipes now (``--precision``), accepted with a warning."""
+    backend, precision = args.backend, args.precision
+    if backend in C.LEGACY_BACKENDS:
+        warnings.warn(f"--backend {backend} is now --precision {backend} (the backend is the runtime "
+                      "that runs it)", stacklevel=2)
+        backend, precision = "auto", backend
+    return {"device": args.device, "precision": precision, "backend": backend, "tile": args.tile,
+            "ensemble": args.ensemble}
+
+
 def _upscale(args: argparse.Namespace) -> int:
     from vdsr.engine import Upscaler
     from vdsr.errors import VDSRError
-    from vdsr.images import check_output_size, load_image, save_image
-    from vdsr.inference import check_scale, upscale_image
+    from vdsr.images import load_image, probe_file
+    from vdsr.inference import write_upscaled
+    from vdsr.sizes import check_output_pixels, check_scale
     from vdsr.weights import load_model
 
     files = _expand_inputs(args.inputs)
@@ -203,10 +216,10 @@ def _upscale(args: argparse.Namespace) -> int:
     single_target = _output_is_file(args.output, len(args.inputs) == 1 and not Path(args.inputs[0]).is_dir())
     if single_target and not out.parent.exists():
         raise VDSRError(f"{out}: output folder {out.parent} does not exist")
-    model, meta = load_model(args.weights, device=args.device)
+    model, meta = load_model(args.weights)
     check_scale(args.scale, meta.scales)
-    upscaler = Upscaler(model, device=args.device, precision=args.precision, backend=args.backend,
-                        tile=args.tile, ensemble=args.ensemble)
+    options = _engine_options(args)
+    upscaler: Upscaler | None = None  # built for the first image that can be read (the recipe check)
     targets = _output_paths(files, out, args, single_target)
     folder = targets[0].parent
     if not os.access(folder, os.W_OK):
@@ -222,35 +235,26 @@ def _upscale(args: argparse.Namespace) -> int:
                 raise VDSRError(f"{dst}: output would overwrite its own input")
             if dst.exists() and not args.overwrite:
                 raise VDSRError(f"{dst}: already exists (pass --overwrite to replace it)")
-            img = load_image(src, max_pixels=args.max_pixels)
-            out_h, out_w = check_output_size(str(src), img.height, img.width, args.scale,
-                                             args.max_output_pixels)
-            label = f"{src.name} {img.width}x{img.height} -> {out_w}x{out_h}"
+            height, width = probe_file(src, max_pixels=args.max_pixels)
+            out_h, out_w = check_output_pixels(str(src), height, width, args.scale, args.max_output_pixels)
+            label = f"{src.name} {width}x{height} -> {out_w}x{out_h}"
             bar.set_postfix_str(label, refresh=True)
 
             def tiles(done: int, total: int, label: str = label) -> None:
                 if total > 1:
                     bar.set_postfix_str(f"{label}, tile {done}/{total}", refresh=True)
 
-            out_pixels, alpha = upscale_image(upscaler, img, args.scale, progress=tiles)
-            save_image(dst, out_pixels, alpha, img.bit_depth, metadata=img.metadata, quality=args.quality)
+            image = load_image(src, max_pixels=args.max_pixels)
+            upscaler = upscaler or Upscaler(model, **options)
+            write_upscaled(upscaler, image, dst, args.scale, max_output_pixels=args.max_output_pixels,
+                           quality=args.quality, progress=tiles)
             if args.compare and len(files) == 1:
-                import numpy as np
-
-                from vdsr.inference import bicubic_upscale
-                from vdsr.plots import comparison
-
-                comparison([(f"bicubic x{args.scale:g}", bicubic_upscale(img.pixels, args.scale)),
-                            (f"VDSR x{args.scale:g}", out_pixels / float(np.iinfo(out_pixels.dtype).max))],
-                           args.compare,
-                           title=f"{src.name}: the {'region where they differ most' if min(out_w, out_h) > 256 else 'whole image'}, "
-                                 "at full resolution")
+                _write_compare(args, src, dst)
         except VDSRError as exc:  # keep going; every failure is listed at the end
             failures.append(_describe(exc))
         bar.update(1)
     bar.close()
-    info = upscaler.info
-    run = f"({info.backend}, {info.precision}, {info.device}{', ensemble' if info.ensemble else ''})"
+    run = f"({upscaler.info.describe()})" if upscaler is not None else ""
     if single_target and not failures:
         print(f"wrote {targets[0]} {run}")
     elif not single_target:
@@ -266,6 +270,22 @@ def _upscale(args: argparse.Namespace) -> int:
     return 0
 
 
+def _write_compare(args: argparse.Namespace, src: Path, dst: Path) -> None:
+    import numpy as np
+
+    from vdsr.images import load_image
+    from vdsr.inference import bicubic_upscale
+    from vdsr.plots import comparison
+
+    image, result = load_image(src).floats()[0], load_image(dst)
+    sr = result.floats()[0]
+    big = min(sr.shape[0], sr.shape[1]) > 256
+    comparison([(f"bicubic x{args.scale:g}", bicubic_upscale(image, args.scale)),
+                (f"VDSR x{args.scale:g}", np.asarray(sr))], args.compare,
+               title=f"{src.name}: the {'region where they differ most' if big else 'whole image'}, "
+                     "at full resolution")
+
+
 # ----------------------------------------------------------------------------------------------
 # evaluate
 # ----------------------------------------------------------------------------------------------
@@ -273,7 +293,7 @@ def _upscale(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from vdsr.errors import VDSRError
-    from vdsr.evaluate import evaluate_folder, format_table
+    from vdsr.evaluate import EvalConfig, evaluate_folder, format_table
     from vdsr.fileio import atomic_write_bytes
     from vdsr.images import list_images
     from vdsr.weights import default_weights_path, load_model, record_evaluation
@@ -286,20 +306,17 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     upscaler = None
     if not args.bicubic_only:
-        model, _ = load_model(args.weights, device=args.device)
-        upscaler = Upscaler(model, device=args.device, precision=args.precision,
-                            backend=args.backend, tile=args.tile, ensemble=args.ensemble)
+        model, _ = load_model(args.weights)
+        upscaler = Upscaler(model, **_engine_options(args))
     total = sum(len(list_images(d)) for d in args.data) * len(args.scales)
     results = []
+    config = EvalConfig(scales=tuple(args.scales), protocol=args.protocol, max_pixels=args.max_pixels)
     with _tqdm(total=total, desc="evaluating", unit="img") as bar:
         for folder in args.data:
-            results += evaluate_folder(upscaler, folder, args.scales, protocol=args.protocol,
-                                       progress=lambda _d: bar.update(1),
-                                       max_pixels=args.max_pixels)
+            results += evaluate_folder(upscaler, folder, config, progress=lambda _d: bar.update(1))
     run = upscaler.info.to_dict() if upscaler is not None else {}
-    if run:
-        print(f"model run: {run['backend']}, {run['precision']}, {run['device']}"
-              f"{', self-ensemble (x8)' if run['ensemble'] else ''}")
+    if upscaler is not None:
+        print(f"model run: {upscaler.info.describe()}")
     print(format_table(results))
     rows = [r.to_dict() for r in results]
     if args.json:
@@ -636,12 +653,20 @@ run 'vdsr COMMAND --help' for a command's options""",
   vdsr serve --port 8080 --max-jobs 2""",
 }
 
-def _precision_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--precision", choices=PRECISIONS, default="auto",
-                   help="arithmetic of the network: auto = fp32 on CPU, fp16 on CUDA (within "
-                        "0.02 dB of fp32); fp32 is always available")
+def _precision_flags(p: argparse.ArgumentParser, default: str = "auto") -> None:
+    p.add_argument("--precision", choices=PRECISIONS, default=default, metavar="RECIPE",
+                   help="the network's arithmetic: auto = the fastest recipe checked for these weights "
+                        "on this machine (within 0.02 dB of fp32; checked once, cached), fp32 = exact, or "
+                        f"one of {', '.join(PRECISIONS[2:])} (docs/recipes.md)")
     p.add_argument("--ensemble", action="store_true",
                    help="average the 8 flips/rotations of the image: 8x the compute, a little sharper")
+
+
+def _backend_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--backend", choices=_BACKENDS + C.LEGACY_BACKENDS, default="auto", metavar="RUNTIME",
+                   help="the runtime that runs the recipe: auto (the fastest measured for it: ONNX Runtime or "
+                        "OpenVINO on a CPU, PyTorch on CUDA), torch, compile (torch.compile), onnxruntime, "
+                        "openvino (if installed)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -655,7 +680,9 @@ def build_parser() -> argparse.ArgumentParser:
                               formatter_class=_HelpFormatter)
 
     def common_device(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:1, ...")
+        p.add_argument("--device", default="auto",
+                       help="where the network runs: auto (a CUDA GPU when there is one, else the CPU), "
+                            "cpu, cuda, cuda:1, ...")
 
     p = add("upscale", "super-resolve images",
             "Super-resolve image files or folders of images by any factor: bicubic upscaling, then "
@@ -677,11 +704,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tile", type=int, default=C.DEFAULT_TILE,
                    help="process in tiles of this side, 0 = whole image at once; the result is the same, "
                         "only memory use changes")
-    p.add_argument("--backend", choices=_BACKENDS, default="auto",
-                   help="auto: exact fp32, ONNX Runtime on CPU (else OpenVINO, else PyTorch), PyTorch "
-                        "on CUDA; mixed: int8 body with the first and last 3 layers fp32, within "
-                        "0.02 dB on Set5/Set14, ~2.6x; int8: faster still, within 0.05 dB; openvino: "
-                        "exact fp32 (if installed); compile: torch.compile (default auto)")
+    _backend_flag(p)
     _precision_flags(p)
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
     p.add_argument("--max-pixels", type=_positive_int, default=C.DEFAULT_MAX_PIXELS,
@@ -709,8 +732,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="store the results in the weights file's metadata ('evaluation')")
     p.add_argument("--tile", type=int, default=C.DEFAULT_TILE,
                    help="process in tiles of this side, 0 = whole image; scores do not change")
-    p.add_argument("--backend", choices=_BACKENDS, default="auto", help="inference backend (as for upscale)")
-    _precision_flags(p)
+    _backend_flag(p)
+    _precision_flags(p, default="fp32")
     p.add_argument("--max-pixels", type=_positive_int, default=C.DEFAULT_MAX_PIXELS,
                    help="refuse larger images")
     common_device(p)

@@ -58,22 +58,37 @@ def ycbcr2rgb(ycbcr: NDArray[np.floating]) -> NDArray[np.float64]:
     return (ycbcr * 255.0 - _OFFSET) @ _YCBCR2RGB.T
 
 
-def rgb2ycbcr_tensor(rgb: torch.Tensor) -> torch.Tensor:
-    """:func:`rgb2ycbcr` for channels-first tensors: ``(N, 3, H, W)`` in [0, 1] -> same shape."""
-    if rgb.ndim != 4 or rgb.shape[1] != 3:
-        raise InvalidArgument(f"rgb2ycbcr_tensor expects (N, 3, H, W), got {tuple(rgb.shape)}")
-    m = torch.as_tensor(_RGB2YCBCR, dtype=rgb.dtype, device=rgb.device)
-    offset = torch.as_tensor(_OFFSET, dtype=rgb.dtype, device=rgb.device)
-    return (torch.einsum("ij,njhw->nihw", m, rgb) + offset[:, None, None]) / 255.0
+def _mix(matrix: NDArray[np.floating], planes: list[torch.Tensor], rows: range) -> list[torch.Tensor]:
+    """``matrix[i] . planes`` for each row ``i``, as separate multiplies and adds in a fixed order
+    (no BLAS): the same bits on every device and for every region of an image."""
+    out = []
+    for i in rows:
+        acc = planes[0] * float(matrix[i, 0])
+        for j in (1, 2):
+            acc = acc + planes[j] * float(matrix[i, j])
+        out.append(acc)
+    return out
+
+
+def rgb2ycbcr_tensor(rgb: torch.Tensor, channels: str = "ycbcr") -> torch.Tensor:
+    """:func:`rgb2ycbcr` for channels-first tensors: ``(..., 3, H, W)`` in [0, 1] -> YCbCr.
+
+    ``channels`` picks the planes returned: ``"ycbcr"`` (3), ``"y"`` (1) or ``"cbcr"`` (2).
+    """
+    if rgb.ndim < 3 or rgb.shape[-3] != 3:
+        raise InvalidArgument(f"rgb2ycbcr_tensor expects (..., 3, H, W), got {tuple(rgb.shape)}")
+    rows = {"ycbcr": range(3), "y": range(1), "cbcr": range(1, 3)}[channels]
+    planes = list(rgb.unbind(-3))
+    mixed = _mix(_RGB2YCBCR, planes, rows)
+    return torch.stack([(m + float(_OFFSET[i])) / 255.0 for i, m in zip(rows, mixed, strict=True)], -3)
 
 
 def ycbcr2rgb_tensor(ycbcr: torch.Tensor) -> torch.Tensor:
-    """:func:`ycbcr2rgb` for channels-first tensors: ``(N, 3, H, W)`` -> same shape, unclipped."""
-    if ycbcr.ndim != 4 or ycbcr.shape[1] != 3:
-        raise InvalidArgument(f"ycbcr2rgb_tensor expects (N, 3, H, W), got {tuple(ycbcr.shape)}")
-    m = torch.as_tensor(_YCBCR2RGB, dtype=ycbcr.dtype, device=ycbcr.device)
-    offset = torch.as_tensor(_OFFSET, dtype=ycbcr.dtype, device=ycbcr.device)
-    return torch.einsum("ij,njhw->nihw", m, ycbcr * 255.0 - offset[:, None, None])
+    """:func:`ycbcr2rgb` for channels-first tensors: ``(..., 3, H, W)`` -> RGB, unclipped."""
+    if ycbcr.ndim < 3 or ycbcr.shape[-3] != 3:
+        raise InvalidArgument(f"ycbcr2rgb_tensor expects (..., 3, H, W), got {tuple(ycbcr.shape)}")
+    planes = [p * 255.0 - float(_OFFSET[i]) for i, p in enumerate(ycbcr.unbind(-3))]
+    return torch.stack(_mix(_YCBCR2RGB, planes, range(3)), -3)
 
 
 # The same matrices for code that rebuilds the conversion elsewhere (the RGB ONNX graph).

@@ -20,11 +20,13 @@ SERVER_MAX_UPLOAD_MB = 20
 SERVER_PREVIEW_JOBS = 2  # bicubic previews computed at once by `vdsr serve` (own lane, bounded memory)
 SERVER_MAX_QUEUE = 32  # VDSR jobs waiting on `vdsr serve`; uploads are held in memory meanwhile
 
-# Inference backends: "auto" picks the fastest measured one for the device (BENCHMARKS.md).
-BACKENDS: tuple[str, ...] = ("auto", "torch", "compile", "onnxruntime", "int8", "mixed",
-                             "openvino")
-# Numeric precision of the network's arithmetic; "auto" picks per device (see vdsr.precision).
-PRECISIONS: tuple[str, ...] = ("auto", "fp32", "tf32", "fp16", "bf16")
+# Inference runtimes ("backends"); "auto" picks the one measured fastest for the recipe (vdsr.backends).
+BACKENDS: tuple[str, ...] = ("auto", "torch", "compile", "onnxruntime", "openvino")
+# Recipes: how the network's arithmetic is done (vdsr.precision). "auto" is the fastest recipe
+# checked for the weights in use on this machine (vdsr.recipes); fp32 is exact.
+PRECISIONS: tuple[str, ...] = ("auto", "fp32", "tf32", "fp16", "bf16", "bf16-edge", "mixed", "int8")
+# Backend names of earlier releases that were recipes: `--backend int8` is `--precision int8`.
+LEGACY_BACKENDS: tuple[str, ...] = ("int8", "mixed")
 
 # Training: the optimisers and learning-rate schedules `vdsr train` offers, and what a resumed
 # run may change (how long it goes on and how often it reports, never the recipe).

@@ -23,6 +23,9 @@ from vdsr.errors import InvalidArgument
 
 __all__ = ["CPU_FEATURES_ENV", "CpuFeatures", "cpu_features", "cpu_name", "parse_features"]
 
+# The classes of CPU that the inference recipes tell apart, from most capable to least.
+FEATURE_CLASSES = ("amx", "avx512_bf16", "vnni", "avx2", "baseline")
+
 CPU_FEATURES_ENV = "VDSR_CPU_FEATURES"
 _CPUINFO = Path("/proc/cpuinfo")
 
@@ -59,6 +62,18 @@ class CpuFeatures:
 
     def to_dict(self) -> dict[str, object]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    @property
+    def feature_class(self) -> str:
+        """One of :data:`FEATURE_CLASSES`: ``amx`` (AMX with bf16), ``avx512_bf16`` (native bf16
+        without AMX), ``vnni`` (int8 dot products, no bf16), ``avx2``, else ``baseline``."""
+        if self.amx and self.bf16:
+            return "amx"
+        if self.bf16:
+            return "avx512_bf16"
+        if self.vnni:
+            return "vnni"
+        return "avx2" if self.avx2 else "baseline"
 
 
 def parse_features(spec: str, source: str = "env") -> CpuFeatures:

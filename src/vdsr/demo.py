@@ -13,7 +13,7 @@ import numpy as np
 
 from vdsr.color import rgb2y
 from vdsr.images import save_image
-from vdsr.inference import bicubic_upscale, upscale_array
+from vdsr.inference import bicubic_upscale, upscale
 from vdsr.metrics import psnr
 from vdsr.plots import comparison
 from vdsr.resize import downscale_8bit, modcrop
@@ -37,7 +37,7 @@ def run_demo(out_dir: Path, scale: int = 3, weights: str | None = None) -> str:
     hr = modcrop(sample_image(), scale)
     lr = downscale_8bit(hr, scale) / 255.0
     bicubic = np.clip(bicubic_upscale(lr, scale), 0, 1)
-    sr = upscale_array(model, lr, scale)
+    sr = upscale(lr, scale, model=model)
     save_image(out_dir / "lr.png", lr)
     save_image(out_dir / f"bicubic_x{scale}.png", bicubic)
     save_image(out_dir / f"vdsr_x{scale}.png", sr)

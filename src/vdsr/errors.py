@@ -108,3 +108,11 @@ class AddressUnavailable(VDSRError):
     def __init__(self, host: str, port: int, reason: str) -> None:
         self.host, self.port, self.reason = host, port, reason
         super().__init__(f"cannot listen on {host}:{port}: {reason}")
+
+
+class DeviceUnavailable(InvalidArgument):
+    """A device that does not exist on this machine (``cuda`` without a GPU, ``cuda:3``, ``foo``)."""
+
+    def __init__(self, device: str, reason: str) -> None:
+        super().__init__(f"device {device!r} is not available: {reason}")
+        self.device, self.reason = device, reason

@@ -18,20 +18,21 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from numpy.typing import NDArray
 
 from vdsr.color import rgb2y, rgb2ycbcr
-from vdsr.constants import DEFAULT_TILE
-from vdsr.engine import Upscaler
+from vdsr.constants import DEFAULT_SCALES
 from vdsr.errors import InvalidArgument
 from vdsr.images import list_images, load_image
-from vdsr.inference import upscaler_for
 from vdsr.metrics import psnr, ssim
-from vdsr.model import VDSR
 from vdsr.resize import downscale_8bit, imresize, modcrop
+
+if TYPE_CHECKING:
+    from vdsr.engine import Upscaler
 
 PROTOCOLS = ("rgb8", "ydouble")
 
@@ -96,60 +97,64 @@ def super_resolve_y(up: Upscaler, bicubic_y: NDArray[np.float64]) -> NDArray[np.
     return np.clip(out.astype(np.float64) * 255.0, 0.0, 255.0)
 
 
-def evaluate_folder(
-    model: VDSR | Upscaler | None,
-    folder: str | Path,
-    scales: Sequence[int],
-    protocol: str = "rgb8",
-    tile: int | None = DEFAULT_TILE,
-    device: str = "cpu",
-    progress: Callable[[str], None] | None = None,
-    max_pixels: int | None = None,
-    with_ssim: bool = True,
-    backend: str = "auto",
-    precision: str = "auto",
-    ensemble: bool = False,
-) -> list[Result]:
-    """Score ``model`` (or bicubic alone when ``model`` is None) on every image of ``folder``.
+@dataclass(frozen=True)
+class EvalConfig:
+    """What :func:`evaluate_folder` measures: the scales, the protocol (:data:`PROTOCOLS`),
+    whether SSIM too (training validation skips it for speed), and the input-pixel limit."""
 
-    ``model`` may also be a ready :class:`Upscaler` (then ``tile``, ``device``, ``backend``,
-    ``precision`` and ``ensemble`` are its own).
+    scales: tuple[int, ...] = DEFAULT_SCALES
+    protocol: str = "rgb8"
+    ssim: bool = True
+    max_pixels: int | None = None
 
-    ``progress`` is called once per (image, scale) with a short description. ``with_ssim=False``
-    skips SSIM (reported as NaN), which is what training validation uses for speed.
+    def __post_init__(self) -> None:
+        if self.protocol not in PROTOCOLS:
+            raise InvalidArgument(f"unknown protocol {self.protocol!r}; choose from {PROTOCOLS}")
+
+
+@dataclass
+class _Sums:
+    """Running sums of one scale's scores."""
+
+    psnr: float = 0.0
+    ssim: float = 0.0
+    bicubic_psnr: float = 0.0
+    bicubic_ssim: float = 0.0
+    images: int = 0
+
+
+def evaluate_folder(up: Upscaler | None, folder: str | Path, config: EvalConfig = EvalConfig(),
+                    progress: Callable[[str], None] | None = None) -> list[Result]:
+    """Score ``up`` (or bicubic alone when ``None``) on every image of ``folder``, per scale.
+
+    Images are read one at a time. ``progress`` is called once per (image, scale) with a short
+    description. Skipped SSIM (``config.ssim=False``) and a missing model read as NaN.
     """
     folder = Path(folder)
     files = list_images(folder)
-    up: Upscaler | None = None
-    if isinstance(model, Upscaler):
-        up = model
-    elif model is not None:
-        up = upscaler_for(model, tile, device, backend, precision, ensemble)
     if up is not None and up.config.channels != 1:
         raise InvalidArgument("evaluation scores Y; this model has 3 channels")
-    images = [load_image(f, **({"max_pixels": max_pixels} if max_pixels else {})) for f in files]
-    results = []
-    for scale in scales:
-        sums = np.zeros(4)
-        for img in images:
-            gt_y, bic_y = make_pair(img.pixels, scale, protocol)
-            sums[2] += psnr(gt_y, bic_y, border=scale)
-            sums[3] += ssim(gt_y, bic_y, border=scale) if with_ssim else np.nan
+    sums = {scale: _Sums() for scale in config.scales}
+    nan = float("nan")
+    for path in files:
+        image = load_image(path, **({"max_pixels": config.max_pixels} if config.max_pixels else {}))
+        hr = image.floats()[0]
+        for scale, total in sums.items():
+            gt_y, bic_y = make_pair(hr, scale, config.protocol)
+            total.bicubic_psnr += psnr(gt_y, bic_y, border=scale)
+            total.bicubic_ssim += ssim(gt_y, bic_y, border=scale) if config.ssim else nan
             if up is not None:
                 sr_y = super_resolve_y(up, bic_y)
-                sums[0] += psnr(gt_y, sr_y, border=scale)
-                sums[1] += ssim(gt_y, sr_y, border=scale) if with_ssim else np.nan
+                total.psnr += psnr(gt_y, sr_y, border=scale)
+                total.ssim += ssim(gt_y, sr_y, border=scale) if config.ssim else nan
             else:
-                sums[0] += np.nan
-                sums[1] += np.nan
+                total.psnr, total.ssim = nan, nan
+            total.images += 1
             if progress is not None:
-                progress(f"{folder.name} x{scale} {img.path.name}")
-        mean = sums / len(images)
-        results.append(
-            Result(folder.name, int(scale), float(mean[0]), float(mean[1]), float(mean[2]),
-                   float(mean[3]), len(images))
-        )
-    return results
+                progress(f"{folder.name} x{scale} {path.name}")
+    return [Result(folder.name, int(scale), t.psnr / t.images, t.ssim / t.images,
+                   t.bicubic_psnr / t.images, t.bicubic_ssim / t.images, t.images)
+            for scale, t in sums.items()]
 
 
 def format_table(results: Sequence[Result]) -> str:

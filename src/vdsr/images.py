@@ -24,6 +24,7 @@ import numpy as np
 from numpy.typing import NDArray
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from vdsr.canvas import Canvas
 from vdsr.constants import DEFAULT_MAX_PIXELS
 from vdsr.errors import ImageError, TooLarge
 from vdsr.fileio import atomic_path
@@ -60,10 +61,15 @@ class ImageMetadata:
 
 @dataclass
 class LoadedImage:
-    """A decoded image. ``pixels`` is ``(H, W, 3)`` RGB or ``(H, W)`` grey, float64 in [0, 1]."""
+    """A decoded image, kept as the file's own numbers (no float copy: 1 or 2 bytes a sample).
 
-    pixels: NDArray[np.float64]
-    alpha: NDArray[np.float64] | None
+    ``pixels`` is ``(H, W, 3)`` RGB or ``(H, W)`` grey: uint8 for 8-bit sources, uint16 for
+    16-bit ones, float64 in [0, 1] for floating-point TIFFs; ``alpha`` is ``(H, W)`` of the same
+    dtype, or ``None``. ``bit_depth`` (8 or 16) is the precision the output is written with.
+    """
+
+    pixels: NDArray[Any]
+    alpha: NDArray[Any] | None
     bit_depth: int
     path: Path
     metadata: ImageMetadata = field(default_factory=ImageMetadata)
@@ -77,8 +83,25 @@ class LoadedImage:
         return int(self.pixels.shape[1])
 
     @property
-    def is_gray(self) -> bool:
-        return self.pixels.ndim == 2
+    def peak(self) -> float:
+        """The value of full intensity: 255, 65535, or 1.0 for float pixels."""
+        return _PEAKS.get(self.pixels.dtype.type, 1.0)
+
+    def floats(self) -> tuple[NDArray[np.float64], NDArray[np.float64] | None]:
+        """``(pixels, alpha)`` as float64 in [0, 1] (a full-size copy: for small images)."""
+        alpha = None if self.alpha is None else self.alpha.astype(np.float64) / self.peak
+        return self.pixels.astype(np.float64) / self.peak, alpha
+
+    def planes(self) -> NDArray[Any]:
+        """``(C, H, W)`` channels-first view of pixels and alpha (C = 1, 2, 3 or 4); a copy only
+        when there is an alpha plane to join."""
+        pixels = self.pixels if self.pixels.ndim == 3 else self.pixels[..., None]
+        if self.alpha is not None:
+            pixels = np.concatenate([pixels, self.alpha[..., None]], axis=2)
+        return pixels.transpose(2, 0, 1)
+
+
+_PEAKS: dict[type, float] = {np.uint8: 255.0, np.uint16: 65535.0}
 
 
 def list_images(folder: str | os.PathLike[str]) -> list[Path]:
@@ -97,15 +120,14 @@ def list_images(folder: str | os.PathLike[str]) -> list[Path]:
     return files
 
 
-def _to_float(img: Image.Image, path: Path) -> tuple[NDArray[np.float64], NDArray[np.float64] | None, int]:
+def _to_array(img: Image.Image, path: Path) -> tuple[NDArray[Any], NDArray[Any] | None, int]:
+    """``(pixels, alpha, bit depth)`` of a decoded Pillow image, as its own integers."""
     mode = img.mode
     if mode in ("I;16", "I;16B", "I;16L", "I;16N"):
-        arr = np.asarray(img, dtype=np.float64) / 65535.0
-        return arr, None, 16
+        return np.asarray(img).astype(np.uint16), None, 16
     if mode == "I":
         # 32-bit integer: how Pillow opens 16-bit greyscale PNG; treat as 16-bit data.
-        arr = np.clip(np.asarray(img, dtype=np.float64), 0, 65535) / 65535.0
-        return arr, None, 16
+        return np.clip(np.asarray(img), 0, 65535).astype(np.uint16), None, 16
     if mode == "F":
         arr = np.asarray(img, dtype=np.float64)
         if not np.isfinite(arr).all():
@@ -121,16 +143,16 @@ def _to_float(img: Image.Image, path: Path) -> tuple[NDArray[np.float64], NDArra
         img = img.convert("RGBA" if ("transparency" in img.info or mode == "PA") else "RGB")
         mode = img.mode
     if mode == "LA":
-        arr = np.asarray(img, dtype=np.float64) / 255.0
-        return arr[..., 0], arr[..., 1], 8
+        arr = np.asarray(img)
+        return np.ascontiguousarray(arr[..., 0]), np.ascontiguousarray(arr[..., 1]), 8
     if mode == "L":
-        return np.asarray(img, dtype=np.float64) / 255.0, None, 8
+        return np.asarray(img), None, 8
     if mode == "RGBA":
-        arr = np.asarray(img, dtype=np.float64) / 255.0
-        return arr[..., :3], arr[..., 3], 8
+        arr = np.asarray(img)
+        return np.ascontiguousarray(arr[..., :3]), np.ascontiguousarray(arr[..., 3]), 8
     if mode != "RGB":  # CMYK, YCbCr, LAB, HSV, RGBX, ...
         img = img.convert("RGB")
-    return np.asarray(img, dtype=np.float64) / 255.0, None, 8
+    return np.asarray(img), None, 8
 
 
 def load_image(path: str | os.PathLike[str], max_pixels: int = DEFAULT_MAX_PIXELS) -> LoadedImage:
@@ -186,6 +208,39 @@ def probe_image(data: bytes, name: str = "upload", max_pixels: int = DEFAULT_MAX
     return h, w  # EXIF rotation may swap them; the pixel count, all the limits need, is the same
 
 
+def probe_file(path: str | os.PathLike[str], max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[int, int]:
+    """``(height, width)`` of an image file as it will be decoded (EXIF orientation applied), from
+    its header alone: the limits are checked before any pixel is decoded."""
+    path = Path(path)
+    if not path.is_file():
+        raise ImageError(f"{path}: no such file" if not path.exists() else f"{path}: not a file")
+    try:
+        if path.stat().st_size == 0:
+            raise ImageError(f"{path}: empty file (0 bytes)")
+        data = path.open("rb")
+    except OSError as exc:
+        raise ImageError(f"{path}: cannot read ({exc.strerror})") from None
+    with data:
+        old_limit = Image.MAX_IMAGE_PIXELS
+        Image.MAX_IMAGE_PIXELS = None
+        try:
+            with Image.open(data) as img:
+                w, h = img.size
+                try:
+                    orientation = int(img.getexif().get(_ORIENTATION, 1) or 1)
+                except Exception:  # an unreadable EXIF block: decoding decides what it means
+                    orientation = 1
+        except UnidentifiedImageError:
+            raise ImageError(f"{path}: not an image, or an unsupported format") from None
+        except (OSError, SyntaxError, ValueError, EOFError, TypeError, IndexError, KeyError, struct.error) as exc:
+            raise ImageError(f"{path}: truncated or corrupt image ({str(exc).strip() or type(exc).__name__})") from None
+        finally:
+            Image.MAX_IMAGE_PIXELS = old_limit
+    if w * h > max_pixels:
+        raise TooLarge(str(path), "input", w, h, max_pixels)
+    return (w, h) if orientation in (5, 6, 7, 8) else (h, w)
+
+
 def _decode(source: Path | io.BytesIO, path: Path, max_pixels: int) -> LoadedImage:
     old_limit = Image.MAX_IMAGE_PIXELS
     Image.MAX_IMAGE_PIXELS = None  # we enforce our own limit, with our own message
@@ -205,7 +260,7 @@ def _decode(source: Path | io.BytesIO, path: Path, max_pixels: int) -> LoadedIma
             img.load()
             oriented: Image.Image = ImageOps.exif_transpose(img) or img
             oriented, metadata = _metadata(oriented, path)
-            pixels, alpha, depth = _to_float(oriented, path)
+            pixels, alpha, depth = _to_array(oriented, path)
             if deep_colour:
                 deep = _tiff16_colour(source, orientation, pixels.shape) if img.format == "TIFF" else None
                 if deep is None:
@@ -252,15 +307,10 @@ def _metadata(img: Image.Image, path: Path) -> tuple[Image.Image, ImageMetadata]
 
 
 def check_output_size(name: str, height: int, width: int, scale: float, limit: int) -> tuple[int, int]:
-    """The output size ``(round(scale * height), round(scale * width))`` of an upscale, checked.
+    """:func:`vdsr.sizes.check_output_pixels` (kept here for the callers of earlier releases)."""
+    from vdsr.sizes import check_output_pixels
 
-    Raises :class:`TooLarge` (``what="output"``) when it is over ``limit`` pixels, so callers
-    refuse an upscale before any of its work or memory is spent.
-    """
-    out_h, out_w = max(1, round(height * scale)), max(1, round(width * scale))
-    if out_h * out_w > limit:
-        raise TooLarge(name, "output", out_w, out_h, limit)
-    return out_h, out_w
+    return check_output_pixels(name, height, width, scale, limit)
 
 
 _ORIENTATION = 0x0112
@@ -273,7 +323,7 @@ _ORIENT = {
 
 
 def _tiff16_colour(source: Path | io.BytesIO, orientation: int, shape: tuple[int, ...]
-                   ) -> tuple[NDArray[np.float64], NDArray[np.float64] | None, int] | None:
+                   ) -> tuple[NDArray[np.uint16], NDArray[np.uint16] | None, int] | None:
     """A 16-bit RGB(A) TIFF's pixels at full depth, read with tifffile (Pillow reads 8 bits).
 
     Returns ``(pixels, alpha, 16)`` oriented as ``shape`` (Pillow's reading), or ``None`` when the
@@ -293,8 +343,8 @@ def _tiff16_colour(source: Path | io.BytesIO, orientation: int, shape: tuple[int
     arr = _ORIENT.get(orientation, lambda a: a)(arr)
     if arr.shape[:2] != shape[:2]:
         return None
-    rgb = np.asarray(arr[..., :3], dtype=np.float64) / 65535.0
-    alpha = np.asarray(arr[..., 3], dtype=np.float64) / 65535.0 if arr.shape[2] == 4 else None
+    rgb = np.ascontiguousarray(arr[..., :3])
+    alpha = np.ascontiguousarray(arr[..., 3]) if arr.shape[2] == 4 else None
     return rgb, alpha, 16
 
 
@@ -385,6 +435,38 @@ def encode_png(pixels: NDArray[Any], alpha: NDArray[Any] | None = None,
     """The PNG bytes :func:`save_image` would write for a ``.png`` path."""
     buf = io.BytesIO()
     img = to_pil(pixels, alpha, bit_depth)
+    img.save(buf, format="PNG", **_save_options("PNG", metadata, img.size, 95))
+    return buf.getvalue()
+
+
+def save_canvas(path: str | os.PathLike[str], canvas: Canvas, metadata: ImageMetadata | None = None,
+                quality: int = 95) -> None:
+    """Write an assembled :class:`~vdsr.canvas.Canvas` to ``path`` atomically, in the format of
+    its extension (made by :func:`vdsr.canvas.canvas_for` for that path), with ``metadata``."""
+    path = Path(path)
+    fmt = output_format(path)
+    folder = path.parent if str(path.parent) else Path(".")
+    if not folder.is_dir():
+        raise ImageError(f"{path}: output folder {folder} does not exist")
+    img = canvas.image()
+    try:
+        if img is None:  # 16-bit colour: tifffile
+            pixels = canvas.array()
+            alpha = pixels[..., 3] if canvas.channels == 4 else None
+            _write_tiff16(path, pixels[..., :3], alpha, metadata)
+            return
+        with atomic_path(path) as tmp:
+            img.save(tmp, format=fmt, **_save_options(fmt, metadata, img.size, quality))
+    except OSError as exc:
+        raise ImageError(f"{path}: cannot write ({exc.strerror or exc})") from None
+
+
+def encode_canvas_png(canvas: Canvas, metadata: ImageMetadata | None = None) -> bytes:
+    """The PNG bytes :func:`save_canvas` would write for a ``.png`` path."""
+    img = canvas.image()
+    if img is None:
+        raise ImageError("a 16-bit colour image cannot be encoded as PNG here; write TIFF")
+    buf = io.BytesIO()
     img.save(buf, format="PNG", **_save_options("PNG", metadata, img.size, 95))
     return buf.getvalue()
 

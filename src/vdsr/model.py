@@ -102,13 +102,16 @@ class VDSR(nn.Module):
 
         Reduced-precision inference runs only this part in fp16/bf16 and adds it to the fp32 input.
         """
-        features = self.relu(self.input(x))
+        out: torch.Tensor = self.output(self.features(self.relu(self.input(x))))
+        return out
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """The body alone: the input layer's activations -> the output layer's input."""
         if self.config.body == "plain":
             for conv in self.body.children():
-                features = self.relu(conv(features))
-        else:
-            features = self.body(features)
-        out: torch.Tensor = self.output(features)
+                x = self.relu(conv(x))
+            return x
+        out: torch.Tensor = self.body(x)
         return out
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -143,6 +146,19 @@ def build_body(c: VDSRConfig) -> tuple[nn.Conv2d, nn.Module, nn.Conv2d]:
         widths = {k: max(1, round(v * c.width / 64)) for k, v in INCEPTION_WIDTHS.items()}
         body = nn.Sequential(*[Inception(c.width, **widths, fuse_to=c.width) for _ in range(inner // 2)])
     return first, body, last
+
+
+def weights_digest(model: nn.Module) -> str:
+    """A SHA-256 of the model's config and every tensor's name and bytes: what identifies a set of
+    weights in caches (derived graphs, recipe verdicts)."""
+    import hashlib
+
+    digest = hashlib.sha256(repr(getattr(model, "config", "")).encode())
+    for name, tensor in model.state_dict().items():
+        digest.update(name.encode())
+        digest.update(str(tensor.dtype).encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -1,4 +1,4 @@
-"""Inference backends: one small protocol, one module each.
+"""Inference backends: one small protocol, one module per runtime.
 
 A backend runs the network on a batch of images that are already bicubic-upscaled:
 ``(N, C, H, W)`` float32 tensor in [0, 1] -> the same shape, float32, unclamped, on the
@@ -6,17 +6,17 @@ backend's device. Tiling, ensembles, colour and file handling live above it, in
 :class:`vdsr.engine.Upscaler`; what a backend caches (an ONNX Runtime session, a quantised graph,
 a compiled function) lives in the backend, never on the model.
 
-| name          | module              | devices   | precisions                 |
-|---------------|---------------------|-----------|----------------------------|
-| ``torch``     | :mod:`.pytorch`     | cpu, cuda | fp32, tf32, fp16, bf16     |
-| ``compile``   | :mod:`.pytorch`     | cpu, cuda | fp32, tf32, fp16, bf16     |
-| ``onnxruntime`` | :mod:`.ort`       | cpu       | fp32                       |
-| ``int8``      | :mod:`.ort`, :mod:`.openvino` | cpu | int8 body, 3+1 fp32 convs |
-| ``mixed``     | :mod:`.ort`, :mod:`.openvino` | cpu | int8 body, 3+3 fp32 convs |
-| ``openvino``  | :mod:`.openvino`    | cpu       | fp32; bf16 on bf16 CPUs    |
+A backend is a *runtime* running a *recipe* (:mod:`vdsr.precision`: how the arithmetic is done):
 
-``auto`` is chosen from measurements (docs/cpu_backends.md) and the CPU's features
-(:mod:`vdsr.cpu`), never assumed: see :func:`pick_backend`.
+| runtime         | module          | devices   | recipes                                   |
+|-----------------|-----------------|-----------|-------------------------------------------|
+| ``torch``       | :mod:`.pytorch` | cpu, cuda | fp32, tf32, fp16, bf16, bf16-edge         |
+| ``compile``     | :mod:`.pytorch` | cpu, cuda | the same, through ``torch.compile``       |
+| ``onnxruntime`` | :mod:`.ort`     | cpu       | fp32, int8, mixed                         |
+| ``openvino``    | :mod:`.openvino`| cpu       | fp32, bf16, bf16-edge (native bf16 CPUs), int8, mixed |
+
+Which recipe ``auto`` takes is :mod:`vdsr.recipes`' job (checked for the weights in use);
+which runtime runs a recipe when the backend is ``auto`` is :func:`pick_runtime`'s.
 """
 
 from __future__ import annotations
@@ -26,18 +26,28 @@ from typing import Protocol, runtime_checkable
 
 import torch
 
-from vdsr.constants import BACKENDS
+from vdsr.constants import BACKENDS, PRECISIONS
 from vdsr.cpu import CpuFeatures, cpu_features
-from vdsr.errors import BackendUnavailable, InvalidArgument
+from vdsr.errors import BackendUnavailable, DeviceUnavailable, InvalidArgument
 from vdsr.model import VDSR
-from vdsr.precision import resolve_precision
 
-__all__ = ["Backend", "create_backend", "int8_runtime", "pick_backend", "shared_backend"]
+__all__ = ["Backend", "create_backend", "pick_runtime", "resolve_device", "shared_backend"]
+
+# What each runtime can run (recipes of vdsr.precision, never "auto").
+RUNTIME_RECIPES: dict[str, tuple[str, ...]] = {
+    "torch": ("fp32", "tf32", "fp16", "bf16", "bf16-edge"),
+    "compile": ("fp32", "tf32", "fp16", "bf16", "bf16-edge"),
+    "onnxruntime": ("fp32", "int8", "mixed"),
+    "openvino": ("fp32", "bf16", "bf16-edge", "int8", "mixed"),
+}
 
 
 @runtime_checkable
 class Backend(Protocol):
-    """Runs the network: ``(N, C, H, W)`` float32 in [0, 1] -> same shape, float32, unclamped."""
+    """Runs the network: ``(N, C, H, W)`` float32 in [0, 1] -> same shape, float32, unclamped.
+
+    ``name`` is the runtime (``"torch"``, ``"onnxruntime"``, ...), ``precision`` the recipe.
+    """
 
     name: str
     device: torch.device
@@ -46,119 +56,137 @@ class Backend(Protocol):
     def __call__(self, x: torch.Tensor) -> torch.Tensor: ...
 
 
-def _ort_available() -> bool:
+def resolve_device(device: str | torch.device) -> torch.device:
+    """``"auto"`` (CUDA when there is a usable GPU, else the CPU) or a device name, checked.
+
+    Raises :class:`DeviceUnavailable` for a name torch does not know, or a CUDA device this
+    machine does not have, before anything is built on it.
+    """
+    if isinstance(device, torch.device):
+        dev = device
+    elif str(device).strip().lower() == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    else:
+        try:
+            dev = torch.device(str(device).strip())
+        except (RuntimeError, ValueError):
+            raise DeviceUnavailable(str(device), "not a device name (use auto, cpu, cuda or cuda:N)") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise DeviceUnavailable(str(device), "this machine has no usable CUDA GPU (or torch was built without CUDA)")
+        count = torch.cuda.device_count()
+        if dev.index is not None and dev.index >= count:
+            raise DeviceUnavailable(str(device), f"this machine has {count} CUDA device(s)")
+    elif dev.type not in ("cpu", "mps", "xpu"):
+        raise DeviceUnavailable(str(device), "not a device this package runs on (use auto, cpu or cuda)")
+    return dev
+
+
+def _available(module: str) -> bool:
     try:
-        import onnxruntime  # noqa: F401
+        __import__(module)
     except ImportError:
         return False
     return True
 
 
-def _openvino_available() -> bool:
-    from vdsr.backends.openvino import openvino_available
-
-    return openvino_available()
-
-
-# Whether ``auto`` (with ``auto`` precision) takes ``mixed`` on CPUs with VNNI. The evidence is for
-# it (within 0.02 dB of fp32 on Set5/Set14 x2-x4 for both weights, ~3x eager: docs/cpu_backends.md),
-# but it makes `vdsr evaluate` and every default run approximate and calibrate once per weights:
-# a decision for the lead at merge time, so it is off.
-CPU_AUTO_MIXED = False
+def openvino_available() -> bool:
+    """Whether the optional ``openvino`` package can be imported."""
+    return _available("openvino")
 
 
-def pick_backend(backend: str, device: torch.device, precision: str = "auto",
+def onnxruntime_available() -> bool:
+    return _available("onnxruntime")
+
+
+def pick_runtime(backend: str, device: torch.device, precision: str, model: VDSR | None = None,
                  features: CpuFeatures | None = None) -> str:
-    """Resolve ``"auto"`` and check that ``backend`` can run on ``device``.
+    """The runtime that runs the concrete ``precision`` (a recipe, not ``"auto"``) for ``backend``.
 
-    ``auto`` on a CPU (measured, docs/cpu_backends.md; ``features`` default to
-    :func:`vdsr.cpu.cpu_features`, which ``$VDSR_CPU_FEATURES`` overrides):
+    An explicit backend is checked (device, installed, able to run the recipe). ``auto`` takes,
+    on CUDA, PyTorch; on a CPU (measured on an AMD EPYC with AVX512_BF16 and VNNI,
+    docs/cpu_backends.md; ``features`` default to :func:`vdsr.cpu.cpu_features`):
 
-    * ``auto`` precision, with :data:`CPU_AUTO_MIXED` on and a CPU with VNNI: ``mixed`` (int8
-      body, within 0.02 dB of fp32 for the shipped and the official weights).
-    * fp32 (and ``auto`` precision otherwise): ONNX Runtime fp32 when installed, else OpenVINO
-      fp32 when installed, else PyTorch. OpenVINO fp32 was 1.1-1.3x ONNX Runtime's speed on an
-      AVX512_VNNI Xeon but 0.94x on the AMD EPYC of issue 17: no clear winner, and ONNX Runtime
-      is a dependency where OpenVINO is an extra. ``int8`` (within 0.05 dB, the fastest) is
-      opt-in; both quantised graphs run on :func:`int8_runtime`.
-    * bf16: OpenVINO where the CPU has native bf16 (AVX512_BF16 or AMX) and OpenVINO is
-      installed, else PyTorch (which emulates bf16 on other CPUs).
-
-    Everywhere else PyTorch, which runs on every machine.
+    * fp32: ONNX Runtime (0.49 s per 384² tile vs 0.97 s for PyTorch channels_last), else
+      OpenVINO, else PyTorch;
+    * int8, mixed: OpenVINO where it is installed and the CPU has VNNI (1.1x ONNX Runtime on the
+      same graph), else ONNX Runtime;
+    * bf16, bf16-edge: OpenVINO where it is installed, the CPU computes bf16 natively and the
+      body is the plain one (its graph is built layer by layer), else PyTorch;
+    * fp16: PyTorch (emulated on CPUs: slow, but exact enough to study).
     """
     if backend not in BACKENDS:
         raise InvalidArgument(f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")
-    if backend in ("onnxruntime", "int8", "mixed", "openvino"):
-        if device.type != "cpu":
-            raise BackendUnavailable(backend, f"it runs on the CPU only, not {device}")
-        if backend == "openvino" and not _openvino_available():
-            raise BackendUnavailable(backend, "openvino is not installed (pip install openvino)")
-        if backend != "openvino" and not _ort_available():
-            raise BackendUnavailable(backend, "onnxruntime is not installed (pip install onnxruntime)")
-        return backend
+    if precision not in PRECISIONS or precision == "auto":
+        raise InvalidArgument(f"unknown precision {precision!r}; choose from {', '.join(PRECISIONS[1:])}")
+    if precision == "tf32" and device.type != "cuda":
+        raise InvalidArgument("tf32 exists on CUDA devices only")
+    features = features if features is not None else cpu_features()
     if backend != "auto":
+        _check_runtime(backend, device, precision, features)
         return backend
     if device.type != "cpu":
+        if precision in ("int8", "mixed"):
+            raise BackendUnavailable(precision, f"the int8 recipes run on the CPU only, not {device}")
         return "torch"
-    features = features if features is not None else cpu_features()
-    if precision == "auto" and CPU_AUTO_MIXED and features.vnni and _ort_available():
-        return "mixed"
-    if precision in ("auto", "fp32"):
-        if _ort_available():
-            return "onnxruntime"
-        if _openvino_available():
+    if precision == "fp32":
+        for runtime in ("onnxruntime", "openvino"):
+            if _available(runtime):
+                return runtime
+        return "torch"
+    if precision in ("int8", "mixed"):
+        if features.vnni and openvino_available():
             return "openvino"
-        return "torch"
-    if precision == "bf16" and features.bf16 and _openvino_available():
+        if onnxruntime_available():
+            return "onnxruntime"
+        raise BackendUnavailable(precision, "it needs onnxruntime or openvino installed")
+    if precision in ("bf16", "bf16-edge") and features.bf16 and openvino_available() \
+            and (model is None or model.config.body == "plain"):
         return "openvino"
     return "torch"
 
 
-def int8_runtime(features: CpuFeatures | None = None) -> str:
-    """Which runtime runs the ``int8`` and ``mixed`` graphs: ``"openvino"`` or ``"onnxruntime"``.
-
-    OpenVINO where it is installed and the CPU has VNNI (int8 dot products): on the same graph it
-    was 1.3x faster than ONNX Runtime on an AVX512_VNNI Xeon (docs/cpu_backends.md). Elsewhere
-    ONNX Runtime, measured at 3.3x the eager baseline on an AVX2 EPYC (BENCHMARKS.md); OpenVINO's
-    int8 without VNNI was not measured. ``features`` default to :func:`vdsr.cpu.cpu_features`.
-    """
-    features = features if features is not None else cpu_features()
-    if features.vnni and _openvino_available():
-        return "openvino"
-    return "onnxruntime"
+def _check_runtime(runtime: str, device: torch.device, precision: str, features: CpuFeatures) -> None:
+    if runtime in ("onnxruntime", "openvino") and device.type != "cpu":
+        raise BackendUnavailable(runtime, f"it runs on the CPU only, not {device}")
+    if not _available("openvino" if runtime == "openvino" else "onnxruntime" if runtime == "onnxruntime"
+                      else "torch"):
+        raise BackendUnavailable(runtime, f"{runtime} is not installed (pip install {runtime})")
+    if precision not in RUNTIME_RECIPES[runtime]:
+        raise InvalidArgument(f"the {runtime} backend does not run {precision}; it runs "
+                              f"{', '.join(RUNTIME_RECIPES[runtime])}")
+    if runtime == "openvino" and precision in ("bf16", "bf16-edge") and not features.bf16:
+        have = ", ".join(features.names()) or "none of avx2, avx512, vnni, bf16, amx"
+        raise InvalidArgument(f"{precision} on the openvino backend needs a CPU with AVX512_BF16 or AMX "
+                              f"(this one has {have}); use fp32")
 
 
 def create_backend(model: VDSR, backend: str = "auto", device: str | torch.device = "cpu",
-                   precision: str = "auto", threads: int | None = None) -> Backend:
-    """A new backend running ``model`` (its weights as they are now).
+                   precision: str = "fp32", threads: int | None = None) -> Backend:
+    """A new backend running ``model`` (its weights as they are now) with a concrete recipe.
 
     Args:
         model: the network; the torch backends move it to ``device`` and use it as it is.
-        backend: one of :data:`vdsr.constants.BACKENDS`.
-        device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``...
-        precision: one of :data:`vdsr.constants.PRECISIONS`; ``"auto"`` per
-            :func:`vdsr.precision.resolve_precision`.
+        backend: ``"auto"`` (:func:`pick_runtime`) or a runtime of :data:`RUNTIME_RECIPES`.
+        device: ``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:1"``... (:func:`resolve_device`).
+        precision: a recipe of :data:`vdsr.constants.PRECISIONS` other than ``"auto"`` (for
+            ``auto``, see :func:`vdsr.recipes.choose`, which checks the recipe for the weights).
         threads: CPU threads for ONNX Runtime (None: its default, all cores) and OpenVINO
             (None: ``torch.get_num_threads()``).
     """
-    dev = torch.device(device)
-    name = pick_backend(backend, dev, precision)
-    resolved = resolve_precision(precision, dev, name)
-    if name in ("int8", "mixed") and int8_runtime() == "openvino":
+    dev = resolve_device(device)
+    runtime = pick_runtime(backend, dev, precision, model)
+    if runtime == "openvino":
         from vdsr.backends.openvino import OpenVinoBackend
 
-        return OpenVinoBackend(model, name, threads)
-    if name in ("onnxruntime", "int8", "mixed"):
+        return OpenVinoBackend(model, precision, threads)
+    if runtime == "onnxruntime":
         from vdsr.backends.ort import OrtBackend
 
-        return OrtBackend(model, threads=threads, kind="fp32" if name == "onnxruntime" else name)
-    if name == "openvino":
-        from vdsr.backends.openvino import OpenVinoBackend
-
-        return OpenVinoBackend(model, resolved, threads)
+        return OrtBackend(model, threads=threads, kind=precision)
     from vdsr.backends.pytorch import TorchBackend
 
-    return TorchBackend(model, dev, resolved, compile=name == "compile")
+    return TorchBackend(model, dev, precision, compile=runtime == "compile")
 
 
 def _weights_key(model: VDSR) -> tuple[int, ...]:
@@ -171,14 +199,14 @@ _SHARED = weakref.WeakKeyDictionary()
 
 
 def shared_backend(model: VDSR, backend: str = "auto", device: str | torch.device = "cpu",
-                   precision: str = "auto") -> Backend:
+                   precision: str = "fp32") -> Backend:
     """:func:`create_backend`, reused across calls for the same model while its weights are unchanged.
 
     For callers that hand a model over and over (training validation, :func:`vdsr.inference.run_network`):
     building an ONNX Runtime session costs a graph export each time. The cache is keyed weakly on
     the model object, so it goes away with the model.
     """
-    key = (backend, str(torch.device(device)), precision)
+    key = (backend, str(resolve_device(device)), precision)
     entries = _SHARED.setdefault(model, {})
     version = _weights_key(model)
     hit = entries.get(key)

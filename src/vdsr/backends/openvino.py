@@ -1,21 +1,22 @@
-"""The OpenVINO backend (CPU): the cached fp32 ONNX graph, compiled by OpenVINO's CPU plugin.
+"""The OpenVINO backend (CPU): fp32, the bf16 recipes on CPUs with native bf16, int8 and mixed.
 
 Optional: ``pip install 'vdsr[openvino]'``. Without the package the backend is
 :class:`~vdsr.errors.BackendUnavailable`.
 
-Precisions: ``fp32`` (``INFERENCE_PRECISION_HINT=f32``; equal to ONNX Runtime's fp32 up to
-summation order) and ``bf16``, allowed only where the CPU has native bf16 dot products
-(:func:`vdsr.cpu.cpu_features`): elsewhere OpenVINO emulates it, slower than fp32. bf16 is not
-exact: it moved the output by up to 0.016 on the [0, 1] scale (issue 17) and costs more than
-0.02 dB on the official weights (docs/cpu_backends.md), so it is never picked by ``auto``.
+* ``fp32``: the cached fp32 ONNX graph (:func:`vdsr.backends.ort.cached_graph_bytes`), compiled
+  with ``INFERENCE_PRECISION_HINT=f32``: equal to ONNX Runtime's fp32 up to summation order.
+* ``bf16`` and ``bf16-edge``: a graph built layer by layer from the weights with the precision
+  written on every edge (bf16 convolutions between ``Convert`` nodes; the input, the residual
+  addition and, for ``bf16-edge``, the first and last convolution in f32), compiled with the f32
+  hint, under which OpenVINO runs the graph "as is, with the precisions set on each layer edge".
+  OpenVINO's own bf16 hint would also round the residual addition and the image itself to bf16
+  (0.15 dB on the official weights, issue 17). Plain bodies only (the paper's); the other bodies
+  run these recipes on PyTorch.
+* ``int8`` and ``mixed``: the statically quantised QDQ graphs that ONNX Runtime also runs
+  (:data:`vdsr.backends.ort.INT8_SPLITS`), 1.1x ONNX Runtime's speed on them with VNNI.
 
-It also runs the ``int8`` backend's graph (precision ``"int8"``, :func:`vdsr.backends.int8_runtime`):
-the same statically quantised QDQ graph as ONNX Runtime's, 1.3x faster than ONNX Runtime on it on
-an AVX512_VNNI Xeon (docs/cpu_backends.md).
-
-The graph is compiled in well under a second, from the ONNX graph cached on disk by
-:func:`vdsr.backends.ort.cached_fp32_bytes` (validated on every read, rebuilt when damaged);
-OpenVINO's own blob cache is not used, so there is no compiled file that could go stale.
+Graphs compile in well under a second; OpenVINO's own blob cache is not used, so there is no
+compiled file that could go stale.
 """
 
 from __future__ import annotations
@@ -25,63 +26,80 @@ from typing import Any
 import numpy as np
 import torch
 
-from vdsr.backends.ort import INT8_SPLITS, cached_graph_bytes
+from vdsr.backends.ort import cached_graph_bytes
 from vdsr.errors import BackendUnavailable, InvalidArgument
 from vdsr.model import VDSR
 
-__all__ = ["OV_PRECISIONS", "OpenVinoBackend", "openvino_available"]
+__all__ = ["OV_RECIPES", "OpenVinoBackend", "bf16_graph"]
 
-# Our precision names -> OpenVINO's INFERENCE_PRECISION_HINT. "int8" is the int8 backend's QDQ
-# graph: its quantised convolutions run in int8 (VNNI), the layers it keeps in fp32 in f32.
-OV_PRECISIONS = {"fp32": "f32", "bf16": "bf16", "int8": "f32", "mixed": "f32"}
+OV_RECIPES = ("fp32", "bf16", "bf16-edge", "int8", "mixed")
 
 
-def openvino_available() -> bool:
-    """Whether the ``openvino`` package can be imported."""
-    try:
-        import openvino  # noqa: F401
-    except ImportError:
-        return False
-    return True
+def bf16_graph(model: VDSR, edge: bool) -> Any:
+    """An ``openvino.Model`` of a plain-body ``model`` whose convolutions run in bf16 (all of
+    them, or with ``edge`` the inner ones only); input ``(N, C, H, W)`` f32, dynamic N, H, W."""
+    import openvino as ov
+    import openvino.opset13 as ops
+
+    if model.config.body != "plain":
+        raise InvalidArgument("the OpenVINO bf16 graph is built for the plain body only")
+    convs: list[torch.nn.Conv2d] = [model.input, *model.body.children(), model.output]  # type: ignore[list-item]
+    x = ops.parameter([-1, model.config.channels, -1, -1], ov.Type.f32, name="input")
+    h: Any = x
+    current = ov.Type.f32
+    for i, conv in enumerate(convs):
+        low = not (edge and i in (0, len(convs) - 1))
+        want = ov.Type.bf16 if low else ov.Type.f32
+        if want != current:
+            h, current = ops.convert(h, want), want
+        weight: Any = ops.constant(conv.weight.detach().cpu().float().numpy())
+        if low:
+            weight = ops.convert(weight, want)
+        h = ops.convolution(h, weight, [1, 1], [1, 1], [1, 1], [1, 1])
+        if conv.bias is not None:
+            bias: Any = ops.constant(conv.bias.detach().cpu().float().numpy().reshape(1, -1, 1, 1))
+            h = ops.add(h, ops.convert(bias, want) if low else bias)
+        if i < len(convs) - 1:
+            h = ops.relu(h)
+    if current != ov.Type.f32:
+        h = ops.convert(h, ov.Type.f32)
+    return ov.Model([ops.add(x, h)], [x], "vdsr")
 
 
 class OpenVinoBackend:
     """An OpenVINO CPU model for ``model``'s weights as they are when it is built.
 
-    ``(N, C, H, W)`` float32 tensor -> same shape, float32 CPU tensor; any H and W (the graph's
-    height and width are dynamic).
+    ``(N, C, H, W)`` float32 tensor -> same shape, float32 CPU tensor; any H and W.
 
     Args:
         model: the network.
-        precision: ``"fp32"``, ``"bf16"`` (already resolved: :func:`vdsr.precision.resolve_precision`
-            refuses bf16 on CPUs without it) or ``"int8"`` (the int8 backend's cached graph; the
-            backend's ``name`` is then ``"int8"``) or ``"mixed"`` (likewise).
+        precision: a recipe of :data:`OV_RECIPES` (checked by :func:`vdsr.backends.pick_runtime`:
+            the bf16 recipes need a CPU with native bf16).
         threads: inference threads (None: ``torch.get_num_threads()``, which follows the
             caller's ``torch.set_num_threads``).
-        graph: an ONNX graph of ``model`` to compile instead of its cached fp32 one (e.g. the
-            int8 QDQ graph of :func:`vdsr.backends.ort.cached_int8_bytes`).
     """
 
     device = torch.device("cpu")
-    runtime = "openvino"
+    name = "openvino"
 
-    def __init__(self, model: VDSR, precision: str = "fp32", threads: int | None = None,
-                 graph: bytes | None = None) -> None:
+    def __init__(self, model: VDSR, precision: str = "fp32", threads: int | None = None) -> None:
         try:
             import openvino as ov
         except ImportError:
             raise BackendUnavailable("openvino", "openvino is not installed (pip install openvino)") from None
-        if precision not in OV_PRECISIONS:
-            raise InvalidArgument(f"the openvino backend runs {' or '.join(OV_PRECISIONS)}, not {precision}")
-        self.name = precision if precision in INT8_SPLITS else "openvino"
+        if precision not in OV_RECIPES:
+            raise InvalidArgument(f"the openvino backend runs {', '.join(OV_RECIPES)}, not {precision}")
         self.precision = precision
         self.threads = int(threads or torch.get_num_threads())
         core = ov.Core()
-        if graph is None:
-            graph = cached_graph_bytes(model, precision)
-        network = core.read_model(graph)
+        if precision in ("bf16", "bf16-edge"):
+            network = bf16_graph(model, edge=precision == "bf16-edge")
+        else:
+            network = core.read_model(cached_graph_bytes(model, precision))
         config: dict[str, Any] = {
-            "INFERENCE_PRECISION_HINT": OV_PRECISIONS[precision],
+            # f32: run every layer in the precision its graph says (int8 where quantised, bf16
+            # where converted); never let the plugin lower the rest on its own.
+            "INFERENCE_PRECISION_HINT": "f32",
             "INFERENCE_NUM_THREADS": self.threads,
             # One image at a time, tiles in sequence: latency, not throughput streams.
             "PERFORMANCE_HINT": "LATENCY",
@@ -94,3 +112,4 @@ class OpenVinoBackend:
         result: Any = self._request.infer({0: array})
         # The request's output buffer is reused by the next call: copy it out.
         return torch.from_numpy(np.array(result[self.compiled.outputs[0]], dtype=np.float32))
+

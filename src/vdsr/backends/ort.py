@@ -21,7 +21,7 @@ import torch
 from vdsr import export
 from vdsr.errors import BackendUnavailable
 from vdsr.fileio import atomic_path
-from vdsr.model import VDSR
+from vdsr.model import VDSR, weights_digest
 
 log = logging.getLogger(__name__)
 
@@ -72,11 +72,8 @@ def graph_cache_path(model: VDSR, kind: str) -> Path:
     version, the torch version (the exporter), the config and the weights."""
     import torch as _torch
 
-    digest = hashlib.sha256(f"{kind}-v{INT8_VERSION}-{_torch.__version__}-{model.config}".encode())
-    for name, tensor in model.state_dict().items():
-        digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    return cache_dir() / f"{kind}-{digest.hexdigest()[:32]}.onnx"
+    key = f"{kind}-v{INT8_VERSION}-{_torch.__version__}-{weights_digest(model)}"
+    return cache_dir() / f"{kind}-{hashlib.sha256(key.encode()).hexdigest()[:32]}.onnx"
 
 
 def int8_cache_path(model: VDSR) -> Path:
@@ -140,17 +137,16 @@ class OrtBackend:
     """
 
     device = torch.device("cpu")
-    runtime = "onnxruntime"
+    name = "onnxruntime"
 
-    def __init__(self, model: VDSR, int8: bool = False, threads: int | None = None,
-                 kind: str | None = None) -> None:
-        """``kind``: ``"fp32"``, ``"int8"`` or ``"mixed"`` (default: ``"int8"`` if ``int8``)."""
+    def __init__(self, model: VDSR, threads: int | None = None, kind: str = "fp32") -> None:
+        """``kind``: the recipe, ``"fp32"``, ``"int8"`` or ``"mixed"``."""
         try:
             import onnxruntime as ort
         except ImportError:
             raise BackendUnavailable("onnxruntime", "onnxruntime is not installed") from None
-        kind = kind or ("int8" if int8 else "fp32")
-        self.name = "onnxruntime" if kind == "fp32" else kind
+        if kind != "fp32" and kind not in INT8_SPLITS:
+            raise BackendUnavailable("onnxruntime", f"it runs fp32, int8 and mixed, not {kind}")
         self.precision = kind
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL

@@ -25,8 +25,9 @@ def _tf32(enabled: bool, device: torch.device) -> Iterator[None]:
 class TorchBackend:
     """``model`` on ``device`` in ``precision``: ``(N, C, H, W)`` float32 -> same, float32, unclamped.
 
-    In fp16/bf16 only the body runs in 16 bits, on a 16-bit copy of the weights made once; the
-    input and the global residual addition stay fp32 (so flat areas keep their exact values).
+    In fp16/bf16 the convolutions run in 16 bits, on a 16-bit copy of the weights made once; in
+    ``bf16-edge`` the first and the last convolution stay fp32. The input and the global residual
+    addition stay fp32 in every recipe (so flat areas keep their exact values).
     A ``channels_last`` input lets oneDNN and cuDNN pick their fastest convolutions (1.27x on CPU,
     eager).
     ``compile=True`` wraps the forward in ``torch.compile`` with dynamic shapes (tiles differ at
@@ -51,10 +52,15 @@ class TorchBackend:
         self._run = forward
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self._low is not None:
-            return x + self._low.predict_residual(x.to(self.dtype)).float()
-        out: torch.Tensor = self.model(x)
-        return out
+        low = self._low
+        if low is None:
+            out: torch.Tensor = self.model(x)
+            return out
+        if self.precision != "bf16-edge":
+            return x + low.predict_residual(x.to(self.dtype)).float()
+        features = self.model.relu(self.model.input(x)).to(self.dtype)
+        features = low.features(features)
+        return x + self.model.output(features.float())
 
     @torch.inference_mode()
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
