@@ -59,7 +59,8 @@ def _core() -> Any:
     leave the thread on the first one's stack, already unmapped: the next signal that Python
     handles (Ctrl-C, SIGTERM in training) kills the process with SIGSEGV, and faulthandler,
     whose handler runs on that stack too, prints nothing (openvino 2026.4.1;
-    docs/openvino_signal_stack.md). One Core that is never freed swaps the stack once.
+    docs/openvino_signal_stack.md). One Core that is never freed swaps the stack once (and is
+    what OpenVINO recommends: a single Core per application).
     """
     global _CORE
     with _CORE_LOCK:
