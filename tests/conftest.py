@@ -3,12 +3,18 @@ tests that need it are skipped, with the reason, only when it is absent (CI has 
 
 from __future__ import annotations
 
+import importlib.util
+import os
+import signal
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from vdsr.cpu import CPU_FEATURES_ENV, cpu_features, parse_features
+from vdsr.errors import InvalidArgument
 from vdsr.model import VDSR, VDSRConfig
 from vdsr.weights import WeightsMetadata, save_weights
 
@@ -21,6 +27,46 @@ needs_shared = pytest.mark.skipif(
     not (DATASETS / "Set5").is_dir() or not REFERENCE.is_dir(),
     reason=f"reference data not found at {SHARED}",
 )
+
+
+# The CPU every test sees, whatever the machine: what `auto` picks (backend, precision, int8
+# runtime) follows the CPU's features (vdsr.cpu), and a test's expectation must not change with
+# the machine that runs it. A plain AVX2 x86-64 core: no VNNI, no native bf16, so `auto` never
+# takes a path that exists only on some CPUs or only with the optional openvino installed.
+# VDSR_TEST_CPU_FEATURES runs the whole suite as another class (CI's matrix: none, avx2,
+# "avx2,avx512,vnni", "avx2,avx512,vnni,bf16,amx"); tests that force a class themselves
+# (monkeypatch.setenv(CPU_FEATURES_ENV, ...)) still do, and @pytest.mark.host_cpu opts a test out:
+# it sees this machine's own features (and the user's VDSR_CPU_FEATURES, if set).
+TEST_CPU_FEATURES = os.environ.get("VDSR_TEST_CPU_FEATURES", "avx2")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    try:  # a misspelt class stops the run before any test
+        parse_features(TEST_CPU_FEATURES)
+    except InvalidArgument as e:
+        raise pytest.UsageError(f"VDSR_TEST_CPU_FEATURES={TEST_CPU_FEATURES!r}: {e}") from None
+
+
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    host = ",".join(cpu_features().names()) or "none"
+    openvino = "installed" if importlib.util.find_spec("openvino") else "not installed"
+    return [f"vdsr: tests see CPU features {TEST_CPU_FEATURES!r} (VDSR_TEST_CPU_FEATURES); "
+            f"this machine has {host!r}; openvino {openvino}"]
+
+
+@pytest.fixture(autouse=True)
+def _pinned_cpu(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    if request.node.get_closest_marker("host_cpu") is None:
+        monkeypatch.setenv(CPU_FEATURES_ENV, TEST_CPU_FEATURES)
+
+
+@pytest.fixture(autouse=True)
+def _python_sigint() -> Iterator[None]:
+    """Every test starts with Python's own SIGINT handler, however pytest was started: `pytest &`
+    in a script starts it with SIGINT ignored, and the processes a test starts inherit that."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
 
 
 @pytest.fixture(autouse=True)

@@ -9,10 +9,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from tests.conftest import DATASETS, needs_shared, random_rgb, write_png
 from vdsr.cli import main
+from vdsr.weights import load_weights
 
 
 def run(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
@@ -96,9 +98,14 @@ def test_convert_and_info(tmp_path: Path, tiny_weights: Path, capsys: pytest.Cap
     assert code == 0 and json.loads(text)["model"]["depth"] == 4
     out = tmp_path / "copy.safetensors"
     code, _, err = run(["convert", str(tiny_weights), "-o", str(out)], capsys)
-    assert code == 0, err and out.exists()
+    assert code == 0, err
+    (copied, meta), (original, _) = load_weights(out), load_weights(tiny_weights)
+    assert meta.config.depth == 4 and copied.keys() == original.keys()
+    assert all(torch.equal(copied[k], original[k]) for k in original)
+    before = out.read_bytes()
     code, _, err = run(["convert", str(tmp_path / "nope.mat"), "-o", str(out), "--overwrite"], capsys)
     assert code == 1 and "nope.mat" in err
+    assert out.read_bytes() == before  # a failed convert leaves the existing output alone
 
 
 def test_bad_usage_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
@@ -110,6 +117,7 @@ def test_bad_usage_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
     capsys.readouterr()
 
 
+@pytest.mark.subprocess
 def test_python_dash_m_and_console_script(tmp_path: Path) -> None:
     proc = subprocess.run([sys.executable, "-m", "vdsr", "upscale", str(tmp_path / "missing.png"),
                            "-s", "2", "-o", str(tmp_path / "o.png"), "--weights", str(tmp_path / "w.safetensors")],

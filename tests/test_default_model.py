@@ -13,6 +13,7 @@ FIRST_BAR = {2: 36.5, 3: 32.7, 4: 30.4}  # the training issue's first bar, Set5 
 
 
 @needs_shared
+@pytest.mark.slow
 def test_default_model_matches_its_recorded_set5_results() -> None:
     recorded = {r["scale"]: r for r in read_metadata(default_weights_path()).extra["evaluation"]["rgb8"]
                 if r["dataset"] == "Set5"}

@@ -22,6 +22,7 @@ def _free_port() -> int:
 
 
 @pytest.mark.slow
+@pytest.mark.subprocess
 def test_two_process_ddp_equals_single_process(tmp_path: Path) -> None:
     data = tmp_path / "hr"
     data.mkdir()
@@ -57,6 +58,7 @@ def test_two_process_ddp_equals_single_process(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.subprocess
 def test_two_node_rendezvous_on_loopback(tmp_path: Path) -> None:
     """The documented multi-machine command, with both 'machines' on 127.0.0.1: two torchrun
     launchers, --nnodes 2 and distinct --node_rank, meet at one master address."""

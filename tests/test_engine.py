@@ -220,6 +220,7 @@ def test_backends_share_one_protocol() -> None:
         assert backend(x).shape == ref.shape
 
 
+@pytest.mark.subprocess
 def test_import_vdsr_and_cli_parser_do_not_import_torch() -> None:
     code = ("import sys, vdsr, vdsr.cli; vdsr.cli.build_parser(); "
             "print('torch' in sys.modules, vdsr.__version__)")

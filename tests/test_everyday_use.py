@@ -88,6 +88,7 @@ def test_scale_cap_is_in_help(capsys: pytest.CaptureFixture[str]) -> None:
     assert "S <= 16" in " ".join(capsys.readouterr().out.split())
 
 
+@pytest.mark.subprocess
 def test_serve_on_a_port_in_use_is_one_line_and_exit_1(tiny_weights: Path) -> None:
     """Bug 6: uvicorn printed a multi-line log and exited 3; the README promises one line, exit 1."""
     import socket

@@ -103,6 +103,7 @@ def test_int8_refuses_gpu_device() -> None:
 
 @needs_shared
 @pytest.mark.parametrize("which", ["default", "official"])
+@pytest.mark.slow
 def test_int8_psnr_within_005_db_of_fp32_on_set5(which: str, official_weights: Path) -> None:
     from vdsr.engine import Upscaler
     from vdsr.evaluate import EvalConfig, evaluate_folder

@@ -23,6 +23,7 @@ def test_tiled_equals_whole_image(tile: int) -> None:
     assert np.abs(whole - tiled).max() < 1e-5
 
 
+@pytest.mark.slow
 def test_tiled_equals_whole_default_depth() -> None:
     model = tiny_model(depth=20, width=8)
     x = np.random.default_rng(1).random((1, 100, 90)).astype(np.float32)

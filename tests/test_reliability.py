@@ -257,6 +257,7 @@ def test_bad_weights_via_cli(tmp_path: Path, tiny_weights: Path, capsys: pytest.
     assert not (tmp_path / "o.png").exists()
 
 
+@pytest.mark.subprocess
 def test_crash_mid_batch_leaves_finished_outputs_whole(tmp_path: Path, tiny_weights: Path) -> None:
     """SIGKILL while the third output is being written: the first two are complete PNGs and the
     third never appears under its final name."""

@@ -137,6 +137,8 @@ def live_server(tiny_weights: Path):  # type: ignore[no-untyped-def]
 
 
 @pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="Debian chromium not installed (.ci/run installs it)")
+@pytest.mark.slow
+@pytest.mark.browser
 def test_browser_upload_compare_download(live_server: str, tmp_path: Path, tiny_weights: Path) -> None:
     from playwright.sync_api import sync_playwright
 
@@ -354,6 +356,8 @@ def test_bicubic_previews_have_their_own_bounded_lane(tiny_weights: Path, monkey
 
 
 @pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="Debian chromium not installed (.ci/run installs it)")
+@pytest.mark.slow
+@pytest.mark.browser
 def test_browser_shows_queue_places_and_retries_a_full_queue(tiny_weights: Path, tmp_path: Path,
                                                             monkeypatch: pytest.MonkeyPatch) -> None:
     """Bug 2 in the page: each card shows its place in line, and a '503 queue full' is retried

@@ -43,6 +43,7 @@ def tree(folder: Path) -> dict[str, tuple[int, bytes]]:
 
 
 @pytest.mark.slow
+@pytest.mark.subprocess
 def test_stage_stops_at_its_budget_and_resumes_on_the_next_run(tmp_path: Path, data: tuple[Path, Path]) -> None:
     out = tmp_path / "out"
     run = out / "run"
@@ -80,6 +81,7 @@ wait $pid
 
 
 @pytest.mark.slow
+@pytest.mark.subprocess
 def test_stage_with_bad_state_stops_with_one_line_and_writes_nothing(
         tmp_path: Path, data: tuple[Path, Path]) -> None:
     out = tmp_path / "out"

@@ -80,6 +80,8 @@ def _train_until(args: list[str], marker: Path, script: str | None = None) -> su
     return proc
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_kill_and_resume_reaches_the_same_weights(tmp_path: Path, train_dir: Path) -> None:
     steps = 400
     full = tmp_path / "full"
@@ -98,6 +100,8 @@ def test_kill_and_resume_reaches_the_same_weights(tmp_path: Path, train_dir: Pat
     assert logged == sorted(set(logged)) and logged[-1] == steps
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_sigterm_stops_at_a_step_with_a_checkpoint_and_resumes_exactly(tmp_path: Path, train_dir: Path) -> None:
     """SIGTERM (what `timeout`, schedulers and `kill` send) saves the step it stopped at."""
     steps = 400
@@ -123,6 +127,8 @@ def _val_dir(tmp_path: Path) -> Path:
     return val
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_sigint_during_validation_checkpoints_the_step_it_names(tmp_path: Path, train_dir: Path) -> None:
     """Issue 18: Ctrl-C while validating used to report "checkpoint saved" at a step that had
     none (the flag was read before validation) and to wait for the whole validation. Now the
@@ -317,6 +323,7 @@ def test_deferred_loss_check_raises_before_anything_is_saved(tmp_path: Path, mon
     assert not (tmp_path / "r" / "last.safetensors").exists()
 
 
+@pytest.mark.subprocess
 def test_sigkill_while_writing_checkpoint_keeps_previous(tmp_path: Path, train_dir: Path) -> None:
     run = tmp_path / "run"
     script = textwrap.dedent(f"""

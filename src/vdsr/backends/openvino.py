@@ -21,6 +21,7 @@ compiled file that could go stale.
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 import numpy as np
@@ -66,6 +67,31 @@ def bf16_graph(model: VDSR, edge: bool) -> Any:
     return ov.Model([ops.add(x, h)], [x], "vdsr")
 
 
+_CORE: Any = None
+_CORE_LOCK = threading.Lock()
+
+
+def _core() -> Any:
+    """The process's one ``openvino.Core``, made on first use and kept until exit.
+
+    Each Core loads its own CPU plugin, and each plugin swaps the calling thread's signal stack
+    (``sigaltstack``) for one of its own, putting the previous one back when it is freed, and
+    only if its own is still current. Two Cores freed in the order they were made therefore
+    leave the thread on the first one's stack, already unmapped: the next signal that Python
+    handles (Ctrl-C, SIGTERM in training) kills the process with SIGSEGV, and faulthandler,
+    whose handler runs on that stack too, prints nothing (openvino 2026.4.1;
+    docs/openvino_signal_stack.md). One Core that is never freed swaps the stack once (and is
+    what OpenVINO recommends: a single Core per application).
+    """
+    global _CORE
+    with _CORE_LOCK:
+        if _CORE is None:
+            import openvino as ov
+
+            _CORE = ov.Core()
+        return _CORE
+
+
 class OpenVinoBackend:
     """An OpenVINO CPU model for ``model``'s weights as they are when it is built.
 
@@ -84,14 +110,14 @@ class OpenVinoBackend:
 
     def __init__(self, model: VDSR, precision: str = "fp32", threads: int | None = None) -> None:
         try:
-            import openvino as ov
+            import openvino  # noqa: F401
         except ImportError:
             raise BackendUnavailable("openvino", "openvino is not installed (pip install openvino)") from None
         if precision not in OV_RECIPES:
             raise InvalidArgument(f"the openvino backend runs {', '.join(OV_RECIPES)}, not {precision}")
         self.precision = precision
         self.threads = int(threads or torch.get_num_threads())
-        core = ov.Core()
+        core = _core()
         if precision in ("bf16", "bf16-edge"):
             network = bf16_graph(model, edge=precision == "bf16-edge")
         else:
