@@ -7,6 +7,7 @@ import io
 import json
 import os
 import pickle
+import re
 import struct
 from pathlib import Path
 
@@ -90,10 +91,14 @@ def test_refuses_bad_metadata(tmp_path: Path) -> None:
 
 
 def test_only_safetensors_are_loaded(tmp_path: Path) -> None:
+    from vdsr.errors import NotSafetensors
+
     p = tmp_path / "model.pth"
     p.write_bytes(b"whatever")
-    with pytest.raises(WeightsError, match="vdsr convert"):
+    with pytest.raises(NotSafetensors, match="only .safetensors weights are loaded") as info:
         load_weights(p)
+    assert (info.value.path, info.value.suffix) == (str(p), ".pth")
+    assert "vdsr convert" not in str(info.value)  # the CLI words the advice (test_everyday_use)
     with pytest.raises(WeightsError, match="no such weights file"):
         load_weights(tmp_path / "missing.safetensors")
 
@@ -222,3 +227,156 @@ def test_shipped_file_uses_prefixed_keys_with_the_same_tensors() -> None:
         digest.update(state[key].numpy().tobytes())
     assert digest.hexdigest() == SHIPPED_TENSORS_SHA256
     assert meta.scales == [2, 3, 4] and meta.config.depth == 20
+
+
+# ------------------------------------------------------------------------------------------------
+# Issue 23, items 8 and 15: crafted headers and metadata are refused, one clear error each, before
+# anything is built from them.
+# ------------------------------------------------------------------------------------------------
+
+
+def _raw_header(path: Path, header: bytes | dict[str, object], data: bytes = b"") -> Path:
+    """A file in safetensors' layout: 8-byte little-endian header length, the JSON, the data."""
+    text = header if isinstance(header, bytes) else json.dumps(header).encode()
+    path.write_bytes(struct.pack("<Q", len(text)) + text + data)
+    return path
+
+
+def _tiny_meta() -> dict[str, object]:
+    return dict(json.loads(WeightsMetadata(config=tiny_model().config).to_json()))
+
+
+def _with_meta(path: Path, **changes: object) -> Path:
+    """The tiny model's tensors under metadata with ``changes`` (``model_*`` keys go into ``model``)."""
+    body = _tiny_meta()
+    body["model"] = dict(body["model"]) | {k.removeprefix("model_"): v for k, v in changes.items()  # type: ignore[call-overload]
+                                           if k.startswith("model_")}
+    body |= {k: v for k, v in changes.items() if not k.startswith("model_")}
+    state = {"vdsr." + k: v for k, v in tiny_model().state_dict().items()}
+    save_file(state, str(path), metadata={"vdsr": json.dumps(body)})
+    return path
+
+
+def _deep_json(levels: int) -> str:
+    return '{"format": "vdsr-weights", "format_version": 1, "x": ' + "[" * levels + "]" * levels + "}"
+
+
+CRAFTED: dict[str, tuple[object, str]] = {
+    # name: (how the file is made, what the one-line error says)
+    "nested_header": (lambda p: _raw_header(p, b'{"a":' * 100_000 + b"1" + b"}" * 100_000),
+                      "header nested too deeply"),
+    "metadata_a_string": (lambda p: _raw_header(p, {"__metadata__": "vdsr"}), "'__metadata__' is a string"),
+    "vdsr_an_object": (lambda p: _raw_header(p, {"__metadata__": {"vdsr": {"format": "vdsr-weights"}}}),
+                       "entry 'vdsr' is an object, not a string"),
+    "nested_metadata": (lambda p: _raw_header(p, {"__metadata__": {"vdsr": _deep_json(100_000)}}),
+                        "metadata is not valid JSON (nested too deeply"),
+    "nested_40": (lambda p: _raw_header(p, {"__metadata__": {"vdsr": _deep_json(40)}}),
+                  "nested more than 32 levels deep"),
+    "depth_20.5": (lambda p: _with_meta(p, model_depth=20.5), "depth must be an integer from 2 to 512, got 20.5"),
+    "depth_text": (lambda p: _with_meta(p, model_depth="4"), "depth must be an integer"),
+    "depth_true": (lambda p: _with_meta(p, model_depth=True), "depth must be an integer"),
+    "depth_10000": (lambda p: _with_meta(p, model_depth=10_000), "depth must be an integer from 2 to 512"),
+    "width_1e7": (lambda p: _with_meta(p, model_width=10**7), "width must be an integer from 1 to 1024"),
+    "channels_2": (lambda p: _with_meta(p, model_channels=2), "channels must be 1 (Y) or 3 (RGB)"),
+    "bias_text": (lambda p: _with_meta(p, model_bias="yes"), "bias must be true or false"),
+    "body_list": (lambda p: _with_meta(p, model_body=["plain"]), "body must be one of"),
+    "model_a_list": (lambda p: _with_meta(p, model=[1]), "model config must be a mapping"),
+    "recipe_a_list": (lambda p: _with_meta(p, recipe=[1, 2]), "'recipe' must be a JSON object, got an array"),
+    "metrics_a_number": (lambda p: _with_meta(p, metrics=3), "'metrics' must be a JSON object"),
+    "source_a_number": (lambda p: _with_meta(p, source=3), "'source' must be a JSON string"),
+    "scales_a": (lambda p: _with_meta(p, scales=["a"]), "'scales' must be a list"),
+    "scales_empty": (lambda p: _with_meta(p, scales=[]), "'scales' must be a list"),
+    "scales_2.5": (lambda p: _with_meta(p, scales=[2.5]), "'scales' must be a list"),
+    "evaluation_junk": (lambda p: _with_meta(p, evaluation={"rgb8": [{"dataset": "Set5"}]}),
+                        "has a result without"),
+    "huge_number": (lambda p: _raw_header(p, {"__metadata__": {"vdsr": '{"format": "vdsr-weights", '
+                                                              '"format_version": ' + "9" * 5000 + "}"}}),
+                    "not valid JSON"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CRAFTED))
+def test_crafted_metadata_is_one_clear_error(case: str, tmp_path: Path,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    """Issue 23 item 8: these raised RecursionError, TypeError or ValueError, or built the model
+    the metadata describes (width 10^7: 3.6 PB) before comparing shapes (seen failing)."""
+    from vdsr.cli import main
+
+    make, message = CRAFTED[case]
+    path = tmp_path / "crafted.safetensors"
+    make(path)  # type: ignore[operator]
+    with pytest.raises(WeightsError, match="crafted.safetensors: ") as info:
+        read_metadata(path)
+    assert message in str(info.value)
+    with pytest.raises(WeightsError, match=re.escape(message)):
+        load_weights(path)
+    capsys.readouterr()
+    assert main(["info", str(path)]) == 1
+    _, err = capsys.readouterr()
+    assert err.count("\n") == 1 and err.startswith("vdsr: error: ") and message in err
+
+
+def test_header_is_checked_against_the_config_before_tensors_are_read(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """Names, shapes and dtypes in the header are compared with the metadata's model before
+    safetensors reads a byte of tensor data, and before any model is built."""
+    import vdsr.weights
+
+    def no_load(*_a: object, **_k: object) -> None:
+        raise AssertionError("tensors were read although the header does not fit the config")
+
+    monkeypatch.setattr(vdsr.weights, "load_file", no_load)
+    monkeypatch.setattr(vdsr.weights, "VDSR", no_load)  # only the meta-device shapes may be built
+    state = {"vdsr." + k: v for k, v in tiny_model().state_dict().items()}
+    meta = {"vdsr": WeightsMetadata(config=tiny_model(depth=5).config).to_json()}
+    save_file(state, str(tmp_path / "a.safetensors"), metadata=meta)
+    with pytest.raises(WeightsError, match="missing tensors"):
+        load_weights(tmp_path / "a.safetensors")
+    monkeypatch.undo()
+    data = (tmp_path / "a.safetensors").read_bytes()
+    (tmp_path / "b.safetensors").write_bytes(data[:-10])  # the last tensor ends past the end
+    with pytest.raises(WeightsError, match="truncated"):
+        read_metadata(tmp_path / "b.safetensors")
+
+
+@pytest.mark.parametrize("dtype", [torch.bool, torch.int32, torch.uint8, torch.int64])
+def test_non_floating_tensors_are_refused(dtype: torch.dtype, tmp_path: Path) -> None:
+    """Issue 23 item 15: bool/int weights were accepted and gave an all-black image (seen failing)."""
+    model = tiny_model()
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    state["body.0.weight"] = state["body.0.weight"].to(dtype)
+    path = _write(tmp_path / "int.safetensors", {"vdsr." + k: v for k, v in state.items()},
+                  WeightsMetadata(config=model.config).to_json())
+    with pytest.raises(WeightsError, match="tensor vdsr.body.0.weight holds .* values; weights must be "
+                                           "floating point"):
+        load_weights(path)
+    with pytest.raises(WeightsError, match="weights must be floating point"):
+        save_weights(tmp_path / "out.safetensors", state, WeightsMetadata(config=model.config))
+    assert not (tmp_path / "out.safetensors").exists()
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64])
+def test_other_floating_dtypes_still_load(dtype: torch.dtype, tmp_path: Path) -> None:
+    model = tiny_model()
+    state = {"vdsr." + k: v.to(dtype) for k, v in model.state_dict().items()}
+    path = _write(tmp_path / "f.safetensors", state, WeightsMetadata(config=model.config).to_json())
+    loaded, _ = load_model(path)
+    assert loaded.input.weight.dtype == torch.float32
+
+
+def test_deep_model_is_refused_at_once_by_upscale(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Issue 23 item 15: a depth-10000 model was refused only after 106 s and 1.5 GB (seen failing:
+    this test's file took the old code past its time limit building the 10000 layers)."""
+    import time
+
+    from tests.conftest import random_rgb, write_png
+    from vdsr.cli import main
+
+    deep = _with_meta(tmp_path / "deep.safetensors", model_depth=10_000, model_width=64)
+    src = write_png(tmp_path / "a.png", random_rgb(8, 8))
+    started = time.monotonic()
+    code = main(["upscale", str(src), "-s", "2", "-o", str(tmp_path / "o.png"), "--weights", str(deep)])
+    assert time.monotonic() - started < 5
+    _, err = capsys.readouterr()
+    assert code == 1 and err == (f"vdsr: error: {deep}: model depth must be an integer from 2 to 512, "
+                                 "got 10000\n")

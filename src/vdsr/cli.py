@@ -12,6 +12,7 @@ import json
 import logging
 import math
 import os
+import shlex
 import sys
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -31,8 +32,20 @@ def _err(msg: str) -> None:
 
 def _describe(exc: Exception) -> str:
     """The library's message, with the flag that changes the limit where one does."""
-    from vdsr.errors import AddressUnavailable, NonFiniteLoss, TooLarge
+    from vdsr.errors import (
+        AddressUnavailable,
+        NoDefaultModel,
+        NonFiniteLoss,
+        NotSafetensors,
+        TooLarge,
+    )
 
+    if isinstance(exc, NotSafetensors):
+        target = shlex.quote(Path(exc.path).with_suffix(".safetensors").name)
+        return (f"{exc.path}: only .safetensors weights are loaded; convert it first with "
+                f"`vdsr convert {shlex.quote(exc.path)} -o {target}`")
+    if isinstance(exc, NoDefaultModel):
+        return f"{exc} (--weights FILE)"
     if isinstance(exc, TooLarge):
         flag = "--max-pixels" if exc.what == "input" else "--max-output-pixels"
         return f"{exc} (raise it with {flag})"

@@ -108,3 +108,25 @@ class AddressUnavailable(VDSRError):
     def __init__(self, host: str, port: int, reason: str) -> None:
         self.host, self.port, self.reason = host, port, reason
         super().__init__(f"cannot listen on {host}:{port}: {reason}")
+
+
+class NotSafetensors(WeightsError):
+    """A weights file that only :func:`vdsr.importers.convert` reads (``.pth``, ``.pt``, ``.mat``).
+
+    Attributes:
+        path: the file.
+        suffix: its extension, lower case (``".pth"``).
+    """
+
+    def __init__(self, path: str, suffix: str) -> None:
+        self.path, self.suffix = path, suffix
+        super().__init__(f"{path}: only .safetensors weights are loaded; {suffix} files are "
+                         "imported first (vdsr.importers.convert)")
+
+
+class NoDefaultModel(WeightsError):
+    """No weights file was given and the package has no shipped model at ``expected``."""
+
+    def __init__(self, expected: str) -> None:
+        self.expected = expected
+        super().__init__(f"no default model is installed (looked for {expected}); pass a weights file")
