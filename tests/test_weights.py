@@ -5,12 +5,14 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import math
 import os
 import pickle
 import re
 import struct
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
@@ -380,3 +382,223 @@ def test_deep_model_is_refused_at_once_by_upscale(tmp_path: Path, capsys: pytest
     _, err = capsys.readouterr()
     assert code == 1 and err == (f"vdsr: error: {deep}: model depth must be an integer from 2 to 512, "
                                  "got 10000\n")
+
+
+# ------------------------------------------------------------------------------------------------
+# Issue 23 item 9: crafted pytorch-vdsr pickles (legacy torch format), written opcode by opcode.
+# ------------------------------------------------------------------------------------------------
+
+
+class _G:
+    """A global (``module.name``) in a hand-written pickle."""
+
+    def __init__(self, module: str, name: str) -> None:
+        self.module, self.name = module, name
+
+
+class _Call:
+    def __init__(self, func: object, *args: object) -> None:
+        self.func, self.args = func, args
+
+
+class _Obj:
+    """``cls.__new__(cls)`` then ``__setstate__(state)``: how modules are pickled."""
+
+    def __init__(self, cls: _G, state: dict[str, object]) -> None:
+        self.cls, self.state = cls, state
+
+
+class _PersId:
+    def __init__(self, pid: tuple[object, ...]) -> None:
+        self.pid = pid
+
+
+def _pickle_ops(value: object) -> bytes:
+    """Protocol-2 opcodes for ``value``; enough of pickle for torch's legacy checkpoints."""
+    if isinstance(value, _G):
+        return b"c" + value.module.encode() + b"\n" + value.name.encode() + b"\n"
+    if isinstance(value, _Call):
+        return _pickle_ops(value.func) + _pickle_ops(tuple(value.args)) + b"R"
+    if isinstance(value, _Obj):
+        return _pickle_ops(value.cls) + b")\x81" + _pickle_ops(value.state) + b"b"
+    if isinstance(value, _PersId):
+        return _pickle_ops(value.pid) + b"Q"
+    if value is None:
+        return b"N"
+    if isinstance(value, bool):
+        return b"\x88" if value else b"\x89"
+    if isinstance(value, int):
+        raw = value.to_bytes((value.bit_length() + 8) // 8 or 1, "little", signed=True)
+        return b"\x8a" + bytes([len(raw)]) + raw
+    if isinstance(value, float):
+        return b"G" + struct.pack(">d", value)
+    if isinstance(value, str):
+        data = value.encode()
+        return b"X" + struct.pack("<I", len(data)) + data
+    if isinstance(value, tuple):
+        return b"(" + b"".join(_pickle_ops(v) for v in value) + b"t"
+    if isinstance(value, dict):
+        return b"}(" + b"".join(_pickle_ops(k) + _pickle_ops(v) for k, v in value.items()) + b"u"
+    raise TypeError(value)
+
+
+def _tensor(key: str, size: tuple[int, ...], stride: tuple[int, ...] | None = None,
+            storage_numel: int | None = None, offset: int = 0) -> _Call:
+    if stride is None:  # contiguous
+        stride = tuple(int(math.prod(size[i + 1:])) for i in range(len(size)))
+    numel = math.prod(size) if storage_numel is None else storage_numel
+    storage = _PersId(("storage", _G("torch", "FloatStorage"), key, "cpu", numel, None))
+    tensor = _Call(_G("torch._utils", "_rebuild_tensor_v2"), storage, offset, size, stride, False,
+                   _Call(_G("collections", "OrderedDict")))
+    return _Call(_G("torch._utils", "_rebuild_parameter"), tensor, True, _Call(_G("collections", "OrderedDict")))
+
+
+def _legacy_checkpoint(path: Path, sizes: list[tuple[int, ...]],
+                       override: dict[int, _Call] | None = None) -> Path:
+    """A pytorch-vdsr checkpoint (no biases) of convolutions of ``sizes``; ``override`` replaces
+    layer i's weight. Storage ``str(i)`` holds ``numel`` float32 values (random, small)."""
+    override = override or {}
+    weights = [override.get(i, _tensor(str(i), size)) for i, size in enumerate(sizes)]
+
+    def conv(w: _Call) -> _Obj:
+        return _Obj(_G("torch.nn.modules.conv", "Conv2d"), {"_parameters": {"weight": w, "bias": None},
+                                                            "_modules": {}})
+
+    blocks = {str(i): _Obj(_G("vdsr", "Conv_ReLU_Block"), {"_modules": {"conv": conv(w)}})
+              for i, w in enumerate(weights[1:-1])}
+    net = _Obj(_G("vdsr", "Net"), {"_modules": {
+        "input": conv(weights[0]), "output": conv(weights[-1]),
+        "residual_layer": _Obj(_G("torch.nn.modules.container", "Sequential"), {"_modules": blocks})}})
+    body = b"\x80\x02" + _pickle_ops({"epoch": 1, "model": net}) + b"."
+    storages = []
+    for w in weights:
+        pid = w.args[0].args[0].pid  # type: ignore[attr-defined]
+        storages.append((pid[2], pid[4]))
+    head = b"".join(pickle.dumps(x, protocol=2) for x in (0x1950A86A20F9469CFC6C, 1001, {}))
+    tail = pickle.dumps([k for k, _ in storages], protocol=2)
+    rng = np.random.default_rng(0)
+    data = b"".join(struct.pack("<q", n) + (rng.standard_normal(n).astype("<f4") * 0.01).tobytes()
+                    for _, n in storages)
+    path.write_bytes(head + body + tail + data)
+    return path
+
+
+TINY_PTH = [(8, 1, 3, 3), (8, 8, 3, 3), (8, 8, 3, 3), (1, 8, 3, 3)]
+
+
+def test_hand_written_checkpoint_imports(tmp_path: Path) -> None:
+    """The writer above makes checkpoints the importer reads (so the refusals below are real)."""
+    state, meta = import_pytorch_vdsr(_legacy_checkpoint(tmp_path / "ok.pth", TINY_PTH))
+    assert (meta.config.depth, meta.config.width, meta.config.bias) == (4, 8, False)
+    assert state["body.1.weight"].shape == (8, 8, 3, 3) and torch.isfinite(state["body.1.weight"]).all()
+
+
+def test_crafted_views_are_refused_before_they_are_materialised(tmp_path: Path,
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
+    """Issue 23 item 9: a 1-element storage viewed with stride 0 as a huge tensor was materialised
+    at full size before the shape error (tracemalloc: 200 MB here; 2.5 GB RSS in the issue), or
+    ended `vdsr convert` with "out of memory (try a smaller --tile or --batch-size)"; a first conv
+    of (20000, 1, 3, 3) built a model with 14 GB layers (seen failing)."""
+    import tracemalloc
+
+    from vdsr.cli import main
+
+    cases = {
+        "stride0.pth": ({1: _tensor("1", (20000, 64, 3, 3), (0, 0, 0, 0), storage_numel=1)},
+                        "tensor body.0.weight has shape (20000, 64, 3, 3), the architecture needs (8, 8, 3, 3)"),
+        "stride0_same_shape.pth": ({1: _tensor("1", (8, 8, 3, 3), (0, 0, 0, 0), storage_numel=1)},
+                                   "view larger than its storage"),
+        "huge.pth": ({1: _tensor("1", (10**6, 10**6, 3, 3), (0, 0, 0, 0), storage_numel=1)}, "shape"),
+        "negative_stride.pth": ({1: _tensor("1", (8, 8, 3, 3), (-1, 0, 0, 0))}, "bad shape, stride or offset"),
+        "float_size.pth": ({1: _tensor("1", (8.5, 8, 3, 3), (72, 9, 3, 1), storage_numel=576)},  # type: ignore[arg-type]
+                           "bad shape, stride or offset"),
+        "offset_out.pth": ({1: _tensor("1", (8, 8, 3, 3), offset=10)}, "exceeds its storage"),
+    }
+    for name, (override, message) in cases.items():
+        path = _legacy_checkpoint(tmp_path / name, TINY_PTH, override)
+        tracemalloc.start()
+        try:
+            with pytest.raises(WeightsError, match=re.escape(name)) as info:
+                import_pytorch_vdsr(path)
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert message in str(info.value), (name, str(info.value))
+        assert peak < 20_000_000, (name, peak)
+        assert main(["convert", str(path), "-o", str(tmp_path / "o.safetensors")]) == 1
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and message in err and "out of memory" not in err, err
+    wide = _legacy_checkpoint(tmp_path / "wide.pth", [(20000, 1, 3, 3), (1, 20000, 3, 3)])
+    with pytest.raises(WeightsError, match="wide.pth: model width must be an integer from 1 to 1024, got 20000"):
+        import_pytorch_vdsr(wide)
+    deep = _legacy_checkpoint(tmp_path / "deep.pth", [(2, 1, 3, 3)] + [(2, 2, 3, 3)] * 600 + [(1, 2, 3, 3)])
+    with pytest.raises(WeightsError, match="deep.pth: model depth must be an integer from 2 to 512, got 602"):
+        import_pytorch_vdsr(deep)
+    wrong = _legacy_checkpoint(tmp_path / "wrong.pth", [(8, 1, 3, 3), (8, 4, 3, 3), (1, 8, 3, 3)])
+    with pytest.raises(WeightsError, match=r"wrong.pth: tensor body.0.weight has shape \(8, 4, 3, 3\)"):
+        import_pytorch_vdsr(wrong)
+    assert not (tmp_path / "o.safetensors").exists()
+
+
+# ------------------------------------------------------------------------------------------------
+# Issue 23 item 10: crafted MatConvNet .mat files.
+# ------------------------------------------------------------------------------------------------
+
+
+def _mat_model(path: Path, weights: list[object], biases: list[object]) -> Path:
+    import scipy.io
+
+    cells_w, cells_b = np.empty((1, len(weights)), dtype=object), np.empty((1, len(biases)), dtype=object)
+    for i, (w, b) in enumerate(zip(weights, biases, strict=True)):
+        cells_w[0, i], cells_b[0, i] = w, b
+    scipy.io.savemat(str(path), {"model": {"weight": cells_w, "bias": cells_b}})
+    return path
+
+
+def _tiny_mat_cells() -> tuple[list[object], list[object]]:
+    sd = tiny_model().state_dict()
+    names = ["input", "body.0", "body.1", "output"]
+    return ([sd[f"{n}.weight"].numpy().transpose(2, 3, 1, 0) for n in names],
+            [sd[f"{n}.bias"].numpy().reshape(-1, 1) for n in names])
+
+
+def test_matconvnet_layout_is_imported(tmp_path: Path) -> None:
+    """MATLAB's (H, W, Cin, Cout) kernels, the output's trailing singleton dropped, as MATLAB does."""
+    from vdsr.importers import import_matconvnet
+
+    weights, biases = _tiny_mat_cells()
+    weights[-1] = weights[-1][..., 0]  # (3, 3, 8): MATLAB drops the trailing 1
+    state, meta = import_matconvnet(_mat_model(tmp_path / "m.mat", weights, biases))
+    assert meta.config == tiny_model().config
+    assert all(torch.equal(state[k], v) for k, v in tiny_model().state_dict().items())
+
+
+def test_crafted_mat_files_are_one_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Issue 23 item 10: text, nested cells and a wrong shape raised ValueError tracebacks; width
+    20000 too; complex values were silently truncated to their real part (seen failing)."""
+    from vdsr.cli import main
+
+    weights, biases = _tiny_mat_cells()
+    nested = np.empty((1, 1), dtype=object)
+    nested[0, 0] = weights[1]
+    cases: dict[str, tuple[list[object], list[object], str]] = {
+        "text.mat": ([weights[0], "not a kernel", *weights[2:]], biases, "weight{2} is text"),
+        "nested.mat": ([weights[0], nested, *weights[2:]], biases, "weight{2} is a cell array"),
+        "struct.mat": ([weights[0], {"a": 1.0}, *weights[2:]], biases, "weight{2} is a struct"),
+        "complex.mat": ([weights[0], weights[1] * (1 + 1j), *weights[2:]], biases, "weight{2} holds complex"),
+        "ints.mat": ([weights[0], weights[1].astype(np.int32), *weights[2:]], biases, "weight{2} is int32 numbers"),
+        "shape.mat": ([weights[0], weights[1][:, :, :4], *weights[2:]], biases,
+                      "weight{2} has shape (3, 3, 4, 8), layer 2 needs (3, 3, 8, 8)"),
+        "bias.mat": (weights, [biases[0], biases[1][:3], *biases[2:]], "bias{2} has shape (3, 1), layer 2 needs 8"),
+        "wide.mat": ([np.zeros((3, 3, 1, 20000), np.float32), *weights[1:]], biases,
+                     "model width must be an integer from 1 to 1024, got 20000"),
+        "five_d.mat": ([weights[0].reshape(3, 3, 1, 8, 1, 1)[..., 0], *weights[1:]], biases,
+                       "weight{1} has shape"),
+    }
+    for name, (w, b, message) in cases.items():
+        path = _mat_model(tmp_path / name, w, b)
+        assert main(["convert", str(path), "-o", str(tmp_path / "o.safetensors")]) == 1, name
+        err = capsys.readouterr().err
+        assert err.startswith(f"vdsr: error: {path}: ") and err.count("\n") == 1, err
+        assert message in err, (name, err)
+    assert not (tmp_path / "o.safetensors").exists()
