@@ -193,3 +193,19 @@ def test_evaluate_ensemble_is_its_own_row_and_cannot_be_recorded(
     code, _, err = run(["evaluate", "--data", str(folder), "--scales", "2", "--weights",
                         str(tiny_weights), "--ensemble", "--record"], capsys)
     assert code == 1 and "--record" in err
+
+
+@pytest.mark.subprocess
+@pytest.mark.parametrize("args", [["info", "--json"], ["info"], ["summary", "vdsr"], ["--help"],
+                                  ["convert", "--help"]])
+def test_a_closed_stdout_ends_quietly(args: list[str]) -> None:
+    """Issue 23 item 12: `vdsr info --json | head -c 100` ended in a BrokenPipeError traceback
+    (seen failing: "Exception ignored ... BrokenPipeError", exit 120). The reader here is gone
+    before the command writes, as `head` is once it has read enough."""
+    proc = subprocess.Popen([sys.executable, "-m", "vdsr", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()
+    err = proc.stderr.read()
+    code = proc.wait(timeout=120)
+    assert err == "" and code in (0, 141), (code, err)  # 141: 128 + SIGPIPE, as a shell reports `yes | head`

@@ -891,27 +891,36 @@ def _return_freed_memory() -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point: returns the exit code (0 ok, 1 error, 2 bad usage, 130 interrupted)."""
+    """Entry point: returns the exit code (0 ok, 1 error, 2 bad usage, 130 interrupted, 141 when
+    the reader of stdout has gone, as for a tool that SIGPIPE ends)."""
     from vdsr.errors import TrainingInterrupted, VDSRError
 
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    _return_freed_memory()
-    warnings.showwarning = _show_warning
     try:
-        return int(args.func(args))
-    except TrainingInterrupted as exc:
-        _err(f"{exc}: continue with --resume {exc.run_dir}")
-        return 130
-    except VDSRError as exc:
-        _err(_describe(exc))
-        return 1
-    except KeyboardInterrupt:
-        _err("interrupted")
-        return 130
-    except MemoryError:
-        _err("out of memory (try a smaller --tile or --batch-size)")
-        return 1
+        try:
+            parser = build_parser()
+            args = parser.parse_args(argv)
+            _return_freed_memory()
+            warnings.showwarning = _show_warning
+            return int(args.func(args))
+        except TrainingInterrupted as exc:
+            _err(f"{exc}: continue with --resume {exc.run_dir}")
+            return 130
+        except VDSRError as exc:
+            _err(_describe(exc))
+            return 1
+        except KeyboardInterrupt:
+            _err("interrupted")
+            return 130
+        except MemoryError:
+            _err("out of memory (try a smaller --tile or --batch-size)")
+            return 1
+        finally:
+            sys.stdout.flush()  # a closed pipe shows here, not as a traceback when Python exits
+    except BrokenPipeError:  # `vdsr info --json | head -c 100`: stop quietly, as Unix tools do
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            # Python flushes stdout again at exit: let that write go nowhere instead of failing.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + 13  # SIGPIPE
 
 
 if __name__ == "__main__":  # pragma: no cover
