@@ -235,7 +235,7 @@ def _upscale(args: argparse.Namespace) -> int:
                 raise VDSRError(f"{dst}: output would overwrite its own input")
             if dst.exists() and not args.overwrite:
                 raise VDSRError(f"{dst}: already exists (pass --overwrite to replace it)")
-            img = load_image(src, max_pixels=args.max_pixels)
+            img = load_image(src, args.max_pixels, args.scale, args.max_output_pixels)  # limits before decoding
             out_h, out_w = check_output_size(str(src), img.height, img.width, args.scale,
                                              args.max_output_pixels)
             label = f"{src.name} {img.width}x{img.height} -> {out_w}x{out_h}"
