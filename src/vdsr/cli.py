@@ -346,8 +346,12 @@ def cmd_convert(args: argparse.Namespace) -> int:
     return 0
 
 
-def _format_info(path: Path, info: dict[str, Any]) -> str:
-    """A weights file's metadata (:func:`vdsr.weights.weights_summary`) as a short readable summary."""
+def _format_info(path: Path, info: dict[str, Any], named: bool = True) -> str:
+    """A weights file's metadata (:func:`vdsr.weights.weights_summary`) as a short readable summary.
+
+    ``named``: the file was given on the command line (the JSON hint repeats it). Free-form
+    recipe values of unexpected types are shown as they are, never formatted as numbers.
+    """
     model, recipe = info.get("model", {}), info.get("recipe") or {}
     channels = model.get("channels", 1)
     lines = [f"{path.name} ({info.get('format', '?')} v{info.get('format_version', '?')})"]
@@ -355,18 +359,23 @@ def _format_info(path: Path, info: dict[str, Any]) -> str:
     def row(label: str, text: str) -> None:
         lines.append(f"  {label:<11} {text}")
 
+    def count(value: Any) -> str:
+        return f"{value:,}" if isinstance(value, int) and not isinstance(value, bool) else str(value)
+
     row("model", f"{model.get('body', 'plain')} VDSR, {model.get('depth')} layers of width {model.get('width')}, "
                  f"{'with' if model.get('bias') else 'no'} biases, {channels} channel"
-                 f"{' (Y)' if channels == 1 else 's (RGB)'}; {info.get('parameters', 0):,} parameters, "
+                 f"{' (Y)' if channels == 1 else 's (RGB)'}; {count(info.get('parameters', 0))} parameters, "
                  f"receptive field {info.get('receptive_field')}x{info.get('receptive_field')}")
     row("scales", "trained for " + ", ".join(f"x{s}" for s in info.get("scales", [])))
     row("source", str(info.get("source", "")))
     if recipe.get("optimizer"):
-        data = ", ".join(Path(d).name for d in recipe.get("train_dirs") or []) or recipe.get("h5") or "?"
+        dirs = recipe.get("train_dirs")
+        data = (", ".join(Path(d).name for d in dirs if isinstance(d, str)) if isinstance(dirs, list) else "") \
+            or recipe.get("h5") or "?"
         steps = recipe.get("trained_steps") or recipe.get("steps") or 0
         row("training", f"{recipe['optimizer']}, learning rate {recipe.get('learning_rate')} "
                         f"({recipe.get('schedule')}), batch {recipe.get('batch_size')}, patch "
-                        f"{recipe.get('patch')}, {steps:,} steps on {data}")
+                        f"{recipe.get('patch')}, {count(steps)} steps on {data}")
     metrics = info.get("metrics") or {}
     per_scale = [(k.removeprefix("val_psnr_"), v) for k, v in metrics.items()
                  if k.startswith("val_psnr_x") and isinstance(v, float)]
@@ -379,7 +388,7 @@ def _format_info(path: Path, info: dict[str, Any]) -> str:
             lines.append(f"    {r['dataset']:<8} x{r['scale']}  {r['psnr']:.2f}/{r['ssim']:.4f}  "
                          f"({r['bicubic_psnr']:.2f}/{r['bicubic_ssim']:.4f})  {r['images']} images")
     row("colour", str(info.get("color", "")))
-    lines.append("(everything, as JSON: vdsr info --json)")
+    lines.append(f"(everything, as JSON: vdsr info {shlex.quote(str(path)) + ' ' if named else ''}--json)")
     return "\n".join(lines)
 
 
@@ -388,7 +397,7 @@ def cmd_info(args: argparse.Namespace) -> int:
 
     path = Path(args.weights) if args.weights else default_weights_path()
     info = weights_summary(read_metadata(path))
-    print(json.dumps(info, indent=2) if args.json else _format_info(path, info))
+    print(json.dumps(info, indent=2) if args.json else _format_info(path, info, named=bool(args.weights)))
     return 0
 
 

@@ -324,8 +324,11 @@ def read_metadata(path: str | Path) -> WeightsMetadata:
 
 def _read_header(path: Path) -> tuple[WeightsMetadata, dict[str, tuple[int, ...]]]:
     """``(metadata, state_dict key -> shape)`` from a safetensors header, read by us with a size
-    limit (8-byte little-endian length, then that much JSON) and checked entry by entry."""
+    limit (8-byte little-endian length, then that much JSON) and checked entry by entry.
+    Raises :class:`~vdsr.errors.NotSafetensors` for the formats :mod:`vdsr.importers` reads."""
     check_file(path)
+    if path.suffix.lower() in (".pth", ".pt", ".pkl", ".mat"):
+        raise NotSafetensors(str(path), path.suffix.lower())
     try:
         with open(path, "rb") as fh:
             size = os.fstat(fh.fileno()).st_size
@@ -406,10 +409,7 @@ def load_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], WeightsMeta
     The returned state is named as the model's ``state_dict`` (either key layout on disk).
     Raises :class:`~vdsr.errors.NotSafetensors` for the formats :mod:`vdsr.importers` reads.
     """
-    path = Path(path)
-    if path.suffix.lower() in (".pth", ".pt", ".pkl", ".mat"):
-        raise NotSafetensors(str(path), path.suffix.lower())
-    metadata, _ = _read_header(path)
+    metadata, _ = _read_header(Path(path))
     try:
         state = from_file_keys(load_file(str(path)), path)
     except (SafetensorError, OSError, ValueError) as exc:
