@@ -602,3 +602,14 @@ def test_crafted_mat_files_are_one_clear_error(tmp_path: Path, capsys: pytest.Ca
         assert err.startswith(f"vdsr: error: {path}: ") and err.count("\n") == 1, err
         assert message in err, (name, err)
     assert not (tmp_path / "o.safetensors").exists()
+
+
+@pytest.mark.parametrize("body", ["plain", "residual", "dense", "inception"])
+def test_expected_shapes_are_the_models_own(body: str) -> None:
+    """The shapes the header is checked against (built on the meta device) are the real model's."""
+    from vdsr.model import VDSR, VDSRConfig
+    from vdsr.weights import expected_shapes
+
+    config = VDSRConfig(depth=8, width=16, channels=3, bias=body != "dense", body=body)
+    real = {k: tuple(v.shape) for k, v in VDSR(config).state_dict().items()}
+    assert dict(expected_shapes(config)) == real

@@ -35,7 +35,7 @@ from safetensors.torch import load_file, save_file
 from vdsr.constants import BODIES, DEFAULT_SCALES, MAX_SCALE
 from vdsr.errors import InvalidArgument, NoDefaultModel, NotSafetensors, WeightsError
 from vdsr.fileio import atomic_path
-from vdsr.model import VDSR, VDSRConfig
+from vdsr.model import VDSR, VDSRConfig, build_body
 
 T = TypeVar("T")
 
@@ -114,6 +114,8 @@ class WeightsMetadata:
             raise WeightsError(f"{path}: metadata has no model config ('model')")
         config = model_config(body["model"], path)
         scales = body.get("scales", list(DEFAULT_SCALES))
+        if isinstance(scales, list):  # 2.0 is 2 (a JSON writer's float), 2.5 is not
+            scales = [int(s) if isinstance(s, float) and s.is_integer() else s for s in scales]
         if (not isinstance(scales, list) or not 1 <= len(scales) <= MAX_TRAINED_SCALES
                 or not all(_is_int(s) and 2 <= s <= MAX_SCALE for s in scales)):
             raise WeightsError(f"{path}: metadata 'scales' must be a list of 1 to {MAX_TRAINED_SCALES} "
@@ -221,10 +223,16 @@ def model_config(data: object, path: str | Path = "") -> VDSRConfig:
 @functools.lru_cache(maxsize=16)
 def expected_shapes(config: VDSRConfig) -> Mapping[str, tuple[int, ...]]:
     """The ``state_dict`` key -> shape of a model of ``config``, built on torch's meta device
-    (no memory, no initialisation). Read-only: it is cached."""
+    (no memory). Read-only: it is cached.
+
+    The layers come from :func:`~vdsr.model.build_body` under :class:`VDSR`'s attribute names
+    (``tests/test_weights.py`` checks they equal the model's own): ``VDSR()`` on the meta device
+    would initialise them through torch's reference ops, whose first use imports torch._dynamo
+    (0.8 s).
+    """
     with torch.device("meta"):
-        model = VDSR(config)
-    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
+        layers = torch.nn.ModuleDict(dict(zip(("input", "body", "output"), build_body(config), strict=True)))
+    return {k: tuple(v.shape) for k, v in layers.state_dict().items()}
 
 
 def default_weights_path() -> Path:
