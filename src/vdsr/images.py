@@ -563,8 +563,9 @@ def save_image(
     The format follows the extension (.png, .jpg/.jpeg, .webp, .tif/.tiff, .bmp). 16-bit output
     is kept for PNG/TIFF greyscale and for TIFF colour (through tifffile, without EXIF); other
     formats write colour with 8 bits, with a warning (Pillow cannot write 16-bit RGB).
-    JPEG/BMP drop the alpha plane, with a warning unless it is opaque. ``metadata`` (EXIF, ICC profile, DPI) is written where the
-    format can hold it (BMP: DPI only); ``quality`` (1-100) applies to JPEG and WebP.
+    JPEG/BMP drop the alpha plane, with a warning unless it is opaque. ``metadata`` (EXIF, ICC
+    profile, DPI) is written where the format can hold it (BMP: DPI only); ``quality`` (1-100)
+    applies to JPEG and WebP.
     """
     path = Path(path)
     fmt = output_format(path)
