@@ -201,3 +201,44 @@ def test_evaluate_ensemble_is_its_own_row_and_cannot_be_recorded(
     code, _, err = run(["evaluate", "--data", str(folder), "--scales", "2", "--weights",
                         str(tiny_weights), "--ensemble", "--record"], capsys)
     assert code == 1 and "--record" in err
+
+
+@pytest.mark.subprocess
+@pytest.mark.parametrize("args", [["info", "--json"], ["info"], ["summary", "vdsr"], ["--help"],
+                                  ["convert", "--help"]])
+def test_a_closed_stdout_ends_quietly(args: list[str]) -> None:
+    """Issue 23 item 12: `vdsr info --json | head -c 100` ended in a BrokenPipeError traceback
+    (seen failing: "Exception ignored ... BrokenPipeError", exit 120). The reader here is gone
+    before the command writes, as `head` is once it has read enough."""
+    proc = subprocess.Popen([sys.executable, "-m", "vdsr", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()
+    err = proc.stderr.read()
+    code = proc.wait(timeout=120)
+    assert err == "" and code in (0, 141), (code, err)  # 141: 128 + SIGPIPE, as a shell reports `yes | head`
+
+
+def test_info_names_the_file_in_its_json_hint(tmp_path: Path, tiny_weights: Path,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    """Rough edge (issue 23): `vdsr info F` ended with "(everything, as JSON: vdsr info --json)",
+    which describes the shipped model, not F (seen failing)."""
+    from vdsr.weights import WeightsMetadata, load_weights, save_weights
+
+    code, out, _ = run(["info", str(tiny_weights)], capsys)
+    assert code == 0 and out.splitlines()[-1] == f"(everything, as JSON: vdsr info {tiny_weights} --json)"
+    code, out, _ = run(["info"], capsys)
+    assert code == 0 and out.splitlines()[-1] == "(everything, as JSON: vdsr info --json)"
+    # Free-form recipe values of other types are shown, not formatted as numbers.
+    state, meta = load_weights(tiny_weights)
+    odd = tmp_path / "odd name.safetensors"
+    save_weights(odd, state, WeightsMetadata(config=meta.config, recipe={
+        "optimizer": "adam", "trained_steps": "many", "train_dirs": [1, "data/T91"]}))
+    code, out, err = run(["info", str(odd)], capsys)
+    assert code == 0, err
+    assert "many steps on T91" in out and out.splitlines()[-1] == f"(everything, as JSON: vdsr info '{odd}' --json)"
+    pth = tmp_path / "model.pth"
+    pth.write_bytes(b"x")
+    code, _, err = run(["info", str(pth)], capsys)
+    assert code == 1 and err == (f"vdsr: error: {pth}: only .safetensors weights are loaded; convert it first "
+                                 f"with `vdsr convert {pth} -o model.safetensors`\n")

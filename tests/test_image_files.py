@@ -4,6 +4,7 @@ input handled knowingly, and the 16-bit colour limitation said out loud (issue 1
 from __future__ import annotations
 
 import io
+import re
 import struct
 import warnings
 import zlib
@@ -14,6 +15,7 @@ import pytest
 from PIL import Image, ImageCms
 
 from tests.conftest import random_rgb
+from vdsr.errors import ImageError
 from vdsr.images import decode_image, load_image, save_image
 
 SRGB = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
@@ -112,3 +114,162 @@ def test_16bit_colour_png_says_it_becomes_8bit() -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # 16-bit grey is kept at 16 bits: no warning
         assert decode_image(gray16.getvalue(), "g.png").bit_depth == 16
+
+
+# ------------------------------------------------------------------------------------------------
+# Issue 23 items 13-15: damaged metadata keeps the pixels; limits come from the header; what a
+# format cannot hold is said out loud.
+# ------------------------------------------------------------------------------------------------
+
+
+def _chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def _tiff_ifd(tag: int, kind: int, count: int, value: bytes) -> bytes:
+    """EXIF (a little-endian TIFF) holding one tag of IFD0, typed as given."""
+    inline = len(value) <= 4
+    entry = struct.pack("<HHI", tag, kind, count) + (value.ljust(4, b"\0") if inline else struct.pack("<I", 26))
+    return b"II*\0" + struct.pack("<I", 8) + struct.pack("<H", 1) + entry + struct.pack("<I", 0) + (
+        b"" if inline else value)
+
+
+def _jpeg_with_exif(path: Path, exif: bytes, rgb: np.ndarray) -> Path:
+    Image.fromarray(rgb).save(path, "JPEG", exif=b"Exif\0\0" + exif, quality=95)
+    return path
+
+
+BAD_EXIF = {
+    "garbage": (b"not a TIFF header at all" * 4, "unreadable EXIF data dropped (not a TIFF file (header "
+                                                 "b'not a TI' not valid))"),
+    "truncated_ifd": (b"II*\0" + struct.pack("<I", 8) + struct.pack("<H", 40) + b"\x12\x01",
+                      "damaged EXIF data, unreadable parts dropped (Corrupt EXIF data."),
+    "orientation_text": (_tiff_ifd(0x0112, 2, 4, b"abc\0"), "EXIF orientation 'abc' is not 1-8; ignored"),
+    "orientation_two_shorts": (_tiff_ifd(0x0112, 3, 2, struct.pack("<HH", 6, 6)),
+                               "damaged EXIF data, unreadable parts dropped (Metadata Warning, tag 274 "
+                               "had too many entries: 2, expected 1)"),
+    "orientation_9": (_tiff_ifd(0x0112, 3, 1, struct.pack("<H", 9)), "EXIF orientation 9 is not 1-8; ignored"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_EXIF))
+def test_damaged_exif_keeps_the_pixels_with_a_warning(case: str, tmp_path: Path) -> None:
+    """Issue 23 item 13: a JPEG whose EXIF is damaged, or whose orientation has the wrong type, was
+    refused ("truncated or corrupt image (not a TIFF file ...)") though Pillow decodes its pixels
+    (seen failing for every case but orientation 9, which was silently ignored)."""
+    exif, message = BAD_EXIF[case]
+    rgb = random_rgb(12, 20)
+    path = _jpeg_with_exif(tmp_path / "photo.jpg", exif, rgb)
+    with pytest.warns(UserWarning) as caught:
+        img = load_image(path)
+    said = [str(w.message) for w in caught]
+    assert len(said) == 1 and said[0].startswith(f"{path}: {message}"), said
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from PIL import ImageOps
+
+        with Image.open(path) as pil:
+            shown = ImageOps.exif_transpose(pil)  # Pillow too reads (6, 6) as 6
+    assert np.array_equal(img.pixels, np.asarray(shown.convert("RGB")))
+    out = tmp_path / "out.png"
+    save_image(out, img.pixels, metadata=img.metadata)  # what is kept can be written
+    with Image.open(out) as got:
+        assert got.size == shown.size and 0x0112 not in got.getexif()
+
+
+def _png_header_only(width: int, height: int) -> bytes:
+    """A PNG whose header says ``width`` x ``height`` and whose pixel data is one junk chunk."""
+    return (b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
+            + _chunk(b"IDAT", zlib.compress(b"\0" * 100)) + _chunk(b"IEND", b""))
+
+
+def test_output_limit_is_checked_from_the_header(tmp_path: Path, tiny_weights: Path,
+                                                 monkeypatch: pytest.MonkeyPatch,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    """Issue 23 item 14: --max-output-pixels was checked after the whole image was decoded (a
+    20000² PNG with --max-pixels 500000000 -s 2: 24 s and 14 GB first). Seen failing: this
+    header-only file was decoded, and refused as truncated instead."""
+    from PIL import ImageFile
+
+    from vdsr.cli import main
+    from vdsr.errors import TooLarge
+    from vdsr.images import probe, probe_image
+
+    def no_decoding(*_a: object, **_k: object) -> None:
+        raise AssertionError("pixels were decoded before the limits were checked")
+
+    big = tmp_path / "big.png"
+    big.write_bytes(_png_header_only(20000, 20000))
+    monkeypatch.setattr(ImageFile.ImageFile, "load", no_decoding)
+    with pytest.raises(TooLarge) as info:
+        load_image(big, max_pixels=500_000_000, scale=2, max_output_pixels=256_000_000)
+    assert (info.value.what, info.value.width, info.value.height) == ("output", 40000, 40000)
+    with pytest.raises(TooLarge):
+        decode_image(big.read_bytes(), "big.png", max_pixels=500_000_000, scale=2, max_output_pixels=10**9)
+    assert probe(big, max_pixels=500_000_000) == probe_image(big.read_bytes(), max_pixels=500_000_000) \
+        == (20000, 20000)
+    code = main(["upscale", str(big), "-s", "2", "-o", str(tmp_path / "o.png"), "--weights", str(tiny_weights),
+                 "--max-pixels", "500000000"])
+    assert code == 1 and capsys.readouterr().err == (
+        f"vdsr: error: {big}: output of 40000x40000 = 1,600,000,000 pixels is over the limit of "
+        "256,000,000 (raise it with --max-output-pixels)\n")
+
+
+def test_probe_gives_the_oriented_size_without_decoding(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from PIL import ImageFile
+
+    from vdsr.errors import ImageError, TooLarge
+    from vdsr.images import probe, probe_image
+
+    path = photo_with_metadata(tmp_path / "cam.jpg")  # 20 wide, 12 high, orientation 6
+    expected = load_image(path)
+    monkeypatch.setattr(ImageFile.ImageFile, "load", lambda *_a: (_ for _ in ()).throw(AssertionError("decoded")))
+    assert probe(path) == probe_image(path.read_bytes()) == (expected.height, expected.width) == (20, 12)
+    with pytest.raises(TooLarge):
+        probe(path, max_pixels=239)
+    with pytest.raises(ImageError, match="no such file"):
+        probe(tmp_path / "missing.png")
+    (tmp_path / "empty.png").write_bytes(b"")
+    with pytest.raises(ImageError, match="empty file"):
+        probe(tmp_path / "empty.png")
+
+
+def _png_with_text(kind: bytes, text: bytes) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(random_rgb(8, 8)).save(buf, "PNG")
+    png = buf.getvalue()
+    body = b"Comment\0" + (b"\0" + zlib.compress(text, 1) if kind == b"zTXt" else text)
+    return png[:33] + _chunk(kind, body) + png[33:]  # after IHDR (8 + 25 bytes)
+
+
+def test_large_png_text_chunks_are_read_or_named(tmp_path: Path) -> None:
+    """Issue 23 item 14: a valid PNG with a 20 MB zTXt chunk was "a truncated or corrupt image"
+    (Pillow's 1 MB text limit; seen failing). It now decodes; text over 64 MB is named as such."""
+    rng = np.random.default_rng(0)
+    text = rng.integers(32, 127, 20 * 2**20, dtype=np.uint8).tobytes()
+    for kind in (b"zTXt", b"tEXt"):
+        img = decode_image(_png_with_text(kind, text), "text.png")
+        assert img.pixels.shape == (8, 8, 3)
+    with pytest.raises(ImageError, match=r"text.png: its PNG text metadata \(tEXt/zTXt/iTXt chunks\) is over 64 MB"):
+        decode_image(_png_with_text(b"zTXt", b"\0" * (100 * 2**20)), "text.png")
+    from PIL import PngImagePlugin
+
+    assert PngImagePlugin.MAX_TEXT_CHUNK == 2**20 and Image.MAX_IMAGE_PIXELS == 89_478_485  # restored
+
+
+@pytest.mark.parametrize("ext", [".jpg", ".bmp"])
+def test_dropping_alpha_is_said(ext: str, tmp_path: Path) -> None:
+    """Issue 23 item 15: alpha was silently dropped when writing JPEG or BMP (seen failing)."""
+    rgb = random_rgb(6, 6) / 255.0
+    alpha = np.full((6, 6), 1.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # opaque: nothing is lost, nothing to say
+        save_image(tmp_path / f"opaque{ext}", rgb, alpha)
+        save_image(tmp_path / "kept.png", rgb, alpha * 0.5)
+    alpha[0, 0] = 0.5
+    out = tmp_path / f"out{ext}"
+    with pytest.warns(UserWarning, match=re.escape(f"{out}: {'JPEG' if ext == '.jpg' else 'BMP'} cannot hold "
+                                                   "transparency; the alpha channel is dropped")):
+        save_image(out, rgb, alpha)
+    with Image.open(out) as got:
+        assert got.mode == "RGB"

@@ -12,6 +12,7 @@ import json
 import logging
 import math
 import os
+import shlex
 import sys
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -31,8 +32,20 @@ def _err(msg: str) -> None:
 
 def _describe(exc: Exception) -> str:
     """The library's message, with the flag that changes the limit where one does."""
-    from vdsr.errors import AddressUnavailable, NonFiniteLoss, TooLarge
+    from vdsr.errors import (
+        AddressUnavailable,
+        NoDefaultModel,
+        NonFiniteLoss,
+        NotSafetensors,
+        TooLarge,
+    )
 
+    if isinstance(exc, NotSafetensors):
+        target = shlex.quote(Path(exc.path).with_suffix(".safetensors").name)
+        return (f"{exc.path}: only .safetensors weights are loaded; convert it first with "
+                f"`vdsr convert {shlex.quote(exc.path)} -o {target}`")
+    if isinstance(exc, NoDefaultModel):
+        return f"{exc} (--weights FILE)"
     if isinstance(exc, TooLarge):
         flag = "--max-pixels" if exc.what == "input" else "--max-output-pixels"
         return f"{exc} (raise it with {flag})"
@@ -206,9 +219,9 @@ def _engine_options(args: argparse.Namespace) -> dict[str, Any]:
 def _upscale(args: argparse.Namespace) -> int:
     from vdsr.engine import Upscaler
     from vdsr.errors import VDSRError
-    from vdsr.images import load_image, probe_file
+    from vdsr.images import load_image
     from vdsr.inference import write_upscaled
-    from vdsr.sizes import check_output_pixels, check_scale
+    from vdsr.sizes import check_scale, upscaled_size
     from vdsr.weights import load_model
 
     files = _expand_inputs(args.inputs)
@@ -235,16 +248,15 @@ def _upscale(args: argparse.Namespace) -> int:
                 raise VDSRError(f"{dst}: output would overwrite its own input")
             if dst.exists() and not args.overwrite:
                 raise VDSRError(f"{dst}: already exists (pass --overwrite to replace it)")
-            height, width = probe_file(src, max_pixels=args.max_pixels)
-            out_h, out_w = check_output_pixels(str(src), height, width, args.scale, args.max_output_pixels)
-            label = f"{src.name} {width}x{height} -> {out_w}x{out_h}"
+            image = load_image(src, args.max_pixels, args.scale, args.max_output_pixels)  # limits before decoding
+            out_h, out_w = upscaled_size(image.height, image.width, args.scale)
+            label = f"{src.name} {image.width}x{image.height} -> {out_w}x{out_h}"
             bar.set_postfix_str(label, refresh=True)
 
             def tiles(done: int, total: int, label: str = label) -> None:
                 if total > 1:
                     bar.set_postfix_str(f"{label}, tile {done}/{total}", refresh=True)
 
-            image = load_image(src, max_pixels=args.max_pixels)
             upscaler = upscaler or Upscaler(model, **options)
             write_upscaled(upscaler, image, dst, args.scale, max_output_pixels=args.max_output_pixels,
                            quality=args.quality, progress=tiles)
@@ -350,8 +362,12 @@ def cmd_convert(args: argparse.Namespace) -> int:
     return 0
 
 
-def _format_info(path: Path, info: dict[str, Any]) -> str:
-    """A weights file's metadata (:func:`vdsr.weights.weights_summary`) as a short readable summary."""
+def _format_info(path: Path, info: dict[str, Any], named: bool = True) -> str:
+    """A weights file's metadata (:func:`vdsr.weights.weights_summary`) as a short readable summary.
+
+    ``named``: the file was given on the command line (the JSON hint repeats it). Free-form
+    recipe values of unexpected types are shown as they are, never formatted as numbers.
+    """
     model, recipe = info.get("model", {}), info.get("recipe") or {}
     channels = model.get("channels", 1)
     lines = [f"{path.name} ({info.get('format', '?')} v{info.get('format_version', '?')})"]
@@ -359,18 +375,23 @@ def _format_info(path: Path, info: dict[str, Any]) -> str:
     def row(label: str, text: str) -> None:
         lines.append(f"  {label:<11} {text}")
 
+    def count(value: Any) -> str:
+        return f"{value:,}" if isinstance(value, int) and not isinstance(value, bool) else str(value)
+
     row("model", f"{model.get('body', 'plain')} VDSR, {model.get('depth')} layers of width {model.get('width')}, "
                  f"{'with' if model.get('bias') else 'no'} biases, {channels} channel"
-                 f"{' (Y)' if channels == 1 else 's (RGB)'}; {info.get('parameters', 0):,} parameters, "
+                 f"{' (Y)' if channels == 1 else 's (RGB)'}; {count(info.get('parameters', 0))} parameters, "
                  f"receptive field {info.get('receptive_field')}x{info.get('receptive_field')}")
     row("scales", "trained for " + ", ".join(f"x{s}" for s in info.get("scales", [])))
     row("source", str(info.get("source", "")))
     if recipe.get("optimizer"):
-        data = ", ".join(Path(d).name for d in recipe.get("train_dirs") or []) or recipe.get("h5") or "?"
+        dirs = recipe.get("train_dirs")
+        data = (", ".join(Path(d).name for d in dirs if isinstance(d, str)) if isinstance(dirs, list) else "") \
+            or recipe.get("h5") or "?"
         steps = recipe.get("trained_steps") or recipe.get("steps") or 0
         row("training", f"{recipe['optimizer']}, learning rate {recipe.get('learning_rate')} "
                         f"({recipe.get('schedule')}), batch {recipe.get('batch_size')}, patch "
-                        f"{recipe.get('patch')}, {steps:,} steps on {data}")
+                        f"{recipe.get('patch')}, {count(steps)} steps on {data}")
     metrics = info.get("metrics") or {}
     per_scale = [(k.removeprefix("val_psnr_"), v) for k, v in metrics.items()
                  if k.startswith("val_psnr_x") and isinstance(v, float)]
@@ -383,7 +404,7 @@ def _format_info(path: Path, info: dict[str, Any]) -> str:
             lines.append(f"    {r['dataset']:<8} x{r['scale']}  {r['psnr']:.2f}/{r['ssim']:.4f}  "
                          f"({r['bicubic_psnr']:.2f}/{r['bicubic_ssim']:.4f})  {r['images']} images")
     row("colour", str(info.get("color", "")))
-    lines.append("(everything, as JSON: vdsr info --json)")
+    lines.append(f"(everything, as JSON: vdsr info {shlex.quote(str(path)) + ' ' if named else ''}--json)")
     return "\n".join(lines)
 
 
@@ -392,7 +413,7 @@ def cmd_info(args: argparse.Namespace) -> int:
 
     path = Path(args.weights) if args.weights else default_weights_path()
     info = weights_summary(read_metadata(path))
-    print(json.dumps(info, indent=2) if args.json else _format_info(path, info))
+    print(json.dumps(info, indent=2) if args.json else _format_info(path, info, named=bool(args.weights)))
     return 0
 
 
@@ -901,27 +922,36 @@ def _return_freed_memory() -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point: returns the exit code (0 ok, 1 error, 2 bad usage, 130 interrupted)."""
+    """Entry point: returns the exit code (0 ok, 1 error, 2 bad usage, 130 interrupted, 141 when
+    the reader of stdout has gone, as for a tool that SIGPIPE ends)."""
     from vdsr.errors import TrainingInterrupted, VDSRError
 
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    _return_freed_memory()
-    warnings.showwarning = _show_warning
     try:
-        return int(args.func(args))
-    except TrainingInterrupted as exc:
-        _err(f"{exc}: continue with --resume {exc.run_dir}")
-        return 130
-    except VDSRError as exc:
-        _err(_describe(exc))
-        return 1
-    except KeyboardInterrupt:
-        _err("interrupted")
-        return 130
-    except MemoryError:
-        _err("out of memory (try a smaller --tile or --batch-size)")
-        return 1
+        try:
+            parser = build_parser()
+            args = parser.parse_args(argv)
+            _return_freed_memory()
+            warnings.showwarning = _show_warning
+            return int(args.func(args))
+        except TrainingInterrupted as exc:
+            _err(f"{exc}: continue with --resume {exc.run_dir}")
+            return 130
+        except VDSRError as exc:
+            _err(_describe(exc))
+            return 1
+        except KeyboardInterrupt:
+            _err("interrupted")
+            return 130
+        except MemoryError:
+            _err("out of memory (try a smaller --tile or --batch-size)")
+            return 1
+        finally:
+            sys.stdout.flush()  # a closed pipe shows here, not as a traceback when Python exits
+    except BrokenPipeError:  # `vdsr info --json | head -c 100`: stop quietly, as Unix tools do
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            # Python flushes stdout again at exit: let that write go nowhere instead of failing.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + 13  # SIGPIPE
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -116,3 +116,25 @@ class DeviceUnavailable(InvalidArgument):
     def __init__(self, device: str, reason: str) -> None:
         super().__init__(f"device {device!r} is not available: {reason}")
         self.device, self.reason = device, reason
+
+
+class NotSafetensors(WeightsError):
+    """A weights file that only :func:`vdsr.importers.convert` reads (``.pth``, ``.pt``, ``.mat``).
+
+    Attributes:
+        path: the file.
+        suffix: its extension, lower case (``".pth"``).
+    """
+
+    def __init__(self, path: str, suffix: str) -> None:
+        self.path, self.suffix = path, suffix
+        super().__init__(f"{path}: only .safetensors weights are loaded; {suffix} files are "
+                         "imported first (vdsr.importers.convert)")
+
+
+class NoDefaultModel(WeightsError):
+    """No weights file was given and the package has no shipped model at ``expected``."""
+
+    def __init__(self, expected: str) -> None:
+        self.expected = expected
+        super().__init__(f"no default model is installed (looked for {expected}); pass a weights file")

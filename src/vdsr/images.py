@@ -12,17 +12,20 @@ converted to sRGB through their profile (when they have one) and written untagge
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import struct
+import threading
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, PngImagePlugin, UnidentifiedImageError
 
 from vdsr.canvas import Canvas
 from vdsr.constants import DEFAULT_MAX_PIXELS
@@ -32,7 +35,7 @@ from vdsr.fileio import atomic_path
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm")
 __all__ = ["DEFAULT_MAX_PIXELS", "IMAGE_SUFFIXES", "OUTPUT_FORMATS", "OUTPUT_SUFFIXES", "ImageMetadata",
            "LoadedImage", "check_output_size", "output_format", "decode_image", "load_image",
-           "probe_image",
+           "probe", "probe_image",
            "save_image", "encode_png", "list_images", "to_pil", "to_uint"]
 
 
@@ -42,6 +45,11 @@ _EXTENSIONS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".bmp": "BMP", ".
                ".tiff": "TIFF", ".webp": "WEBP"}
 OUTPUT_SUFFIXES = tuple(_EXTENSIONS)
 _EXIF_IFD, _EXIF_WIDTH, _EXIF_HEIGHT = 0x8769, 0xA002, 0xA003
+# PNG text chunks (tEXt/zTXt/iTXt) Pillow may decompress, per chunk and in all: Pillow's default
+# of 1 MB per chunk refuses valid files (a 20 MB zTXt); this stays bounded.
+MAX_TEXT_BYTES = 64 * 2**20
+# Pillow's decoding errors: a file that is not what it says.
+_DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, TypeError, IndexError, KeyError, struct.error)
 
 
 @dataclass
@@ -155,14 +163,23 @@ def _to_array(img: Image.Image, path: Path) -> tuple[NDArray[Any], NDArray[Any] 
     return np.asarray(img), None, 8
 
 
-def load_image(path: str | os.PathLike[str], max_pixels: int = DEFAULT_MAX_PIXELS) -> LoadedImage:
+def load_image(path: str | os.PathLike[str], max_pixels: int = DEFAULT_MAX_PIXELS,
+               scale: float | None = None, max_output_pixels: int | None = None) -> LoadedImage:
     """Decode ``path`` into a :class:`LoadedImage`, applying EXIF orientation.
 
     Raises :class:`ImageError` for a missing, empty, non-image, truncated, zero-sized or
-    too-large (over ``max_pixels``, the decompression-bomb guard) file. An animated image gives
-    its first frame and a warning.
+    too-large (over ``max_pixels``, the decompression-bomb guard) file, and :class:`TooLarge`
+    (``what="output"``) when ``scale`` and ``max_output_pixels`` are given and the upscaled
+    image would be over the limit; both limits are checked from the header, before decoding.
+    An animated image gives its first frame and a warning; unreadable EXIF data is dropped with
+    a warning (the pixels are kept).
     """
     path = Path(path)
+    _check_path(path)
+    return _decode(path, path, max_pixels, scale, max_output_pixels)
+
+
+def _check_path(path: Path) -> None:
     if not path.exists():
         raise ImageError(f"{path}: no such file")
     if path.is_dir():
@@ -172,120 +189,215 @@ def load_image(path: str | os.PathLike[str], max_pixels: int = DEFAULT_MAX_PIXEL
             raise ImageError(f"{path}: empty file (0 bytes)")
     except OSError as exc:
         raise ImageError(f"{path}: cannot read ({exc.strerror})") from None
-    return _decode(path, path, max_pixels)
 
 
-def decode_image(data: bytes, name: str = "upload", max_pixels: int = DEFAULT_MAX_PIXELS) -> LoadedImage:
+def decode_image(data: bytes, name: str = "upload", max_pixels: int = DEFAULT_MAX_PIXELS,
+                 scale: float | None = None, max_output_pixels: int | None = None) -> LoadedImage:
     """:func:`load_image` for bytes in memory (uploads): nothing touches the disk."""
     if not data:
         raise ImageError(f"{name}: empty file (0 bytes)")
-    return _decode(io.BytesIO(data), Path(name), max_pixels)
+    return _decode(io.BytesIO(data), Path(name), max_pixels, scale, max_output_pixels)
+
+
+def probe(path: str | os.PathLike[str], max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[int, int]:
+    """``(height, width)`` of the image file as :func:`load_image` will return it (EXIF rotation
+    applied), from its header alone, without decoding pixels.
+
+    The cheap checks (missing, empty, not an image, over ``max_pixels``): pass the size to
+    :func:`check_output_size` to refuse an upscale before anything is decoded. Raises
+    :class:`ImageError`/:class:`TooLarge`; :func:`load_image` still finds truncated data.
+    """
+    path = Path(path)
+    _check_path(path)
+    return _probe(path, path, max_pixels)
 
 
 def probe_image(data: bytes, name: str = "upload", max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[int, int]:
-    """``(height, width)`` of encoded ``data`` from its header alone, without decoding pixels.
-
-    The cheap checks (empty, not an image, over ``max_pixels``) before a job waits for its turn;
-    :func:`decode_image` still finds truncated data. Raises :class:`ImageError`/:class:`TooLarge`.
-    """
+    """:func:`probe` for encoded ``data`` in memory (uploads)."""
     if not data:
         raise ImageError(f"{name}: empty file (0 bytes)")
-    old_limit = Image.MAX_IMAGE_PIXELS
-    Image.MAX_IMAGE_PIXELS = None  # our own limit, with our own message
-    try:
-        with Image.open(io.BytesIO(data)) as img:
-            w, h = img.size
-    except UnidentifiedImageError:
-        raise ImageError(f"{name}: not an image, or an unsupported format") from None
-    except (OSError, SyntaxError, ValueError, EOFError, TypeError, IndexError, KeyError, struct.error) as exc:
-        raise ImageError(f"{name}: truncated or corrupt image ({str(exc).strip() or type(exc).__name__})") from None
-    finally:
-        Image.MAX_IMAGE_PIXELS = old_limit
-    if w * h > max_pixels:
-        raise TooLarge(name, "input", w, h, max_pixels)
-    if w == 0 or h == 0:
-        raise ImageError(f"{name}: image has zero size ({w}x{h})")
-    return h, w  # EXIF rotation may swap them; the pixel count, all the limits need, is the same
+    return _probe(io.BytesIO(data), Path(name), max_pixels)
 
 
-def probe_file(path: str | os.PathLike[str], max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[int, int]:
-    """``(height, width)`` of an image file as it will be decoded (EXIF orientation applied), from
-    its header alone: the limits are checked before any pixel is decoded."""
-    path = Path(path)
-    if not path.is_file():
-        raise ImageError(f"{path}: no such file" if not path.exists() else f"{path}: not a file")
-    try:
-        if path.stat().st_size == 0:
-            raise ImageError(f"{path}: empty file (0 bytes)")
-        data = path.open("rb")
-    except OSError as exc:
-        raise ImageError(f"{path}: cannot read ({exc.strerror})") from None
-    with data:
-        old_limit = Image.MAX_IMAGE_PIXELS
-        Image.MAX_IMAGE_PIXELS = None
+class _PillowLimits:
+    """Pillow's process-wide decoder limits, set to ours while any decode runs.
+
+    ``Image.MAX_IMAGE_PIXELS`` is lifted (we check our own limit, with our own message) and the
+    PNG text limits raised to :data:`MAX_TEXT_BYTES`. Counted under a lock: concurrent decodes
+    (the server's threads) neither restore the values under each other nor leave ours behind.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._users = 0
+        self._saved: tuple[Any, int, int] = (None, 0, 0)
+
+    @contextlib.contextmanager
+    def __call__(self) -> Iterator[None]:
+        with self._lock:
+            if self._users == 0:
+                self._saved = (Image.MAX_IMAGE_PIXELS, PngImagePlugin.MAX_TEXT_CHUNK,
+                               PngImagePlugin.MAX_TEXT_MEMORY)
+                Image.MAX_IMAGE_PIXELS = None
+                PngImagePlugin.MAX_TEXT_CHUNK = PngImagePlugin.MAX_TEXT_MEMORY = MAX_TEXT_BYTES
+            self._users += 1
         try:
-            with Image.open(data) as img:
-                w, h = img.size
-                try:
-                    orientation = int(img.getexif().get(_ORIENTATION, 1) or 1)
-                except Exception:  # an unreadable EXIF block: decoding decides what it means
-                    orientation = 1
-        except UnidentifiedImageError:
-            raise ImageError(f"{path}: not an image, or an unsupported format") from None
-        except (OSError, SyntaxError, ValueError, EOFError, TypeError, IndexError, KeyError, struct.error) as exc:
-            raise ImageError(f"{path}: truncated or corrupt image ({str(exc).strip() or type(exc).__name__})") from None
+            yield
         finally:
-            Image.MAX_IMAGE_PIXELS = old_limit
+            with self._lock:
+                self._users -= 1
+                if self._users == 0:
+                    (Image.MAX_IMAGE_PIXELS, PngImagePlugin.MAX_TEXT_CHUNK,
+                     PngImagePlugin.MAX_TEXT_MEMORY) = self._saved
+
+
+_pillow_limits = _PillowLimits()
+
+
+def _corrupt(path: Path, exc: BaseException) -> ImageError:
+    """The :class:`ImageError` for a Pillow decoding error ``exc``: what is wrong, exactly."""
+    msg = _first_line(exc)
+    if isinstance(exc, ValueError) and ("MAX_TEXT_CHUNK" in msg or "MAX_TEXT_MEMORY" in msg):
+        return ImageError(f"{path}: its PNG text metadata (tEXt/zTXt/iTXt chunks) is over "
+                          f"{MAX_TEXT_BYTES // 2**20} MB; such files are not read")
+    return ImageError(f"{path}: truncated or corrupt image ({msg})")
+
+
+def _check_header(img: Image.Image, path: Path, max_pixels: int, scale: float | None,
+                  max_output_pixels: int | None) -> None:
+    """The limits that the header alone decides: input pixels, zero size, output pixels."""
+    w, h = img.size
     if w * h > max_pixels:
         raise TooLarge(str(path), "input", w, h, max_pixels)
-    return (w, h) if orientation in (5, 6, 7, 8) else (h, w)
+    if w == 0 or h == 0:
+        raise ImageError(f"{path}: image has zero size ({w}x{h})")
+    if scale is not None and max_output_pixels is not None:
+        # A rotation swaps the sides; the output's pixel count is the same either way.
+        check_output_size(str(path), h, w, scale, max_output_pixels)
 
 
-def _decode(source: Path | io.BytesIO, path: Path, max_pixels: int) -> LoadedImage:
-    old_limit = Image.MAX_IMAGE_PIXELS
-    Image.MAX_IMAGE_PIXELS = None  # we enforce our own limit, with our own message
-    try:
-        with Image.open(source) as img:
-            w, h = img.size
-            if w * h > max_pixels:
-                raise TooLarge(str(path), "input", w, h, max_pixels)
-            if w == 0 or h == 0:
-                raise ImageError(f"{path}: image has zero size ({w}x{h})")
-            if getattr(img, "n_frames", 1) > 1:
-                warnings.warn(f"{path}: animated image, using the first frame only", stacklevel=3)
-                img.seek(0)
-            deep_colour = img.format in ("PNG", "TIFF") and img.mode in ("RGB", "RGBA") and any(
-                ";16" in str(t[3]) for t in img.tile)  # Pillow reads 16-bit colour as 8-bit
-            orientation = int(img.getexif().get(_ORIENTATION, 1) or 1)
-            img.load()
-            oriented: Image.Image = ImageOps.exif_transpose(img) or img
-            oriented, metadata = _metadata(oriented, path)
-            pixels, alpha, depth = _to_array(oriented, path)
-            if deep_colour:
-                deep = _tiff16_colour(source, orientation, pixels.shape) if img.format == "TIFF" else None
-                if deep is None:
-                    warnings.warn(f"{path}: 16-bit colour is read, and written, with 8 bits per channel "
-                                  "(16-bit colour TIFF keeps 16 bits)", stacklevel=3)
-                else:
-                    pixels, alpha, depth = deep
-    except ImageError:
-        raise
-    except UnidentifiedImageError:
-        raise ImageError(f"{path}: not an image, or an unsupported format") from None
-    except (OSError, SyntaxError, ValueError, EOFError, TypeError, IndexError, KeyError,
-            Image.DecompressionBombError, MemoryError, struct.error) as exc:
-        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ImageError(f"{path}: truncated or corrupt image ({msg})") from None
-    finally:
-        Image.MAX_IMAGE_PIXELS = old_limit
+@contextlib.contextmanager
+def _decoding() -> Iterator[None]:
+    """Our limits (:data:`_pillow_limits`), and Pillow's own EXIF warnings silenced: they name no
+    file and :func:`_read_exif` reports the same problem in one warning that does."""
+    with _pillow_limits(), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"(Possibly )?[Cc]orrupt EXIF|Metadata Warning",
+                                category=UserWarning)
+        yield
+
+
+def _probe(source: Path | io.BytesIO, path: Path, max_pixels: int) -> tuple[int, int]:
+    with _decoding():
+        try:
+            with Image.open(source) as img:
+                _check_header(img, path, max_pixels, None, None)
+                w, h = img.size
+                orientation = _header_orientation(img, path)
+        except UnidentifiedImageError:
+            raise ImageError(f"{path}: not an image, or an unsupported format") from None
+        except ImageError:
+            raise
+        except _DECODE_ERRORS as exc:
+            raise _corrupt(path, exc) from None
+    return (w, h) if orientation in _SWAPS else (h, w)
+
+
+def _decode(source: Path | io.BytesIO, path: Path, max_pixels: int, scale: float | None = None,
+            max_output_pixels: int | None = None) -> LoadedImage:
+    with _decoding():
+        try:
+            with Image.open(source) as img:
+                _check_header(img, path, max_pixels, scale, max_output_pixels)
+                if getattr(img, "n_frames", 1) > 1:
+                    warnings.warn(f"{path}: animated image, using the first frame only", stacklevel=3)
+                    img.seek(0)
+                deep_colour = img.format in ("PNG", "TIFF") and img.mode in ("RGB", "RGBA") and any(
+                    ";16" in str(t[3]) for t in img.tile)  # Pillow reads 16-bit colour as 8-bit
+                # tifffile reads a TIFF as stored; Pillow's load orients it (and drops the tag).
+                stored_orientation = _header_orientation(img, path) if img.format == "TIFF" else 1
+                img.load()  # before the EXIF: a PNG's may follow the pixels
+                exif = _read_exif(img, path)
+                orientation = _orientation(exif, path)
+                oriented = img.transpose(_TRANSPOSE[orientation]) if orientation in _TRANSPOSE else img
+                oriented, metadata = _metadata(oriented, exif, path)
+                pixels, alpha, depth = _to_array(oriented, path)
+                if deep_colour:
+                    deep = _tiff16_colour(source, stored_orientation, pixels.shape) if img.format == "TIFF" else None
+                    if deep is None:
+                        warnings.warn(f"{path}: 16-bit colour is read, and written, with 8 bits per channel "
+                                      "(16-bit colour TIFF keeps 16 bits)", stacklevel=3)
+                    else:
+                        pixels, alpha, depth = deep
+        except ImageError:
+            raise
+        except UnidentifiedImageError:
+            raise ImageError(f"{path}: not an image, or an unsupported format") from None
+        except (*_DECODE_ERRORS, Image.DecompressionBombError, MemoryError) as exc:
+            raise _corrupt(path, exc) from None
     if pixels.shape[0] == 0 or pixels.shape[1] == 0:
         raise ImageError(f"{path}: image has zero size")
     return LoadedImage(pixels=pixels, alpha=alpha, bit_depth=depth, path=path, metadata=metadata)
 
 
-def _metadata(img: Image.Image, path: Path) -> tuple[Image.Image, ImageMetadata]:
-    """The image's :class:`ImageMetadata`; CMYK/Lab with a profile is converted to sRGB here."""
-    exif = img.getexif()
+def _header_orientation(img: Image.Image, path: Path) -> int:
+    """The EXIF orientation an opened, not yet decoded, image states in its header (1 when it
+    states none, or nothing readable: :func:`_decode` warns about that, once)."""
+    if img.format == "PNG" and "exif" not in img.info:
+        return 1  # a PNG's EXIF may follow the pixels: Pillow would decode them to find it
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return _orientation(_read_exif(img, path), path)
+
+
+def _read_exif(img: Image.Image, path: Path) -> Image.Exif:
+    """The image's EXIF; a damaged block loses the metadata (all of it, or the unreadable
+    parts), never the pixels, and says so in one warning naming the file.
+
+    The raw block is parsed first on its own: Pillow parses it while opening a JPEG, hides a
+    failure and then reports no EXIF at all.
+    """
+    failure: Exception | None = None
+    with warnings.catch_warnings(record=True) as pillow_says:
+        warnings.simplefilter("always")
+        try:
+            raw = img.info.get("exif")
+            if isinstance(raw, bytes):
+                Image.Exif().load(raw)
+            exif = img.getexif()
+            exif.get(_ORIENTATION)
+        except (*_DECODE_ERRORS, UnicodeDecodeError) as exc:
+            failure = exc
+    if failure is not None:
+        warnings.warn(f"{path}: unreadable EXIF data dropped ({_first_line(failure)})", stacklevel=4)
+        return Image.Exif()
+    said = [_first_line(w.message) for w in pillow_says if issubclass(w.category, UserWarning)]
+    if said:  # Pillow read what it could: "Corrupt EXIF data. Expecting to read 12 bytes ..."
+        warnings.warn(f"{path}: damaged EXIF data, unreadable parts dropped ({said[0]})", stacklevel=4)
+    return exif
+
+
+def _first_line(message: object) -> str:
+    text = str(message).strip()
+    return text.splitlines()[0].strip() if text else type(message).__name__
+
+
+def _orientation(exif: Image.Exif, path: Path) -> int:
+    """EXIF orientation 1-8; a value of another type or range is ignored with a warning (the
+    pixels are used as stored) and removed from ``exif``."""
+    value = exif.get(_ORIENTATION, 1)
+    if isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= 8:
+        return value
+    if value is not None:
+        shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:37] + "..."
+        warnings.warn(f"{path}: EXIF orientation {shown} is not 1-8; ignored", stacklevel=4)
+    with contextlib.suppress(KeyError):
+        del exif[_ORIENTATION]
+    return 1
+
+
+def _metadata(img: Image.Image, exif: Image.Exif, path: Path) -> tuple[Image.Image, ImageMetadata]:
+    """The image's :class:`ImageMetadata` (``exif``: its EXIF, orientation already applied to
+    the pixels and removed here); CMYK/Lab with a profile is converted to sRGB here."""
     icc = img.info.get("icc_profile") or None
     dpi = img.info.get("dpi")
     if img.mode in ("CMYK", "LAB") and icc:
@@ -303,7 +415,15 @@ def _metadata(img: Image.Image, path: Path) -> tuple[Image.Image, ImageMetadata]
         dpi_pair = (float(dpi[0]), float(dpi[1])) if dpi else None
     except (TypeError, ValueError, IndexError):
         dpi_pair = None
-    return img, ImageMetadata(exif=exif.tobytes() if len(exif) else None, icc_profile=icc, dpi=dpi_pair)
+    with contextlib.suppress(KeyError):
+        del exif[_ORIENTATION]  # applied to the pixels: viewers must not rotate them again
+    exif_bytes = None
+    if len(exif):
+        try:
+            exif_bytes = exif.tobytes()
+        except (*_DECODE_ERRORS, UnicodeError) as exc:
+            warnings.warn(f"{path}: EXIF data that cannot be written back dropped ({exc})", stacklevel=4)
+    return img, ImageMetadata(exif=exif_bytes, icc_profile=icc, dpi=dpi_pair)
 
 
 def check_output_size(name: str, height: int, width: int, scale: float, limit: int) -> tuple[int, int]:
@@ -314,6 +434,14 @@ def check_output_size(name: str, height: int, width: int, scale: float, limit: i
 
 
 _ORIENTATION = 0x0112
+# What each EXIF orientation does to a Pillow image (as ImageOps.exif_transpose), and those that
+# swap width and height.
+_TRANSPOSE = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+_SWAPS = (5, 6, 7, 8)
 # numpy equivalents of EXIF orientations 2-8 (what ImageOps.exif_transpose does to a Pillow image)
 _ORIENT = {
     2: lambda a: a[:, ::-1], 3: lambda a: a[::-1, ::-1], 4: lambda a: a[::-1],
@@ -484,12 +612,16 @@ def save_image(
     The format follows the extension (.png, .jpg/.jpeg, .webp, .tif/.tiff, .bmp). 16-bit output
     is kept for PNG/TIFF greyscale and for TIFF colour (through tifffile, without EXIF); other
     formats write colour with 8 bits, with a warning (Pillow cannot write 16-bit RGB).
-    JPEG/BMP drop the alpha plane. ``metadata`` (EXIF, ICC profile, DPI) is written where the
-    format can hold it (BMP: DPI only); ``quality`` (1-100) applies to JPEG and WebP.
+    JPEG/BMP drop the alpha plane, with a warning unless it is opaque. ``metadata`` (EXIF, ICC
+    profile, DPI) is written where the format can hold it (BMP: DPI only); ``quality`` (1-100)
+    applies to JPEG and WebP.
     """
     path = Path(path)
     fmt = output_format(path)
     if alpha is not None and fmt in ("JPEG", "BMP"):
+        if to_uint(alpha, 8).min() < 255:  # an opaque alpha plane loses nothing
+            warnings.warn(f"{path}: {fmt} cannot hold transparency; the alpha channel is dropped "
+                          "(write .png, .webp or .tif to keep it)", stacklevel=2)
         alpha = None
     img = to_pil(pixels, alpha, bit_depth, allow_16bit=fmt in ("PNG", "TIFF"))
     folder = path.parent if str(path.parent) else Path(".")

@@ -9,8 +9,11 @@ for them.
 from __future__ import annotations
 
 import io
+import json
+import math
 import pickle
 import struct
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +22,19 @@ import torch
 
 from vdsr.constants import DEFAULT_SCALES
 from vdsr.errors import WeightsError
-from vdsr.model import VDSRConfig
-from vdsr.weights import WeightsMetadata, check_file, load_weights, save_weights
+from vdsr.weights import (
+    WeightsMetadata,
+    check_file,
+    check_shapes,
+    load_weights,
+    model_config,
+    save_weights,
+)
+
+
+def _layer_names(depth: int) -> list[str]:
+    """The layers of a plain VDSR of ``depth`` layers, named as in its ``state_dict``."""
+    return ["input"] + [f"body.{i}" for i in range(depth - 2)] + ["output"]
 
 
 def import_matconvnet(path: str | Path) -> tuple[dict[str, torch.Tensor], WeightsMetadata]:
@@ -28,14 +42,22 @@ def import_matconvnet(path: str | Path) -> tuple[dict[str, torch.Tensor], Weight
 
     MATLAB stores kernels as (H, W, Cin, Cout) and drops trailing singleton dimensions; PyTorch
     wants (Cout, Cin, H, W). Both MatConvNet and PyTorch compute cross-correlation, so kernels are
-    not flipped.
+    not flipped. Every cell is checked (a real floating-point array of the layer's shape) and the
+    model's size against :func:`vdsr.weights.model_config`'s limits before anything is converted.
     """
     import scipy.io
 
     path = Path(path)
     check_file(path)
     try:
-        mat = scipy.io.loadmat(str(path))
+        data = path.read_bytes()
+    except OSError as exc:
+        raise WeightsError(f"{path}: cannot read ({exc.strerror})") from None
+    if len(data) >= 128 and 0 not in data[:4] and data[126:128] in (b"IM", b"MI") \
+            and data[124:126] in (b"\x00\x01", b"\x01\x00"):
+        _check_mat5(data, path)
+    try:
+        mat = scipy.io.loadmat(io.BytesIO(data))
         model = mat["model"]
         weights = model["weight"][0, 0].ravel()
         biases = model["bias"][0, 0].ravel()
@@ -44,25 +66,143 @@ def import_matconvnet(path: str | Path) -> tuple[dict[str, torch.Tensor], Weight
     depth = len(weights)
     if depth < 2 or len(biases) != depth:
         raise WeightsError(f"{path}: expected matching weight/bias cells, got {depth}/{len(biases)}")
-    first = np.asarray(weights[0])
-    width = first.shape[3] if first.ndim == 4 else 1
-    channels = first.shape[2] if first.ndim >= 3 else 1
-    config = VDSRConfig(depth=depth, width=width, channels=channels, bias=True)
-    names = ["input"] + [f"body.{i}" for i in range(depth - 2)] + ["output"]
+    first = _mat_cell(weights[0], "weight{1}", path)
+    if not 2 <= first.ndim <= 4:
+        raise WeightsError(f"{path}: weight{{1}} has shape {first.shape}, expected 3x3xCinxCout")
+    shape = first.shape + (1,) * (4 - first.ndim)  # MATLAB drops trailing singleton dimensions
+    config = model_config({"depth": depth, "width": shape[3], "channels": shape[2], "bias": True}, path)
     state: dict[str, torch.Tensor] = {}
-    for i, name in enumerate(names):
-        cin = channels if i == 0 else width
-        cout = channels if i == depth - 1 else width
-        w = np.asarray(weights[i], dtype=np.float32).reshape(3, 3, cin, cout)
-        b = np.asarray(biases[i], dtype=np.float32).reshape(cout)
-        state[f"{name}.weight"] = torch.from_numpy(np.ascontiguousarray(w.transpose(3, 2, 0, 1)))
-        state[f"{name}.bias"] = torch.from_numpy(b.copy())
+    for i, name in enumerate(_layer_names(depth)):
+        cin = config.channels if i == 0 else config.width
+        cout = config.channels if i == depth - 1 else config.width
+        w = _mat_cell(weights[i], f"weight{{{i + 1}}}", path)
+        b = _mat_cell(biases[i], f"bias{{{i + 1}}}", path)
+        if w.ndim > 4 or w.shape + (1,) * (4 - w.ndim) != (3, 3, cin, cout):
+            raise WeightsError(f"{path}: weight{{{i + 1}}} has shape {w.shape}, layer {i + 1} needs "
+                               f"{(3, 3, cin, cout)}")
+        if b.size != cout or b.ndim > 2:
+            raise WeightsError(f"{path}: bias{{{i + 1}}} has shape {b.shape}, layer {i + 1} needs {cout} values")
+        w4 = w.astype(np.float32).reshape(3, 3, cin, cout)
+        state[f"{name}.weight"] = torch.from_numpy(np.ascontiguousarray(w4.transpose(3, 2, 0, 1)))
+        state[f"{name}.bias"] = torch.from_numpy(b.astype(np.float32).reshape(cout))
     meta = WeightsMetadata(
         config=config,
         source=f"official VDSR MatConvNet model (Kim et al., CVPR 2016), imported from {path.name}",
         recipe={"trained_by": "the paper's authors", "data": "291 images", "scales": list(DEFAULT_SCALES)},
     )
     return state, meta
+
+
+# MAT-file v5 (MathWorks, "MAT-File Format"): element type codes and array classes. scipy's
+# reader (1.17) is not hardened for untrusted files (its docs say so): it indexes a table with a
+# data element's type code unchecked and crashes the process (SIGSEGV) on a code it has no dtype
+# for (scipy/scipy#25349), for instance a flags word that claims an imaginary part which is not
+# there. So the file is first checked to hold only what a MatConvNet model can: numbers, text,
+# cells and structs, every element where scipy will look for it.
+_MI_INT8, _MI_INT32, _MI_UINT32, _MI_MATRIX, _MI_COMPRESSED, _MI_UTF8 = 1, 5, 6, 14, 15, 16
+_MAT5_DATA_TYPES = frozenset({1, 2, 3, 4, 5, 6, 7, 9, 12, 13, 16, 17, 18})
+_MX_CELL, _MX_STRUCT, _MX_CHAR = 1, 2, 4
+_MX_NUMERIC = range(6, 16)  # double, single, int8 ... uint64
+_MAT5_MAX_NESTING = 32
+_MAT5_MAX_INFLATED = 1 << 30  # a compressed variable may not decompress to more than 1 GiB
+
+
+def _check_mat5(data: bytes, path: Path) -> None:
+    """Raise :class:`WeightsError` unless a MAT v5 file holds only numeric, text, cell and struct
+    arrays, each laid out as scipy's reader expects (see the note above)."""
+    order = "<" if data[126:128] == b"IM" else ">"
+
+    def fail(why: str) -> WeightsError:
+        return WeightsError(f"{path}: not a MAT file of numbers, cells and structs ({why})")
+
+    def element(buf: bytes, pos: int) -> tuple[int, bytes, int]:
+        """``(type, data, next position)`` of the element at ``pos``."""
+        if len(buf) - pos < 8:
+            raise fail("an element runs past its end")
+        mdtype, nbytes = struct.unpack_from(order + "II", buf, pos)
+        if mdtype >> 16:  # a small element: its size in the upper half, its data in the tag
+            mdtype, nbytes = mdtype & 0xFFFF, mdtype >> 16
+            if nbytes > 4:
+                raise fail(f"a small element of {nbytes} bytes")
+            return mdtype, buf[pos + 4:pos + 4 + nbytes], pos + 8
+        end = pos + 8 + nbytes
+        if end > len(buf):
+            raise fail("an element runs past its end")
+        return mdtype, buf[pos + 8:end], end + (0 if mdtype == _MI_COMPRESSED else -nbytes % 8)
+
+    def expect(buf: bytes, pos: int, types: frozenset[int] | tuple[int, ...], what: str) -> tuple[bytes, int]:
+        mdtype, body, pos = element(buf, pos)
+        if mdtype not in types:
+            raise fail(f"{what} has element type {mdtype}")
+        return body, pos
+
+    def matrix(body: bytes, depth: int) -> None:
+        if depth > _MAT5_MAX_NESTING:
+            raise fail(f"nested more than {_MAT5_MAX_NESTING} levels deep")
+        if not body:
+            return  # an empty matrix, as MATLAB writes an empty cell
+        flags, pos = expect(body, 0, (_MI_UINT32,), "array flags")
+        dims, pos = expect(body, pos, (_MI_INT32, _MI_UINT32), "array dimensions")
+        _, pos = expect(body, pos, (_MI_INT8, _MI_UTF8), "array name")
+        if len(flags) != 8 or len(dims) % 4 or len(dims) < 8:
+            raise fail("bad array flags or dimensions")
+        (word,) = struct.unpack_from(order + "I", flags)
+        cls, imaginary = word & 0xFF, bool(word & 0x800)
+        count = math.prod(struct.unpack(order + f"{len(dims) // 4}i", dims))
+        if any(d < 0 for d in struct.unpack(order + f"{len(dims) // 4}i", dims)):
+            raise fail("negative dimensions")
+        if cls in _MX_NUMERIC or cls == _MX_CHAR:
+            for part in ("real part", "imaginary part")[: 2 if imaginary else 1]:
+                _, pos = expect(body, pos, _MAT5_DATA_TYPES, part)
+        elif cls == _MX_CELL:
+            for _ in range(count):
+                cell, pos = expect(body, pos, (_MI_MATRIX,), "a cell")
+                matrix(cell, depth + 1)
+        elif cls == _MX_STRUCT:
+            length, pos = expect(body, pos, (_MI_INT32,), "field name length")
+            names, pos = expect(body, pos, (_MI_INT8,), "field names")
+            if len(length) != 4:
+                raise fail("bad field name length")
+            (name_length,) = struct.unpack(order + "i", length)
+            fields = len(names) // name_length if name_length > 0 else 0
+            for _ in range(count * fields):
+                field, pos = expect(body, pos, (_MI_MATRIX,), "a struct field")
+                matrix(field, depth + 1)
+        else:
+            raise fail(f"MATLAB array class {cls}")
+
+    def variables(buf: bytes, compressed: bool) -> None:
+        pos = 0
+        while len(buf) - pos >= 8:
+            mdtype, body, pos = element(buf, pos)
+            if mdtype == _MI_COMPRESSED and not compressed:
+                inflate = zlib.decompressobj()
+                try:
+                    inner = inflate.decompress(body, _MAT5_MAX_INFLATED)
+                except zlib.error as exc:
+                    raise fail(f"corrupt compressed data: {exc}") from None
+                if inflate.unconsumed_tail:
+                    raise fail(f"a compressed variable over {_MAT5_MAX_INFLATED >> 20} MB")
+                variables(inner, compressed=True)
+            elif mdtype == _MI_MATRIX:
+                matrix(body, 1)
+            else:
+                raise fail(f"a variable of element type {mdtype}")
+
+    variables(data[128:], compressed=False)
+
+
+def _mat_cell(cell: object, what: str, path: Path) -> np.ndarray:
+    """One cell of the ``.mat`` model: a real floating-point array (not text, a nested cell, a
+    struct, integers or complex numbers, which numpy would silently truncate)."""
+    if not isinstance(cell, np.ndarray) or cell.dtype.kind not in "fc":
+        kind = type(cell).__name__ if not isinstance(cell, np.ndarray) else {
+            "U": "text", "S": "text", "O": "a cell array", "V": "a struct"}.get(
+            cell.dtype.kind, f"{cell.dtype} numbers")
+        raise WeightsError(f"{path}: {what} is {kind}, not an array of floating-point numbers")
+    if cell.dtype.kind == "c":
+        raise WeightsError(f"{path}: {what} holds complex numbers; weights must be real")
+    return cell
 
 
 class _Stub:
@@ -88,20 +228,32 @@ class _StorageRef:
 
 
 class _TensorRef:
+    """A tensor as the pickle declares it: a view (offset, size, stride) of a storage. Nothing is
+    materialised until :meth:`resolve`, after its size has been checked against the model."""
+
     def __init__(self, storage: _StorageRef, offset: int, size: tuple[int, ...], stride: tuple[int, ...]) -> None:
         self.storage, self.offset, self.size, self.stride = storage, offset, tuple(size), tuple(stride)
 
     def __setstate__(self, state: Any) -> None:
         """Old tensors pickle (requires_grad, hooks) state after the data; nothing to keep."""
 
+    @property
+    def numel(self) -> int:
+        return math.prod(self.size)
+
     def resolve(self) -> np.ndarray:
         data = self.storage.data
         if data is None:
             raise WeightsError("tensor refers to storage that the file does not contain")
-        need = self.offset + sum((s - 1) * st for s, st in zip(self.size, self.stride, strict=True)) + 1
         if any(s == 0 for s in self.size):
             return np.zeros(self.size, dtype=data.dtype)
-        if need > data.size or self.offset < 0 or any(st < 0 for st in self.stride):
+        # A view may not hold more elements than its storage: a stride-0 view of one element as a
+        # huge tensor would otherwise be materialised here at full size (an overlapping view).
+        if self.numel > self.storage.numel:
+            raise WeightsError(f"a tensor of shape {self.size} is a view larger than its storage of "
+                               f"{self.storage.numel} values")
+        need = self.offset + sum((s - 1) * st for s, st in zip(self.size, self.stride, strict=True)) + 1
+        if need > data.size:
             raise WeightsError("tensor view exceeds its storage")
         item = data.itemsize
         view = np.lib.stride_tricks.as_strided(
@@ -113,7 +265,15 @@ class _TensorRef:
 def _rebuild_tensor(storage: Any, offset: Any, size: Any, stride: Any, *rest: Any) -> _TensorRef:
     if not isinstance(storage, _StorageRef):
         raise pickle.UnpicklingError("tensor without a storage")
-    return _TensorRef(storage, int(offset), tuple(size), tuple(stride))
+    if not (isinstance(size, tuple) and isinstance(stride, tuple) and len(size) == len(stride) <= 8
+            and all(_is_count(v) for v in (offset, *size, *stride))):
+        raise pickle.UnpicklingError("a tensor with a bad shape, stride or offset")
+    return _TensorRef(storage, offset, size, stride)
+
+
+def _is_count(value: object) -> bool:
+    """A non-negative ``int`` (not ``bool``): what sizes, strides and offsets must be."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 def _parameter(data: Any = None, requires_grad: Any = True, *rest: Any) -> Any:
@@ -175,6 +335,8 @@ class RestrictedUnpickler(pickle.Unpickler):
             storage_type, key, _location, numel, view = pid[1:6]
             if not isinstance(storage_type, _StorageType) or view is not None:
                 raise pickle.UnpicklingError("unsupported storage in checkpoint")
+            if not _is_count(numel):
+                raise pickle.UnpicklingError("a storage with a bad size")
             key = str(key)
             if key not in self.storages:
                 self.storages[key] = _StorageRef(key, storage_type.dtype, int(numel))
@@ -207,6 +369,8 @@ def _legacy_torch_load(path: Path) -> Any:
         if len(raw) < 8:
             raise WeightsError(f"{path}: file is truncated")
         (numel,) = struct.unpack("<q", raw)
+        if numel < 0:
+            raise WeightsError(f"{path}: storage {key} has a negative size")
         nbytes = numel * ref.dtype.itemsize
         buf = f.read(nbytes)
         if numel != ref.numel or len(buf) < nbytes:
@@ -223,43 +387,63 @@ def _modules(obj: Any) -> dict[str, Any]:
     return mods if isinstance(mods, dict) else {}
 
 
-def _conv(obj: Any, where: str) -> tuple[np.ndarray, np.ndarray | None]:
+def _conv(obj: Any, where: str) -> tuple[_TensorRef, _TensorRef | None]:
     state = getattr(obj, "state", None)
     params = state.get("_parameters", {}) if isinstance(state, dict) else {}
     w, b = params.get("weight"), params.get("bias")
     if not isinstance(w, _TensorRef):
         raise WeightsError(f"checkpoint: {where} has no convolution weight")
-    return w.resolve(), (b.resolve() if isinstance(b, _TensorRef) else None)
+    return w, (b if isinstance(b, _TensorRef) else None)
 
 
 def import_pytorch_vdsr(path: str | Path) -> tuple[dict[str, torch.Tensor], WeightsMetadata]:
-    """A pytorch-vdsr checkpoint (``{"epoch", "model"}`` with a pickled whole ``Net``), safely."""
+    """A pytorch-vdsr checkpoint (``{"epoch", "model"}`` with a pickled whole ``Net``), safely.
+
+    The model's size (from the first convolution's declared shape) is checked against
+    :func:`vdsr.weights.model_config`'s limits and every declared tensor shape against that
+    model before any tensor is materialised.
+    """
     path = Path(path)
     check_file(path)
     try:
         checkpoint = _legacy_torch_load(path)
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, struct.error) as exc:
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, KeyError, IndexError,
+            struct.error, RecursionError) as exc:
         raise WeightsError(f"{path}: refused or unreadable pickle ({exc})") from None
+    except (MemoryError, OverflowError):  # a crafted length (BINBYTES8 of 2^60 bytes) in a small file
+        raise WeightsError(f"{path}: unreadable pickle (it declares an object larger than memory)") from None
     if not isinstance(checkpoint, dict) or "model" not in checkpoint:
         raise WeightsError(f"{path}: not a pytorch-vdsr checkpoint (no 'model' entry)")
     mods = _modules(checkpoint["model"])
     try:
-        convs = [_conv(mods["input"], "input")]
+        refs = [_conv(mods["input"], "input")]
         blocks = _modules(mods["residual_layer"])
         for i in sorted(blocks, key=int):
-            convs.append(_conv(_modules(blocks[i])["conv"], f"residual_layer.{i}"))
-        convs.append(_conv(mods["output"], "output"))
+            refs.append(_conv(_modules(blocks[i])["conv"], f"residual_layer.{i}"))
+        refs.append(_conv(mods["output"], "output"))
     except KeyError as exc:
         raise WeightsError(f"{path}: checkpoint lacks module {exc}") from None
-    has_bias = all(b is not None for _, b in convs)
-    channels, width = convs[0][0].shape[1], convs[0][0].shape[0]
-    config = VDSRConfig(depth=len(convs), width=width, channels=channels, bias=has_bias)
-    names = ["input"] + [f"body.{i}" for i in range(len(convs) - 2)] + ["output"]
+    except (ValueError, TypeError):
+        raise WeightsError(f"{path}: checkpoint's residual_layer has non-numeric block names") from None
+    has_bias = all(b is not None for _, b in refs)
+    first = refs[0][0].size
+    if len(first) != 4:
+        raise WeightsError(f"{path}: the input convolution has shape {first}, expected 4 dimensions")
+    config = model_config({"depth": len(refs), "width": first[0], "channels": first[1], "bias": has_bias},
+                          path)
+    names = _layer_names(len(refs))
+    declared = {f"{name}.weight": w.size for name, (w, _) in zip(names, refs, strict=True)}
+    if has_bias:
+        declared |= {f"{name}.bias": b.size for name, (_, b) in zip(names, refs, strict=True) if b is not None}
+    check_shapes(declared, config, path)
     state: dict[str, torch.Tensor] = {}
-    for name, (w, b) in zip(names, convs, strict=True):
-        state[f"{name}.weight"] = torch.from_numpy(np.ascontiguousarray(w, dtype=np.float32))
-        if has_bias and b is not None:
-            state[f"{name}.bias"] = torch.from_numpy(np.ascontiguousarray(b, dtype=np.float32))
+    try:
+        for name, (w, b) in zip(names, refs, strict=True):
+            state[f"{name}.weight"] = torch.from_numpy(np.ascontiguousarray(w.resolve(), dtype=np.float32))
+            if has_bias and b is not None:
+                state[f"{name}.bias"] = torch.from_numpy(np.ascontiguousarray(b.resolve(), dtype=np.float32))
+    except WeightsError as exc:
+        raise WeightsError(f"{path}: {exc}") from None
     epoch = checkpoint.get("epoch")
     meta = WeightsMetadata(
         config=config,
@@ -275,8 +459,6 @@ def import_training_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor
     Our checkpoints are plain containers (loaded with ``weights_only=True``) holding the model's
     ``state_dict`` under ``"model"`` and the training config as JSON under ``"config"``.
     """
-    import json
-
     from vdsr.runfolder import load_checkpoint
 
     path = Path(path)
@@ -288,13 +470,26 @@ def import_training_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor
         return None
     try:
         train = json.loads(checkpoint["config"])
-        config = VDSRConfig(**{k: train[k] for k in ("depth", "width", "channels", "bias", "body") if k in train})
-    except (ValueError, TypeError) as exc:
+    except (ValueError, RecursionError) as exc:
         raise WeightsError(f"{path}: training checkpoint with an unreadable config ({exc})") from None
-    state = {k: v.float().contiguous() for k, v in checkpoint["model"].items()}
+    if not isinstance(train, dict):
+        raise WeightsError(f"{path}: training checkpoint with an unreadable config (not a JSON object)")
+    config = model_config({k: train[k] for k in ("depth", "width", "channels", "bias", "body") if k in train},
+                          path)
+    tensors = checkpoint["model"]
+    if not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in tensors.items()):
+        raise WeightsError(f"{path}: training checkpoint whose model is not a mapping of tensors")
+    # Shapes and dtypes before .contiguous(), which would materialise a stride-0 view at full size.
+    check_shapes({k: tuple(v.shape) for k, v in tensors.items()}, config, path)
+    for name, tensor in tensors.items():
+        if not tensor.is_floating_point():
+            raise WeightsError(f"{path}: tensor {name} holds {str(tensor.dtype).removeprefix('torch.')} "
+                               "values; weights must be floating point")
+    state = {k: v.float().contiguous() for k, v in tensors.items()}
     step = checkpoint.get("step")
+    scales = train.get("scales") or list(DEFAULT_SCALES)
     meta = WeightsMetadata(
-        config=config, scales=list(train.get("scales") or DEFAULT_SCALES),
+        config=config, scales=scales if isinstance(scales, list) else [scales],
         source=f"`vdsr train` checkpoint {path.name} (step {step})",
         recipe={k: v for k, v in train.items() if k not in ("run_dir", "device", "threads", "log_every")}
         | {"trained_steps": step},
@@ -316,6 +511,7 @@ def convert(src: str | Path, dst: str | Path) -> WeightsMetadata:
         state, meta = load_weights(src)
     else:
         raise WeightsError(f"{src}: unknown weights format '{suffix}' (expected .mat, .pth or .safetensors)")
+    meta = WeightsMetadata.from_json(meta.to_json(), src)  # what load_weights will check, checked now
     if not str(dst).endswith(".safetensors"):
         raise WeightsError(f"{dst}: the output must be a .safetensors file")
     save_weights(dst, state, meta)
