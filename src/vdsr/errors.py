@@ -108,3 +108,30 @@ class AddressUnavailable(VDSRError):
     def __init__(self, host: str, port: int, reason: str) -> None:
         self.host, self.port, self.reason = host, port, reason
         super().__init__(f"cannot listen on {host}:{port}: {reason}")
+
+
+class Cancelled(VDSRError):
+    """A job was stopped on request between two of its steps (tiles, planes): its caller went
+    away or is shutting down. Raised from a ``progress`` callback, it ends the engine's loop.
+
+    Attributes:
+        done: the steps finished before it stopped.
+        total: the job's steps.
+    """
+
+    def __init__(self, done: int, total: int) -> None:
+        self.done, self.total = done, total
+        super().__init__(f"cancelled after {done} of {total} steps")
+
+
+class DeviceUnavailable(InvalidArgument):
+    """A torch device that is not one, or not present here (``foo``, ``cuda`` without CUDA).
+
+    Attributes:
+        device: the device as given.
+        reason: why it cannot be used, one line.
+    """
+
+    def __init__(self, device: str, reason: str) -> None:
+        self.device, self.reason = device, reason
+        super().__init__(f"device {device!r} cannot be used: {reason}")
