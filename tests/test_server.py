@@ -196,6 +196,16 @@ def test_browser_upload_compare_download(live_server: str, tmp_path: Path, tiny_
             page.wait_for_function("document.querySelectorAll(\".card[data-ready='1']\").length === 6",
                                    timeout=120_000)
             assert "busy" not in page.inner_text("#results")
+            # Issue 23 item 16: a name outside Latin-1 made the server answer 500 (the page showed it).
+            page.set_input_files("#file", str(write_png(tmp_path / "写真.png", random_rgb(20, 20, seed=9))))
+            page.wait_for_function("document.querySelectorAll(\".card[data-ready='1']\").length === 7",
+                                   timeout=60_000)
+            assert "写真.png ×3" in page.inner_text(".card h3")
+            # A file over the server's upload limit is refused by the page, before it is sent.
+            huge = tmp_path / "huge.png"
+            huge.write_bytes(bytes(21 * 1024 * 1024))
+            page.set_input_files("#file", str(huge))
+            page.wait_for_selector(".card .status.error:has-text('larger than the limit')", timeout=10_000)
             # The API docs render from local files (this browser has no internet access).
             docs = browser.new_page()
             docs.goto(f"{live_server}/api/docs", timeout=30_000)
