@@ -535,8 +535,8 @@ def test_cross_site_requests_and_foreign_hosts_are_refused(client: TestClient) -
 def test_named_origins_and_hosts_can_be_allowed(tiny_weights: Path) -> None:
     """Item 17: behind a name, or for another site's page the user trusts: the allowed names and
     origins are served (with CORS headers for the origin), nothing else is."""
+    from vdsr.access import Access
     from vdsr.errors import InvalidArgument
-    from vdsr.server import Access
 
     access = Access(host="0.0.0.0", hosts=("Photos.Example",), origins=("https://app.example/",))
     client = TestClient(create_app(tiny_weights, access=access), base_url="http://photos.example:8000")
