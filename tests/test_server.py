@@ -4,26 +4,38 @@ driving Debian's /usr/bin/chromium; no browser download)."""
 from __future__ import annotations
 
 import io
+import json
 import os
 import shutil
 import socket
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
+from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from PIL import Image
 
 from tests.conftest import ROOT, random_rgb, write_png
 from vdsr.cli import main
+from vdsr.inference import bicubic_clipped
 from vdsr.server import Limits, create_app
+
+LOCAL = "http://127.0.0.1:8000"
+
+
+def local_client(app: FastAPI) -> TestClient:
+    """A client that addresses the server as a browser on this machine does (Host 127.0.0.1:8000):
+    the server refuses other host names (TestClient's default is 'testserver')."""
+    return TestClient(app, base_url=LOCAL)
 
 
 @pytest.fixture
 def client(tiny_weights: Path) -> TestClient:
-    return TestClient(create_app(tiny_weights, Limits(max_upload_bytes=200_000, max_pixels=50_000)))
+    return local_client(create_app(tiny_weights, Limits(max_upload_bytes=200_000, max_pixels=50_000)))
 
 
 def png_bytes(array: np.ndarray) -> bytes:
@@ -95,7 +107,7 @@ def test_nothing_is_left_on_disk(tiny_weights: Path, tmp_path: Path, monkeypatch
     import tempfile
 
     monkeypatch.setattr(tempfile, "tempdir", str(scratch))
-    client = TestClient(create_app(tiny_weights))
+    client = local_client(create_app(tiny_weights))
     for _ in range(2):
         r = client.post("/api/upscale?scale=2", files={"file": ("a.png", png_bytes(random_rgb(16, 16)))})
         assert r.status_code == 200
@@ -136,6 +148,8 @@ def live_server(tiny_weights: Path):  # type: ignore[no-untyped-def]
     yield from _live(create_app(tiny_weights))
 
 
+@pytest.mark.slow
+@pytest.mark.browser
 @pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="Debian chromium not installed (.ci/run installs it)")
 @pytest.mark.slow
 @pytest.mark.browser
@@ -184,6 +198,16 @@ def test_browser_upload_compare_download(live_server: str, tmp_path: Path, tiny_
             page.wait_for_function("document.querySelectorAll(\".card[data-ready='1']\").length === 6",
                                    timeout=120_000)
             assert "busy" not in page.inner_text("#results")
+            # Issue 23 item 16: a name outside Latin-1 made the server answer 500 (the page showed it).
+            page.set_input_files("#file", str(write_png(tmp_path / "写真.png", random_rgb(20, 20, seed=9))))
+            page.wait_for_function("document.querySelectorAll(\".card[data-ready='1']\").length === 7",
+                                   timeout=60_000)
+            assert "写真.png ×3" in page.inner_text(".card h3")
+            # A file over the server's upload limit is refused by the page, before it is sent.
+            huge = tmp_path / "huge.png"
+            huge.write_bytes(bytes(21 * 1024 * 1024))
+            page.set_input_files("#file", str(huge))
+            page.wait_for_selector(".card .status.error:has-text('larger than the limit')", timeout=10_000)
             # The API docs render from local files (this browser has no internet access).
             docs = browser.new_page()
             docs.goto(f"{live_server}/api/docs", timeout=30_000)
@@ -202,7 +226,7 @@ def test_output_pixels_are_limited(tiny_weights: Path) -> None:
     from vdsr.constants import SERVER_MAX_OUTPUT_PIXELS
 
     assert Limits().max_output_pixels == SERVER_MAX_OUTPUT_PIXELS
-    client = TestClient(create_app(tiny_weights, Limits(max_output_pixels=10_000)))
+    client = local_client(create_app(tiny_weights, Limits(max_output_pixels=10_000)))
     assert client.get("/api/health").json()["limits"]["max_output_pixels"] == 10_000
     data = png_bytes(np.zeros((30, 40), np.uint8))  # x3: 90x120 = 10,800 pixels
     for method in ("vdsr", "bicubic"):
@@ -235,7 +259,7 @@ def test_simultaneous_uploads_queue_instead_of_503(tiny_weights: Path) -> None:
     from concurrent.futures import ThreadPoolExecutor
 
     data = png_bytes(random_rgb(24, 24))
-    with TestClient(create_app(tiny_weights, Limits(max_jobs=1))) as client:
+    with local_client(create_app(tiny_weights, Limits(max_jobs=1))) as client:
         def post(i: int) -> int:
             r = client.post("/api/upscale?scale=2", files={"file": (f"{i}.png", data)})
             return r.status_code
@@ -253,7 +277,7 @@ def test_queue_positions_full_queue_and_bicubic_bypass(tiny_weights: Path, monke
 
     gate, order = _blocking_upscale(monkeypatch)
     data = png_bytes(random_rgb(16, 16))
-    with TestClient(create_app(tiny_weights, Limits(max_jobs=1, max_queue=2))) as client:
+    with local_client(create_app(tiny_weights, Limits(max_jobs=1, max_queue=2))) as client:
         def post(ticket: str) -> int:
             r = client.post(f"/api/upscale?scale=2&ticket={ticket}", files={"file": (f"{ticket}.png", data)})
             return r.status_code
@@ -319,7 +343,8 @@ def test_api_docs_work_offline_and_describe_the_real_responses(client: TestClien
     spec = client.get("/openapi.json").json()
     assert "422" not in str(spec) and "HTTPValidationError" not in str(spec)
     responses = spec["paths"]["/api/upscale"]["post"]["responses"]
-    assert set(responses) == {"200", "400", "413", "503"}
+    assert set(responses) == {"200", "400", "403", "408", "413", "503"}
+    assert "file" in str(spec["paths"]["/api/upscale"]["post"]["requestBody"])  # Swagger UI offers a file picker
     assert list(responses["200"]["content"]) == ["image/png"]
     assert "Retry-After" in responses["503"]["headers"]
     assert responses["400"]["content"]["application/json"]["schema"]["$ref"].endswith("/ErrorBody")
@@ -339,14 +364,14 @@ def test_bicubic_previews_have_their_own_bounded_lane(tiny_weights: Path, monkey
         with lock:
             running[0] += 1
             peak[0] = max(peak[0], running[0])
-        time.sleep(0.3)
+        time.sleep(0.1)  # per plane: a preview of an RGB image calls it three times
         with lock:
             running[0] -= 1
         return real(*args, **kwargs)
 
     monkeypatch.setattr(vdsr.server, "bicubic_clipped", counted)
     data = png_bytes(random_rgb(8, 8))
-    with TestClient(create_app(tiny_weights)) as client:
+    with local_client(create_app(tiny_weights)) as client:
         def post(i: int) -> int:
             return client.post("/api/upscale?scale=2&method=bicubic", files={"file": (f"{i}.png", data)}).status_code
 
@@ -355,6 +380,8 @@ def test_bicubic_previews_have_their_own_bounded_lane(tiny_weights: Path, monkey
     assert peak[0] == SERVER_PREVIEW_JOBS
 
 
+@pytest.mark.slow
+@pytest.mark.browser
 @pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="Debian chromium not installed (.ci/run installs it)")
 @pytest.mark.slow
 @pytest.mark.browser
@@ -410,3 +437,455 @@ def test_ensemble_equals_cli_ensemble(client: TestClient, tiny_weights: Path, tm
     api = np.asarray(Image.open(io.BytesIO(r.content)))
     assert np.array_equal(api, np.asarray(Image.open(out)))
     assert not np.array_equal(api, np.asarray(Image.open(plain)))  # the ensemble changes pixels
+
+
+# ---------------------------------------------------------------------------------------------
+# Issue 23, items 16-20: the web server under bad requests, other sites' pages and slow clients
+# ---------------------------------------------------------------------------------------------
+
+def _multipart(parts: list[tuple[str, str | None, bytes]], boundary: str = "vdsr-test-boundary") -> bytes:
+    """A multipart/form-data body of ``(field, filename, data)`` parts."""
+    body = b""
+    for field, filename, data in parts:
+        disposition = f'form-data; name="{field}"' + ("" if filename is None else f'; filename="{filename}"')
+        body += f"--{boundary}\r\nContent-Disposition: {disposition}\r\n\r\n".encode() + data + b"\r\n"
+    return body + f"--{boundary}--\r\n".encode()
+
+
+def _post_head(port: int, length: int | None, query: str = "scale=2", boundary: str = "vdsr-test-boundary") -> bytes:
+    size = "Transfer-Encoding: chunked" if length is None else f"Content-Length: {length}"
+    return (f"POST /api/upscale?{query} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+            f"Content-Type: multipart/form-data; boundary={boundary}\r\n{size}\r\n\r\n").encode()
+
+
+def _response(sock: socket.socket) -> tuple[int, dict[str, str], bytes]:
+    """Read one HTTP response (with Content-Length) from ``sock``."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        piece = sock.recv(65536)
+        assert piece, f"connection closed before a response: {data!r}"
+        data += piece
+    head, body = data.split(b"\r\n\r\n", 1)
+    lines = head.decode("latin-1").split("\r\n")
+    headers = {k.lower(): v.strip() for k, v in (line.split(":", 1) for line in lines[1:])}
+    while len(body) < int(headers.get("content-length", 0)):
+        piece = sock.recv(65536)
+        assert piece, "connection closed inside the body"
+        body += piece
+    return int(lines[0].split()[1]), headers, body
+
+
+def _port(url: str) -> int:
+    return int(url.rsplit(":", 1)[1])
+
+
+@pytest.fixture
+def live_factory():  # type: ignore[no-untyped-def]
+    """``start(app)`` -> the URL of ``app`` served by uvicorn in a thread, stopped at teardown."""
+    servers = []
+
+    def start(app):  # type: ignore[no-untyped-def]
+        server = _live(app)
+        servers.append(server)
+        return next(server)
+
+    yield start
+    for server in servers:
+        next(server, None)
+
+
+@pytest.mark.parametrize("name", ["写真.png", "Ünïcode ✓ photo.png"])
+def test_any_file_name_can_be_downloaded(client: TestClient, name: str) -> None:
+    """Item 16: a name outside Latin-1 gave HTTP 500 (UnicodeEncodeError building
+    Content-Disposition) after the work was done. Now: RFC 5987 filename* and an ASCII fallback."""
+    from urllib.parse import unquote
+
+    r = client.post("/api/upscale?scale=2", files={"file": (name, png_bytes(random_rgb(8, 8)))})
+    assert r.status_code == 200
+    disposition = r.headers["content-disposition"]
+    assert disposition.isascii() and disposition.startswith('attachment; filename="')
+    fallback = disposition.split('filename="', 1)[1].split('"', 1)[0]
+    assert fallback.endswith("_x2.png") and fallback.isascii()
+    encoded = disposition.split("filename*=UTF-8''", 1)[1]
+    assert unquote(encoded) == f"{Path(name).stem}_x2.png"
+
+
+def test_cross_site_requests_and_foreign_hosts_are_refused(client: TestClient) -> None:
+    """Item 17: any web page the user visited could make the server work (cross-site POST), and a
+    foreign Host (DNS rebinding) let such a page read the answers. Both get 403 with a JSON error;
+    the server's own page and clients that are not browsers are served."""
+    def post(headers: dict[str, str]) -> Any:
+        return client.post("/api/upscale?scale=2", files={"file": ("a.png", png_bytes(random_rgb(8, 8)))},
+                           headers=headers)
+
+    for headers in ({"Origin": "http://evil.example", "Sec-Fetch-Site": "cross-site"},
+                    {"Origin": "http://evil.example"},
+                    {"Sec-Fetch-Site": "cross-site"},  # a browser that left Origin out
+                    {"Origin": "http://127.0.0.1:3000", "Sec-Fetch-Site": "same-site"},  # another local app
+                    {"Origin": "null"}):
+        r = post(headers)
+        assert r.status_code == 403, headers
+        assert set(r.json()) == {"error"} and "refused" in r.json()["error"]
+    for host in ("evil.example", "evil.example:8000", "127.0.0.1.evil.example"):
+        for path in ("/", "/api/health", "/api/queue"):
+            r = client.get(path, headers={"Host": host})
+            assert r.status_code == 403 and "not one this server answers to" in r.json()["error"], (host, path)
+    assert post({"Origin": LOCAL, "Sec-Fetch-Site": "same-origin"}).status_code == 200  # its own page
+    assert post({}).status_code == 200  # curl, scripts
+    for host in ("localhost:8000", "LOCALHOST.", "[::1]:8000", "127.0.0.1"):
+        assert client.get("/api/health", headers={"Host": host}).status_code == 200, host
+
+
+def test_named_origins_and_hosts_can_be_allowed(tiny_weights: Path) -> None:
+    """Item 17: behind a name, or for another site's page the user trusts: the allowed names and
+    origins are served (with CORS headers for the origin), nothing else is."""
+    from vdsr.access import Access
+    from vdsr.errors import InvalidArgument
+
+    access = Access(host="0.0.0.0", hosts=("Photos.Example",), origins=("https://app.example/",))
+    client = TestClient(create_app(tiny_weights, access=access), base_url="http://photos.example:8000")
+    assert client.get("/api/health").status_code == 200
+    assert client.get("/api/health", headers={"Host": "192.168.1.5:8000"}).status_code == 200  # bound to all
+    assert client.get("/api/health", headers={"Host": "other.example"}).status_code == 403
+    data = png_bytes(random_rgb(8, 8))
+    r = client.post("/api/upscale?scale=2", files={"file": ("a.png", data)},
+                    headers={"Origin": "https://app.example", "Sec-Fetch-Site": "cross-site"})
+    assert r.status_code == 200 and r.headers["access-control-allow-origin"] == "https://app.example"
+    r = client.post("/api/upscale?scale=2", files={"file": ("a.png", data)},
+                    headers={"Origin": "https://evil.example", "Sec-Fetch-Site": "cross-site"})
+    assert r.status_code == 403
+    bound = TestClient(create_app(tiny_weights, access=Access(host="127.0.0.1")), base_url="http://photos.example")
+    assert bound.get("/api/health").status_code == 403  # names need allowing
+    with pytest.raises(InvalidArgument, match="scheme://host"):
+        Access(origins=("app.example",))
+
+
+def test_serve_flags_allow_origins_and_check_them_first(capsys: pytest.CaptureFixture[str]) -> None:
+    """Item 17: ``vdsr serve --allow-origin``; a malformed one is one line before anything starts."""
+    assert main(["serve", "--allow-origin", "app.example", "--port", "1"]) == 1
+    assert "origin 'app.example' is not scheme://host[:port]" in capsys.readouterr().err
+
+
+def test_uploads_are_never_spooled_to_disk(tiny_weights: Path, tmp_path: Path,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """Item 18: uploads over 1 MB were spooled to a temporary file (the README says they are
+    decoded in memory). With no usable temporary folder at all, a 1.5 MB upload still works."""
+    import tempfile
+
+    not_a_folder = tmp_path / "file"
+    not_a_folder.write_bytes(b"")
+    monkeypatch.setattr(tempfile, "tempdir", str(not_a_folder))
+    noisy = np.random.default_rng(1).integers(0, 255, (700, 700, 3), dtype=np.uint8)
+    data = png_bytes(noisy)
+    assert len(data) > 1_400_000
+    client = local_client(create_app(tiny_weights, Limits(max_upload_bytes=4_000_000)))
+    r = client.post("/api/upscale?scale=1.5&method=bicubic", files={"file": ("big.png", data)})
+    assert r.status_code == 200, r.text
+
+
+def test_oversized_upload_is_refused_on_its_content_length(tiny_weights: Path, live_factory) -> None:  # type: ignore[no-untyped-def]
+    """Item 18: 400 MB sent with a 2 MB limit were read completely before the 413. Now the 413
+    comes after the headers, before a byte of the body is sent, and the connection is closed."""
+    port = _port(live_factory(create_app(tiny_weights, Limits(max_upload_bytes=2 * 1024 * 1024))))
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(_post_head(port, 400_000_000))
+        status, headers, body = _response(sock)
+        assert status == 413 and headers["connection"] == "close"
+        assert "larger than the limit of 2,097,152 bytes" in json.loads(body)["error"]
+        assert sock.recv(1) == b""  # closed: the server will not read the 400 MB
+
+
+def test_chunked_upload_stops_being_read_past_the_limit(tiny_weights: Path, live_factory) -> None:  # type: ignore[no-untyped-def]
+    """Item 18, with a real streaming client: a chunked body (no Content-Length) is read only up to
+    the limit; then the server answers 413 and closes, and the client cannot send the rest."""
+    import select
+
+    port = _port(live_factory(create_app(tiny_weights, Limits(max_upload_bytes=1024 * 1024))))
+    chunk = 64 * 1024
+    piece = f"{chunk:x}\r\n".encode() + bytes(chunk) + b"\r\n"
+    sent, answer = 0, None
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(_post_head(port, None))
+        part = b'--vdsr-test-boundary\r\nContent-Disposition: form-data; name="file"; filename="big.png"\r\n\r\n'
+        sock.sendall(b"%x\r\n" % len(part) + part + b"\r\n")  # then the file's bytes, for ever
+        try:
+            while sent < 200 * 1024 * 1024:
+                if select.select([sock], [], [], 0)[0]:  # the server has answered
+                    answer = _response(sock)
+                    break
+                sock.sendall(piece)
+                sent += chunk
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # closed by the server while we were still sending
+    assert sent < 32 * 1024 * 1024, f"the server read {sent:,} bytes of a body over a 1 MiB limit"
+    if answer is not None:
+        status, headers, body = answer
+        assert status == 413 and "larger than the limit" in json.loads(body)["error"]
+
+
+def _slow_tiles(monkeypatch: pytest.MonkeyPatch, seconds: float) -> list[int]:
+    """Every backend built from now on sleeps ``seconds`` per network call (one call per tile);
+    the returned list counts the calls."""
+    import vdsr.recipes
+
+    calls: list[int] = []
+    real = vdsr.recipes.create_backend
+
+    class Slow:
+        def __init__(self, runner: Any) -> None:
+            self.runner = runner
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self.runner, name)
+
+        def __call__(self, x: Any) -> Any:
+            time.sleep(seconds)
+            calls.append(1)
+            return self.runner(x)
+
+    monkeypatch.setattr(vdsr.recipes, "create_backend", lambda *a, **k: Slow(real(*a, **k)))
+    return calls
+
+
+def test_jobs_of_departed_clients_are_dropped_or_stopped(tiny_weights: Path, live_factory,  # type: ignore[no-untyped-def]
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """Item 19: three uploads whose clients were killed kept the queue busy for 6 minutes. Now a
+    waiting job leaves the queue when its client disconnects, and a running one stops at its next
+    tile (the engine's progress callback raises)."""
+    import httpx
+
+    calls = _slow_tiles(monkeypatch, 0.25)
+    url = live_factory(create_app(tiny_weights, Limits(max_jobs=1)))
+    port = _port(url)
+    body = _multipart([("file", "big.png", png_bytes(random_rgb(400, 400)))])  # x2: 3x3 tiles of 384
+    clients = []
+    for ticket in ("a", "b"):
+        sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+        sock.sendall(_post_head(port, len(body), f"scale=2&ticket={ticket}") + body)
+        clients.append(sock)
+        _wait_for(lambda t=ticket: httpx.get(f"{url}/api/queue?ticket={t}").json()["position"] is not None)
+    _wait_for(lambda: len(calls) >= 1)  # a is running, b waits
+    assert httpx.get(f"{url}/api/queue?ticket=b").json()["position"] == 1
+    for sock in clients:
+        sock.close()  # the clients go away (as when curl is killed)
+    _wait_for(lambda: httpx.get(f"{url}/api/queue").json() == {"running": 0, "waiting": 0, "position": None},
+              timeout=2.0)
+    stopped = len(calls)
+    time.sleep(1.0)
+    assert len(calls) == stopped < 9, f"{len(calls)} tiles ran; a's job has 9, b's never started"
+    ok = httpx.post(f"{url}/api/upscale?scale=2", files={"file": ("s.png", png_bytes(random_rgb(16, 16)))})
+    assert ok.status_code == 200  # the server goes on
+
+
+def test_every_error_is_a_json_error(client: TestClient) -> None:
+    """Item 20: a request without a multipart boundary answered {"detail": ...}; every error is
+    now {"error": ...}, FastAPI's and Starlette's own included."""
+    url = "/api/upscale?scale=2"
+    cases = [
+        (client.post(url, content=b"x", headers={"Content-Type": "multipart/form-data"}), 400, "boundary"),
+        (client.post(url, json={"file": "a.png"}), 400, "multipart/form-data"),
+        (client.post(url, content=b"garbage", headers={"Content-Type": "multipart/form-data; boundary=zz"}),
+         400, "malformed"),
+        (client.post(url, files={"other": ("a.png", png_bytes(random_rgb(8, 8)))}), 400, "'file'"),
+        (client.get("/no/such/page"), 404, "Not Found"),
+        (client.get(url), 405, "Method Not Allowed"),
+        (client.get("/api/queue?ticket=" + "x" * 100), 400, "ticket"),
+        (client.post("/api/upscale?scale=2&ensemble=maybe", files={"file": ("a.png", b"x")}), 400, "ensemble"),
+    ]
+    for r, status, needle in cases:
+        assert r.status_code == status, (r.request.url, r.text)
+        assert set(r.json()) == {"error"} and needle in r.json()["error"], r.text
+
+
+def test_two_file_fields_are_refused(client: TestClient) -> None:
+    """Item 20: two ``file`` fields silently used the last one."""
+    data = png_bytes(random_rgb(8, 8))
+    r = client.post("/api/upscale?scale=2", files=[("file", ("a.png", data)), ("file", ("b.png", data))])
+    assert r.status_code == 400 and "more than one 'file' field" in r.json()["error"]
+
+
+def test_a_refused_scale_is_shown_as_given(client: TestClient) -> None:
+    """Item 20: ``scale=16.0000001`` said "scale 16 is too large"."""
+    data = png_bytes(random_rgb(8, 8))
+    r = client.post("/api/upscale?scale=16.0000001", files={"file": ("a.png", data)})
+    assert r.status_code == 400 and r.json()["error"] == "scale 16.0000001 is too large (at most 16)"
+    r = client.post("/api/upscale?scale=1.0000001e0", files={"file": ("a.png", data)})
+    assert r.status_code == 200
+    r = client.post("/api/upscale?scale=0.99999999", files={"file": ("a.png", data)})
+    assert r.status_code == 400 and "got 0.99999999" in r.json()["error"]
+
+
+def test_slow_clients_are_cut_off(tiny_weights: Path) -> None:
+    """Item 20: a connection that never finished its headers, or an upload that trickled, stayed
+    open for ever (uvicorn has no such timeout). Now: the request head has ``head_seconds``, an
+    upload ``body_idle_seconds`` between pieces and ``body_seconds`` in all (408), and an idle
+    connection ``keep_alive_seconds`` after an answer."""
+    import uvicorn
+
+    from vdsr.server import uvicorn_config
+
+    limits = Limits(head_seconds=0.6, keep_alive_seconds=1, body_idle_seconds=0.6, body_seconds=2.0)
+    app = create_app(tiny_weights, limits)
+    port = _free_port()
+    server = uvicorn.Server(uvicorn_config(app, "127.0.0.1", port, limits, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    _wait_for(lambda: server.started)
+    try:
+        def closed_within(sock: socket.socket, seconds: float) -> bool:
+            sock.settimeout(seconds)
+            try:
+                while sock.recv(65536):
+                    pass
+            except TimeoutError:
+                return False
+            return True
+
+        def connect() -> socket.socket:
+            return socket.create_connection(("127.0.0.1", port), timeout=10)
+
+        with connect() as idle, connect() as partial, connect() as trickle, connect() as kept:
+            partial.sendall(b"POST /api/upscale?scale=2 HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+            trickle.sendall(_post_head(port, 10_000) + b"--vdsr-test-boundary\r\n")
+            kept.sendall(f"GET /api/health HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n".encode())
+            assert _response(kept)[0] == 200
+            t0 = time.monotonic()
+            assert closed_within(idle, 3) and closed_within(partial, 3)
+            status, headers, body = _response(trickle)
+            assert status == 408 and "too slowly" in json.loads(body)["error"]
+            assert closed_within(trickle, 3) and closed_within(kept, 3)
+            assert time.monotonic() - t0 < 4
+        with connect() as dripping:
+            dripping.sendall(_post_head(port, 10_000) + _multipart([("file", "d.png", b"")])[:-26])
+            t0 = time.monotonic()
+            while time.monotonic() - t0 < 5:  # a byte every 0.2 s: never idle, never done
+                try:
+                    dripping.sendall(b"x")
+                except OSError:
+                    break
+                if select_readable(dripping):
+                    break
+                time.sleep(0.2)
+            assert _response(dripping)[0] == 408 and time.monotonic() - t0 < 3.5
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
+def select_readable(sock: socket.socket) -> bool:
+    import select
+
+    return bool(select.select([sock], [], [], 0)[0])
+
+
+def test_a_preview_is_bounded_in_memory_like_a_job(tiny_weights: Path) -> None:
+    """Item 20: a 4000² bicubic preview took the server to 5 GB (the float64 RGB result, stacked,
+    clipped and rounded in whole-image copies). Now one plane at a time, equal pixels."""
+    import tracemalloc
+
+    from vdsr.images import to_uint
+
+    h, w, scale = 300, 400, 3
+    array = random_rgb(h, w, seed=4)
+    client = local_client(create_app(tiny_weights))
+    plane = (h * scale) * (w * scale) * 8  # one float64 output plane
+    tracemalloc.start()
+    try:
+        tracemalloc.reset_peak()
+        r = client.post(f"/api/upscale?scale={scale}&method=bicubic", files={"file": ("p.png", png_bytes(array))})
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert r.status_code == 200
+    assert peak < 3.5 * plane, f"peak {peak / plane:.1f} output planes"
+    expected = to_uint(bicubic_clipped(array / 255.0, scale), 8)
+    assert np.array_equal(np.asarray(Image.open(io.BytesIO(r.content))), expected)
+
+
+def test_devices_are_resolved_and_checked(tiny_weights: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Issue 23 item 5, the server's part: ``auto`` picks CUDA when present; a device that is not
+    here is one clear error before anything is loaded, not a traceback."""
+    import torch
+
+    from vdsr.errors import DeviceUnavailable
+
+    auto = local_client(create_app(tiny_weights, device="auto")).get("/api/health").json()
+    assert auto["run"]["device"].startswith("cuda" if torch.cuda.is_available() else "cpu")
+    missing = ["foo", "cuda:99"] + ([] if torch.cuda.is_available() else ["cuda", "cuda:1"])
+    for device in missing:
+        with pytest.raises(DeviceUnavailable):
+            create_app(tiny_weights, device=device)
+        assert main(["serve", "--device", device, "--port", str(_free_port()),
+                     "--weights", str(tiny_weights)]) == 1
+        err = capsys.readouterr().err
+        assert err.startswith(f"vdsr: error: device '{device}' cannot be used: ") and err.count("\n") == 1
+
+
+@pytest.mark.slow
+@pytest.mark.subprocess
+@pytest.mark.parametrize("signals", [1, 2])
+def test_ctrl_c_stops_the_jobs_and_shuts_down_cleanly(tmp_path: Path, signals: int) -> None:
+    """Item 20: a second SIGINT gave 500s and CancelledError tracebacks in the log. Now the first
+    ends the jobs (the running one at its next tile, waiting ones at once; their clients get 503)
+    and a second changes nothing: no traceback, no 500, exit code 130."""
+    import signal
+    import subprocess
+    import sys
+    from concurrent.futures import ThreadPoolExecutor
+
+    import httpx
+
+    port = _free_port()
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "vdsr", "serve", "--port", str(port), "--device", "cpu"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        assert proc.stdout is not None
+        assert "serving on" in proc.stdout.readline()
+        _wait_for(lambda: _reachable(url), timeout=60)
+        data = png_bytes(random_rgb(500, 500))  # the shipped model at x2: 9 tiles, a few seconds each
+
+        def post(ticket: str) -> int | str:
+            """The answer's status if it is the JSON 'shutting down' error, else what came."""
+            try:
+                r = httpx.post(f"{url}/api/upscale?scale=2&ticket={ticket}", files={"file": ("p.png", data)},
+                               timeout=120)
+            except httpx.HTTPError as exc:
+                return type(exc).__name__
+            stopping = r.headers["content-type"] == "application/json" and "shutting down" in r.text
+            return r.status_code if stopping else f"{r.status_code} {r.headers['content-type']}"
+
+        with ThreadPoolExecutor(2) as pool:
+            running = pool.submit(post, "a")
+            _wait_for(lambda: httpx.get(f"{url}/api/queue?ticket=a").json()["position"] == 0)
+            waiting = pool.submit(post, "b")
+            _wait_for(lambda: httpx.get(f"{url}/api/queue?ticket=b").json()["position"] == 1)
+            t0 = time.monotonic()
+            for _ in range(signals):
+                proc.send_signal(signal.SIGINT)
+                time.sleep(0.3)
+            code = proc.wait(timeout=60)
+            seconds = time.monotonic() - t0
+            answers = [running.result(timeout=60), waiting.result(timeout=60)]
+        out, err = proc.communicate(timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    log = out + err
+    assert code == 130, log
+    for bad in ("Traceback", "CancelledError", "Exception in ASGI application", " 500"):
+        assert bad not in log, log
+    assert all(a in (503, "RemoteProtocolError", "ReadError") for a in answers), (answers, log)
+    assert answers[1] == 503  # the waiting job is told at once
+    assert seconds < 30, f"{seconds:.0f} s to stop"
+
+
+def _reachable(url: str) -> bool:
+    import httpx
+
+    try:
+        return httpx.get(f"{url}/api/health", timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False

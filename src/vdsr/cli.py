@@ -611,7 +611,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
           Limits(max_upload_bytes=args.max_upload_mb * 1024 * 1024, max_pixels=args.max_pixels,
                  max_output_pixels=args.max_output_pixels, max_jobs=args.max_jobs, max_queue=args.max_queue),
           device=args.device, precision=args.precision,
-          on_ready=lambda url: print(f"serving on {url} (Ctrl-C to stop)", flush=True))
+          on_ready=lambda url: print(f"serving on {url} (Ctrl-C to stop)", flush=True),
+          allow_hosts=tuple(args.allow_host), allow_origins=tuple(args.allow_origin))
     return 0
 
 
@@ -885,6 +886,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="images upscaled at once; others wait in a queue")
     p.add_argument("--max-queue", type=_positive_int, default=C.SERVER_MAX_QUEUE,
                    help="images that may wait; more get '503 busy'")
+    p.add_argument("--allow-host", action="append", default=[], metavar="NAME",
+                   help="also answer to this host name (the server refuses other names than its "
+                        "address and localhost); repeat for several")
+    p.add_argument("--allow-origin", action="append", default=[], metavar="ORIGIN",
+                   help="let pages of this origin (https://photos.example) use the API; other "
+                        "sites' pages are refused; repeat for several")
     p.add_argument("--precision", choices=PRECISIONS, default="auto",
                    help="network arithmetic: auto = fp32 on CPU, fp16 on CUDA")
     common_device(p)

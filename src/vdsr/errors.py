@@ -114,7 +114,7 @@ class DeviceUnavailable(InvalidArgument):
     """A device that does not exist on this machine (``cuda`` without a GPU, ``cuda:3``, ``foo``)."""
 
     def __init__(self, device: str, reason: str) -> None:
-        super().__init__(f"device {device!r} is not available: {reason}")
+        super().__init__(f"device {device!r} cannot be used: {reason}")
         self.device, self.reason = device, reason
 
 
@@ -138,3 +138,17 @@ class NoDefaultModel(WeightsError):
     def __init__(self, expected: str) -> None:
         self.expected = expected
         super().__init__(f"no default model is installed (looked for {expected}); pass a weights file")
+
+
+class Cancelled(VDSRError):
+    """A job was stopped on request between two of its steps (tiles, planes): its caller went
+    away or is shutting down. Raised from a ``progress`` callback, it ends the engine's loop.
+
+    Attributes:
+        done: the steps finished before it stopped.
+        total: the job's steps.
+    """
+
+    def __init__(self, done: int, total: int) -> None:
+        self.done, self.total = done, total
+        super().__init__(f"cancelled after {done} of {total} steps")

@@ -88,7 +88,8 @@ def bicubic_upscale(pixels: NDArray[np.floating], scale: float) -> NDArray[np.fl
 
 def bicubic_clipped(pixels: NDArray[np.floating], scale: float) -> NDArray[np.float64]:
     """:func:`bicubic_upscale` clipped to [0, 1]: how bicubic previews are made."""
-    return np.clip(bicubic_upscale(pixels, scale), 0.0, 1.0)
+    out = bicubic_upscale(pixels, scale)
+    return np.clip(out, 0.0, 1.0, out=out)
 
 
 def as_tensor(array: NDArray[Any]) -> torch.Tensor:

@@ -152,9 +152,13 @@ def _axis_order(factors: tuple[float, float]) -> list[int]:
 def _apply_numpy(arr: NDArray[np.float64], axis: int, aw: AxisWeights) -> NDArray[np.float64]:
     moved = np.moveaxis(arr, axis, 0)
     shape = (aw.out_size,) + (1,) * (moved.ndim - 1)
-    out = moved[aw.indices[:, 0]] * aw.weights[:, 0].reshape(shape)
+    out = moved[aw.indices[:, 0]]  # a gathered copy: multiplied and summed into in place
+    out *= aw.weights[:, 0].reshape(shape)
     for t in range(1, aw.indices.shape[1]):
-        out = out + moved[aw.indices[:, t]] * aw.weights[:, t].reshape(shape)
+        tap = moved[aw.indices[:, t]]
+        tap *= aw.weights[:, t].reshape(shape)
+        out += tap
+        del tap
     return np.moveaxis(out, 0, axis)
 
 

@@ -73,7 +73,7 @@ def resolve_device(device: str | torch.device) -> torch.device:
             raise DeviceUnavailable(str(device), "not a device name (use auto, cpu, cuda or cuda:N)") from None
     if dev.type == "cuda":
         if not torch.cuda.is_available():
-            raise DeviceUnavailable(str(device), "this machine has no usable CUDA GPU (or torch was built without CUDA)")
+            raise DeviceUnavailable(str(device), "CUDA is not available on this machine")
         count = torch.cuda.device_count()
         if dev.index is not None and dev.index >= count:
             raise DeviceUnavailable(str(device), f"this machine has {count} CUDA device(s)")
