@@ -535,7 +535,7 @@ def test_a_replacing_run_drops_the_old_runs_state(tmp_path: Path, train_dir: Pat
     cfg = TrainConfig(run_dir=str(run), depth=4, width=8, patch=21, batch_size=2, steps=20,
                       log_every=1, checkpoint_every=10, val_dir=None, scales=[2], threads=1)
     with pytest.raises(RuntimeError, match="died"):
-        Trainer(cfg, sampler=_FailingSampler(good=3)).fit()
+        Trainer(cfg, overwrite=True, sampler=_FailingSampler(good=3)).fit()
     assert not (run / "checkpoint.pt").exists() and not (run / "last.safetensors").exists()
     steps = [int(r.split(",")[0]) for r in (run / "metrics.csv").read_text().splitlines()[1:]]
     assert steps == [1, 2, 3]

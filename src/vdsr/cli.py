@@ -31,7 +31,7 @@ def _err(msg: str) -> None:
 
 def _describe(exc: Exception) -> str:
     """The library's message, with the flag that changes the limit where one does."""
-    from vdsr.errors import AddressUnavailable, NonFiniteLoss, TooLarge
+    from vdsr.errors import AddressUnavailable, NonFiniteLoss, RunFolderRefused, TooLarge
 
     if isinstance(exc, TooLarge):
         flag = "--max-pixels" if exc.what == "input" else "--max-output-pixels"
@@ -40,7 +40,19 @@ def _describe(exc: Exception) -> str:
         return f"{exc} (lower --learning-rate, or pass --skip-nonfinite)"
     if isinstance(exc, AddressUnavailable):
         return f"{exc} (choose another with --port or --host)"
+    if isinstance(exc, RunFolderRefused):
+        return f"{exc}{_RUN_FOLDER_HINTS.get(exc.reason, '').format(path=exc.path)}"
     return str(exc)
+
+
+# What `vdsr train` can do about a run folder it may not use (RunFolderRefused.reason).
+_RUN_FOLDER_HINTS = {
+    "holds_run": ": continue it with --resume {path}, or pass --overwrite to start afresh there",
+    "holds_weights": ": choose another --run-dir, or pass --overwrite to replace them",
+    "not_empty": ": choose a new or empty --run-dir, or pass --overwrite to write the run's "
+                 "files (config.json, checkpoint.pt, metrics.csv, ...) into it",
+    "unwritable": ": choose another --run-dir",
+}
 
 
 def _show_warning(message: Any, category: Any, filename: str, lineno: int, file: Any = None,
@@ -438,7 +450,6 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     from vdsr.constants import RESUME_OVERRIDES
     from vdsr.distributed import distributed_context
-    from vdsr.errors import VDSRError
     from vdsr.runfolder import RunFolder
     from vdsr.train import Trainer
 
@@ -450,9 +461,6 @@ def cmd_train(args: argparse.Namespace) -> int:
             config, state = RunFolder(args.resume).resume(overrides)  # checked; writes nothing
         else:
             config = _train_config(args)
-            if RunFolder(config.run_dir).has_checkpoint() and not args.overwrite:
-                raise VDSRError(f"{config.run_dir}: already holds a run; use --resume "
-                                f"{config.run_dir} or --overwrite")
         bar = _tqdm(total=config.steps, desc="training", unit="step",
                     disable=True if not dist.is_main else None)
 
@@ -472,11 +480,9 @@ def cmd_train(args: argparse.Namespace) -> int:
                 bar.write(" ".join(parts), file=sys.stderr)
 
         try:
-            trainer = Trainer(config, progress=progress, dist=dist,
-                              on_stop_requested=_stop_acknowledged(bar))
-            if state is not None:
-                trainer.load_state_dict(state)
-                bar.n = trainer.step
+            trainer = Trainer(config, state=state, overwrite=args.overwrite, progress=progress,
+                              dist=dist, on_stop_requested=_stop_acknowledged(bar))
+            bar.n = trainer.step
             best = trainer.fit()  # writes config.json, then trains
         finally:
             bar.close()  # also when stopped, so the error line starts on a fresh line

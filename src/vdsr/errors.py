@@ -108,3 +108,40 @@ class AddressUnavailable(VDSRError):
     def __init__(self, host: str, port: int, reason: str) -> None:
         self.host, self.port, self.reason = host, port, reason
         super().__init__(f"cannot listen on {host}:{port}: {reason}")
+
+
+class RunFolderRefused(TrainingError):
+    """A training run may not write into this folder; nothing was written or deleted.
+
+    Attributes:
+        path: the run folder asked for.
+        reason: what is in the way:
+
+            * ``"file"``: ``path`` is a file (or a link to nowhere), not a folder;
+            * ``"under_file"``: ``path`` would be created under ``blocker``, which is a file;
+            * ``"unwritable"``: ``blocker`` (the folder, or the folder it would be created in)
+              cannot be written (``detail``: ``"read-only file system"``, ``"permission denied"``);
+            * ``"holds_run"``: the folder holds a training run with a checkpoint to continue;
+            * ``"holds_weights"``: it holds a run's weights (``files``) but no checkpoint;
+            * ``"not_empty"``: it holds files that are not a training run's (``files``: the
+              first few names).
+        blocker: the path that is in the way (``path`` itself unless it is an ancestor).
+        files: names found in the folder (``"holds_weights"``, ``"not_empty"``).
+        detail: the operating system's reason for ``"unwritable"``.
+    """
+
+    def __init__(self, path: str, reason: str, blocker: str | None = None,
+                 files: tuple[str, ...] = (), detail: str = "") -> None:
+        self.path, self.reason, self.files, self.detail = path, reason, files, detail
+        self.blocker = blocker if blocker is not None else path
+        names = ", ".join(files[:3]) + (", ..." if len(files) > 3 else "")
+        problem = {
+            "file": "is a file, not a folder",
+            "under_file": f"cannot be created: {self.blocker} is a file, not a folder",
+            "unwritable": (f"is not writable ({detail})" if self.blocker == path
+                           else f"cannot be created: {self.blocker} is not writable ({detail})"),
+            "holds_run": "already holds a training run, with a checkpoint to continue from",
+            "holds_weights": f"already holds a training run's weights ({names}) and no checkpoint",
+            "not_empty": f"is not empty and is not a training run folder (it holds {names})",
+        }[reason]
+        super().__init__(f"{path}: {problem}")

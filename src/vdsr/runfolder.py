@@ -12,13 +12,21 @@
 
 Every file is written atomically (:func:`vdsr.fileio.atomic_path`), so a crash leaves the old
 file or the new one. Only :meth:`RunFolder.start` and the writers create anything; reading a run
-back and checking it (:meth:`RunFolder.resume`) writes nothing.
+back and checking it (:meth:`RunFolder.resume`, :meth:`RunFolder.claim`) writes nothing.
+
+Which folder a run may write into is decided in one place, :meth:`RunFolder.claim`: a new run
+takes a folder that does not exist yet, an empty one, or one holding a run of ours that left
+nothing to keep (no checkpoint, no weights); a folder holding a run to continue, or anybody
+else's files, only when told to overwrite, and then only the run's own files there are
+replaced. A resumed run takes only a folder holding a run of ours. Either way the folder must
+be writable.
 """
 
 from __future__ import annotations
 
 import csv
 import dataclasses
+import errno
 import json
 import os
 import pickle
@@ -29,7 +37,7 @@ from typing import Any
 
 import torch
 
-from vdsr.errors import InvalidArgument, TrainingError, VDSRError, WeightsError
+from vdsr.errors import InvalidArgument, RunFolderRefused, TrainingError, VDSRError, WeightsError
 from vdsr.fileio import atomic_path
 from vdsr.model import VDSR, VDSRConfig
 from vdsr.trainconfig import RESUME_OVERRIDES, TrainConfig
@@ -40,6 +48,13 @@ CHECKPOINT_KEYS = ("step", "model", "optimizer", "scheduler", "sampler", "torch_
                    "python_rng", "best_psnr", "best_metrics", "config")
 # Recipe keys left out of exported weights' metadata: where and how it ran, not what it learned.
 _NOT_RECIPE = ("run_dir", "device", "threads", "log_every", "compile")
+# What a new run replaces in its folder (tb/ is kept: a new event file there starts at step 0).
+_RUN_FILES = ("checkpoint.pt", "best.safetensors", "last.safetensors", "metrics.csv", "curve.png")
+_WEIGHTS = ("best.safetensors", "last.safetensors")
+# Keys every config.json that `vdsr train` ever wrote holds (since its first version): a folder
+# whose config.json has them is taken for a run of ours. Later fields (h5, precision, compile)
+# are not required, so runs of every earlier version are recognised.
+_RUN_KEYS = ("run_dir", "train_dirs", "steps", "depth", "width", "learning_rate", "seed")
 
 
 def csv_fields(scales: list[int]) -> list[str]:
@@ -90,6 +105,18 @@ def _load_failure(exc: Exception) -> str:
     return "unreadable checkpoint (truncated, or not written by training)"
 
 
+def _check_writable(path: Path, folder: Path) -> None:
+    """Raise :class:`RunFolderRefused` unless files can be created in ``folder`` (for ``path``)."""
+    if os.access(folder, os.W_OK | os.X_OK):
+        return
+    try:
+        read_only = bool(os.statvfs(folder).f_flag & os.ST_RDONLY)
+    except OSError:
+        read_only = False
+    detail = os.strerror(errno.EROFS if read_only else errno.EACCES).lower()
+    raise RunFolderRefused(str(path), "unwritable", blocker=str(folder), detail=detail)
+
+
 def model_difference(have: VDSRConfig, want: VDSRConfig) -> tuple[str, str]:
     """The fields where two architectures differ, as ``("depth 4, width 8", "depth 6, width 16")``."""
     names = [f.name for f in dataclasses.fields(VDSRConfig) if getattr(have, f.name) != getattr(want, f.name)]
@@ -103,6 +130,8 @@ class RunFolder:
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
         self._writer: Any = None  # TensorBoard SummaryWriter, opened at the first logged row
+        # What claim() allowed: "new" (replace the run files at start), "resume"; None: unchecked.
+        self._claim: str | None = None
 
     @property
     def config_path(self) -> Path:
@@ -118,6 +147,58 @@ class RunFolder:
 
     def has_checkpoint(self) -> bool:
         return self.checkpoint_path.exists()
+
+    def is_run(self) -> bool:
+        """Whether the folder holds a run of ours: a ``config.json`` that `vdsr train` wrote.
+
+        Recognised by its keys (:data:`_RUN_KEYS`), not by a marker, so that run folders of
+        every earlier version count; a foreign ``config.json`` has other keys. Reads only.
+        """
+        try:
+            data = json.loads(self.config_path.read_text())
+        except (OSError, ValueError):  # missing, unreadable, not JSON, not UTF-8
+            return False
+        return isinstance(data, dict) and all(key in data for key in _RUN_KEYS)
+
+    # -- the one rule for where a run may write -------------------------------------------------
+    def claim(self, *, resume: bool = False, overwrite: bool = False) -> None:
+        """Check that a run may write into this folder, before anything is written; writes nothing.
+
+        A new run (``resume=False``) takes a folder that does not exist yet, an empty folder, or
+        one holding a run of ours that left nothing to keep (no checkpoint, no weights: it
+        died before its first checkpoint). A folder holding a run to continue, a run's weights,
+        or anybody else's files is refused unless ``overwrite``; with it only the run's own
+        files there (:data:`_RUN_FILES`, ``config.json``, ``tb/``) are replaced, at
+        :meth:`start`. A resumed run (``resume=True``; :meth:`resume` has checked its config and
+        checkpoint) takes the folder as it is. The folder, or the folder it will be created in,
+        must be writable. Raises :class:`RunFolderRefused`.
+        """
+        path = self.path
+        if path.is_symlink() and not path.exists() or path.exists() and not path.is_dir():
+            raise RunFolderRefused(str(path), "file")
+        if not path.exists():
+            parent = path.parent
+            while not parent.exists() and parent != parent.parent:
+                parent = parent.parent
+            if not parent.is_dir():
+                raise RunFolderRefused(str(path), "under_file", blocker=str(parent))
+            _check_writable(path, parent)
+            self._claim = "new"
+            return
+        _check_writable(path, path)
+        if resume:
+            self._claim = "resume"
+            return
+        names = tuple(sorted(p.name for p in path.iterdir()))
+        weights = tuple(n for n in _WEIGHTS if n in names)
+        if overwrite or not names or self.is_run() and not self.has_checkpoint() and not weights:
+            self._claim = "new"
+            return
+        if self.is_run():
+            if self.has_checkpoint():
+                raise RunFolderRefused(str(path), "holds_run")
+            raise RunFolderRefused(str(path), "holds_weights", files=weights)
+        raise RunFolderRefused(str(path), "not_empty", files=names)
 
     # -- config -------------------------------------------------------------------------------
     def read_config(self) -> TrainConfig:
@@ -187,19 +268,23 @@ class RunFolder:
 
     # -- metrics ------------------------------------------------------------------------------
     def start(self, config: TrainConfig, step: int) -> None:
-        """Make the folder ready for training from ``step``: write ``config.json`` and drop the
-        metrics rows after ``step`` (logged by a run killed after its last checkpoint), so the
-        log matches the state.
+        """Make the claimed folder (:meth:`claim`) ready for training from ``step``: write
+        ``config.json`` and drop the metrics rows after ``step`` (logged by a run killed after
+        its last checkpoint), so the log matches the state.
 
-        From step 0 the folder's previous run, if any, is being replaced: its checkpoint and
-        weights go too, so that a new run killed before its first checkpoint cannot be resumed
-        from the old run's state under the new config.
+        A new run replaces the run files a previous run left there (checkpoint, weights, log,
+        curve), so that a new run killed before its first checkpoint cannot be resumed from the
+        old run's state under the new config. From then on the folder holds this run.
         """
-        if step == 0:
-            for name in ("checkpoint.pt", "best.safetensors", "last.safetensors"):
+        if self._claim is None:
+            raise TrainingError(f"{self.path}: the run folder was not checked before writing "
+                                "(RunFolder.claim)")
+        if self._claim == "new":
+            for name in _RUN_FILES:
                 (self.path / name).unlink(missing_ok=True)
         self.write_config(config)
         self.truncate_metrics(step, config.scales)
+        self._claim = "resume"
 
     def truncate_metrics(self, step: int, scales: list[int]) -> None:
         """Keep only the rows of ``metrics.csv`` at or before ``step``."""

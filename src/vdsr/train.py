@@ -7,9 +7,7 @@ events, ``curve.png``, ``best``/``last.safetensors``). A stopped or killed run c
 last checkpoint left off::
 
     config, state = RunFolder(run_dir).resume({"steps": 20000})
-    trainer = Trainer(config)
-    trainer.load_state_dict(state)
-    trainer.fit()
+    Trainer(config, state=state).fit()
 """
 
 from __future__ import annotations
@@ -89,12 +87,17 @@ def make_patch_source(config: TrainConfig) -> PatchSource:
 class Trainer:
     """One training run: builds everything from a :class:`TrainConfig`, steps, logs, saves.
 
+    ``state`` (from :meth:`RunFolder.resume`) continues the run in ``config.run_dir``; without
+    it a new run starts there, in a folder :meth:`RunFolder.claim` allows (``overwrite``:
+    replace a run, or write beside someone else's files). Nothing is loaded or written before
+    that check.
     ``progress(step, row)`` is called with every row written to ``metrics.csv``.
     ``on_stop_requested(signal_name)`` is called as soon as SIGINT/SIGTERM asks the run to stop
     (from the signal handler: keep it short), so a caller can acknowledge it at once.
     """
 
-    def __init__(self, config: TrainConfig, sampler: PatchSource | None = None,
+    def __init__(self, config: TrainConfig, *, state: dict[str, Any] | None = None,
+                 overwrite: bool = False, sampler: PatchSource | None = None,
                  progress: Callable[[int, dict[str, float]], None] | None = None,
                  dist: DistContext | None = None,
                  on_stop_requested: Callable[[str], None] | None = None) -> None:
@@ -103,6 +106,8 @@ class Trainer:
             raise VDSRError(f"batch size {config.batch_size} does not divide among "
                             f"{self.dist.world_size} processes")
         self.run = RunFolder(config.run_dir)
+        # Before anything is loaded or written: may this run write there (RunFolder.claim)?
+        self.run.claim(resume=state is not None, overwrite=overwrite)
         self.device = pick_device(config.device)
         if self.device.type == "cuda" and self.dist.enabled:
             self.device = torch.device("cuda", self.dist.local_rank)
@@ -162,6 +167,8 @@ class Trainer:
         self.best_metrics: dict[str, float] = {}
         self.progress = progress
         self.on_stop_requested = on_stop_requested
+        if state is not None:
+            self.load_state_dict(state)
 
     # -- state --------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
