@@ -262,8 +262,8 @@ def step_accuracy_compile(rec: Record, dev: torch.device, args: argparse.Namespa
 
 def _trainer(dev: torch.device, batch: int, compile: bool, tmp: Path) -> Any:
     """A ``Trainer`` of the default model on synthetic degraded images (no files needed)."""
-    from vdsr.data import DegradedImage, PatchSampler
     from vdsr.train import TrainConfig, Trainer
+    from vdsr.train.data import DegradedImage, PatchSampler
 
     rng = np.random.default_rng(0)
     images = [DegradedImage(rng.random((1, 256, 256), dtype=np.float32),

@@ -18,8 +18,10 @@ from safetensors.torch import load_file
 from tests.conftest import random_rgb, write_png
 from vdsr.cli import main
 from vdsr.errors import DataError, TrainingError
-from vdsr.runfolder import load_checkpoint
-from vdsr.train import TrainConfig, Trainer, clip_gradients, lr_factor
+from vdsr.train import TrainConfig, Trainer
+from vdsr.train.config import learning_rate_factor
+from vdsr.train.loop import clip_gradients
+from vdsr.train.runfolder import load_checkpoint
 
 
 @pytest.fixture
@@ -47,12 +49,12 @@ def _weights_equal(a: Path, b: Path) -> float:
 
 def test_lr_schedules() -> None:
     c = TrainConfig(steps=100, schedule="step", decay_steps=40, val_dir=None)
-    assert [lr_factor(c, s) for s in (0, 39, 40, 80)] == pytest.approx([1, 1, 0.1, 0.01])
+    assert [learning_rate_factor(c, s) for s in (0, 39, 40, 80)] == pytest.approx([1, 1, 0.1, 0.01])
     c = TrainConfig(steps=100, schedule="exponential", decay_steps=50, val_dir=None)
-    assert lr_factor(c, 50) == pytest.approx(0.1) and lr_factor(c, 25) == pytest.approx(0.1**0.5)
+    assert learning_rate_factor(c, 50) == pytest.approx(0.1) and learning_rate_factor(c, 25) == pytest.approx(0.1**0.5)
     c = TrainConfig(steps=100, schedule="cosine", warmup_steps=10, val_dir=None)
-    assert lr_factor(c, 0) == pytest.approx(0.1) and lr_factor(c, 9) == pytest.approx(1.0)
-    assert lr_factor(c, 55) == pytest.approx(0.5) and lr_factor(c, 100) == pytest.approx(0.0)
+    assert learning_rate_factor(c, 0) == pytest.approx(0.1) and learning_rate_factor(c, 9) == pytest.approx(1.0)
+    assert learning_rate_factor(c, 55) == pytest.approx(0.5) and learning_rate_factor(c, 100) == pytest.approx(0.0)
 
 
 def test_adjustable_gradient_clipping() -> None:
@@ -139,9 +141,9 @@ def test_sigint_during_validation_checkpoints_the_step_it_names(tmp_path: Path, 
     script = textwrap.dedent(f"""
         import sys, time
         from pathlib import Path
-        import vdsr.train
+        import vdsr.train.loop
         from vdsr.cli import main
-        real = vdsr.train.evaluate_folder
+        real = vdsr.train.loop.evaluate_folder
         def slow_validation(*a, **k):
             Path({str(marker)!r}).touch()
             deadline = time.time() + 60
@@ -149,7 +151,7 @@ def test_sigint_during_validation_checkpoints_the_step_it_names(tmp_path: Path, 
                 result = real(*a, **k)
                 if time.time() > deadline:
                     return result
-        vdsr.train.evaluate_folder = slow_validation
+        vdsr.train.loop.evaluate_folder = slow_validation
         sys.exit(main({args!r}))
     """)
     proc = _train_until(args, marker, script)
@@ -173,11 +175,11 @@ def test_stop_request_is_acknowledged_and_cuts_validation_short(tmp_path: Path, 
                                                                monkeypatch: pytest.MonkeyPatch) -> None:
     """Library side: ``on_stop_requested`` hears the signal at once; validation stops at the
     next image; the interruption names the step of the checkpoint it wrote."""
-    import vdsr.train
+    import vdsr.train.loop
     from vdsr.errors import TrainingInterrupted
 
     evaluated: list[str] = []
-    real = vdsr.train.evaluate_folder
+    real = vdsr.train.loop.evaluate_folder
 
     def validation_interrupted(*a: object, **k: object) -> object:
         os.kill(os.getpid(), signal.SIGINT)
@@ -187,7 +189,7 @@ def test_stop_request_is_acknowledged_and_cuts_validation_short(tmp_path: Path, 
         evaluated.append("rest")
         return real(*a, **k)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(vdsr.train, "evaluate_folder", validation_interrupted)
+    monkeypatch.setattr(vdsr.train.loop, "evaluate_folder", validation_interrupted)
     heard: list[str] = []
     cfg = TrainConfig(run_dir=str(tmp_path / "r"), train_dirs=[str(train_dir)], depth=3, width=4,
                       patch=21, batch_size=2, steps=20, val_every=4, checkpoint_every=100,
@@ -281,7 +283,7 @@ def test_init_weights_of_another_architecture_stop_before_writing(
 
 def test_device_sampler_cuts_the_same_patches(train_dir: Path) -> None:
     """`batch_tensors` (the GPU feed) draws and cuts exactly what `batch` does."""
-    from vdsr.data import PatchSampler, collect_files, degraded_images
+    from vdsr.train.data import PatchSampler, collect_files, degraded_images
 
     for channels in (1, 3):
         images = list(degraded_images(collect_files([train_dir]), [2, 3], channels, [1.0, 0.7], 21))
@@ -407,7 +409,7 @@ def test_prepare_hdf5_and_train_from_it(tmp_path: Path, train_dir: Path, capsys:
 def test_reads_pytorch_vdsr_and_notes_layouts_and_rejects_bad(tmp_path: Path) -> None:
     import h5py
 
-    from vdsr.data import H5Patches
+    from vdsr.train.data import H5Patches
 
     p = tmp_path / "pv.h5"
     with h5py.File(p, "w") as f:
@@ -451,7 +453,7 @@ def test_train_cli_errors(tmp_path: Path, train_dir: Path, capsys: pytest.Captur
 
 
 def test_optimizer_defaults_follow_the_paper() -> None:
-    from vdsr.train import make_optimizer
+    from vdsr.train.loop import make_optimizer
 
     model = torch.nn.Linear(2, 2)
     sgd = make_optimizer(TrainConfig(optimizer="sgd", learning_rate=0.1, val_dir=None), model)
@@ -489,7 +491,7 @@ def test_patch_sources_declare_device_cutting_and_share_the_tensor_feed(tmp_path
     cut on the device still serves ``batch_tensors`` by copying its host batch."""
     import h5py
 
-    from vdsr.data import H5Patches, PatchSampler
+    from vdsr.train.data import H5Patches, PatchSampler
 
     assert PatchSampler.cuts_on_device and not H5Patches.cuts_on_device
     p = tmp_path / "p.h5"

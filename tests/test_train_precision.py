@@ -129,7 +129,7 @@ def test_compile_is_a_resume_override_not_recipe(tmp_path: Path, train_dir: Path
     run = tmp_path / "r"
     assert main(_args(train_dir, run, steps=2)) == 0
     assert json.loads((run / "config.json").read_text())["compile"] is False
-    from vdsr.runfolder import RunFolder
+    from vdsr.train.runfolder import RunFolder
 
     config, _ = RunFolder(run).resume({"steps": 3, "compile": True})
     assert config.compile is True and config.precision == "fp32"

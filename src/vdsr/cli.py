@@ -397,8 +397,8 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:
-    from vdsr.data import collect_files, degraded_images, write_hdf5
     from vdsr.errors import VDSRError
+    from vdsr.train.data import collect_files, degraded_images, write_hdf5
 
     out = Path(args.output)
     if out.exists() and not args.overwrite:
@@ -449,9 +449,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     import logging
 
     from vdsr.constants import RESUME_OVERRIDES
-    from vdsr.distributed import distributed_context
-    from vdsr.runfolder import RunFolder
     from vdsr.train import Trainer
+    from vdsr.train.distributed import distributed_context
+    from vdsr.train.runfolder import RunFolder
 
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     with distributed_context() as dist:

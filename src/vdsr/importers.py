@@ -277,7 +277,7 @@ def import_training_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor
     """
     import json
 
-    from vdsr.runfolder import load_checkpoint
+    from vdsr.train.runfolder import load_checkpoint
 
     path = Path(path)
     try:

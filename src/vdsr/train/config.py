@@ -1,7 +1,7 @@
 """The recipe of a training run: :class:`TrainConfig` and the learning-rate schedule it defines.
 
-Kept apart from the loop (:mod:`vdsr.train`) so the run folder (:mod:`vdsr.runfolder`) can read
-and write configs without importing the trainer.
+Kept apart from the loop (:mod:`vdsr.train.loop`) so the run folder (:mod:`vdsr.train.runfolder`)
+can read and write configs without importing the trainer.
 """
 
 from __future__ import annotations
@@ -10,11 +10,11 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from vdsr.constants import DEFAULT_SCALES, OPTIMIZERS, PRECISIONS, RESUME_OVERRIDES, SCHEDULES
+from vdsr.constants import DEFAULT_SCALES, OPTIMIZERS, PRECISIONS, SCHEDULES
 from vdsr.errors import VDSRError
 from vdsr.model import VDSRConfig
 
-__all__ = ["OPTIMIZERS", "RESUME_OVERRIDES", "SCHEDULES", "TrainConfig", "lr_factor"]
+__all__ = ["TrainConfig", "learning_rate_factor"]
 
 
 @dataclass
@@ -95,7 +95,7 @@ class TrainConfig:
         return cls(**{k: v for k, v in data.items() if k in known})
 
 
-def lr_factor(config: TrainConfig, step: int) -> float:
+def learning_rate_factor(config: TrainConfig, step: int) -> float:
     """Multiplier of the base learning rate at ``step`` (0-based), warm-up included."""
     if config.warmup_steps and step < config.warmup_steps:
         return (step + 1) / config.warmup_steps

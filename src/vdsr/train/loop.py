@@ -1,10 +1,9 @@
-"""Training VDSR: the notes' pipeline (41x41 bicubic patches, 20 layers, Adam + clipping,
-checkpoints every N steps) made real, resumable bit-for-bit, and logged.
+"""The training loop: :class:`Trainer` builds a run from a :class:`~vdsr.train.config.TrainConfig`,
+takes optimiser steps, logs, validates and checkpoints into its run folder
+(:class:`~vdsr.train.runfolder.RunFolder`).
 
-``Trainer(config).fit()`` runs a whole training job into the run folder ``config.run_dir``
-(:class:`vdsr.runfolder.RunFolder`: ``config.json``, ``checkpoint.pt``, ``metrics.csv``, TensorBoard
-events, ``curve.png``, ``best``/``last.safetensors``). A stopped or killed run continues where its
-last checkpoint left off::
+``Trainer(config).fit()`` runs a whole training job into ``config.run_dir``; a stopped or killed
+run continues where its last checkpoint left off::
 
     config, state = RunFolder(run_dir).resume({"steps": 20000})
     Trainer(config, state=state).fit()
@@ -28,18 +27,17 @@ import torch
 from numpy.typing import NDArray
 from torch import nn
 
-from vdsr.data import H5Patches, PatchSampler, PatchSource, collect_files, degraded_images
-from vdsr.distributed import DistContext
 from vdsr.errors import NonFiniteLoss, TrainingError, TrainingInterrupted, VDSRError, WeightsError
 from vdsr.evaluate import evaluate_folder
 from vdsr.model import VDSR
 from vdsr.precision import resolve_train_precision, torch_dtype
-from vdsr.runfolder import RunFolder, csv_fields, load_checkpoint, model_difference
-from vdsr.trainconfig import OPTIMIZERS, RESUME_OVERRIDES, SCHEDULES, TrainConfig, lr_factor
+from vdsr.train.config import TrainConfig, learning_rate_factor
+from vdsr.train.data import H5Patches, PatchSampler, PatchSource, collect_files, degraded_images
+from vdsr.train.distributed import DistContext
+from vdsr.train.runfolder import RunFolder, model_difference
 from vdsr.weights import load_weights
 
-__all__ = ["OPTIMIZERS", "RESUME_OVERRIDES", "SCHEDULES", "TrainConfig", "Trainer", "clip_gradients",
-           "csv_fields", "load_checkpoint", "lr_factor", "make_optimizer", "pick_device"]
+__all__ = ["Trainer", "clip_gradients", "make_optimizer", "make_patch_source", "pick_device"]
 
 log = logging.getLogger(__name__)
 
@@ -158,7 +156,7 @@ class Trainer:
                  " (torch.compile)" if config.compile else "")
         self.optimizer = make_optimizer(config, self.model)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda s: lr_factor(config, s))
+            self.optimizer, lambda s: learning_rate_factor(config, s))
         self.sampler: PatchSource = sampler if sampler is not None else make_patch_source(config)
         # On a GPU, a source that can cut its patches there does (same draws, no host loop).
         self.device_feed = self.device.type == "cuda" and self.sampler.cuts_on_device
@@ -204,10 +202,6 @@ class Trainer:
                 self.scaler.load_state_dict(state["scaler"])
         except (KeyError, RuntimeError, ValueError, TypeError) as exc:
             raise TrainingError(f"checkpoint does not fit this run ({exc})") from None
-
-    def resume(self) -> None:
-        """Continue from the run folder's ``checkpoint.pt``."""
-        self.load_state_dict(self.run.load_checkpoint())
 
     # -- one step -----------------------------------------------------------------------------
     def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -368,7 +362,7 @@ class Trainer:
                                 final = metrics
                             if metrics["val_psnr_mean"] > self.best_psnr:
                                 self.best_psnr, self.best_metrics = metrics["val_psnr_mean"], metrics
-                                run.export("best.safetensors", self.model, c, self.step, metrics)
+                                run.save_weights("best.safetensors", self.model, c, self.step, metrics)
                     if row:
                         run.log(row, c.scales)
                         if self.progress is not None:
@@ -383,7 +377,7 @@ class Trainer:
                         if stopping and not end:
                             raise TrainingInterrupted(stopping, self.step, c.steps, str(run.path))
             if main:
-                run.export("last.safetensors", self.model, c, self.step, final)
+                run.save_weights("last.safetensors", self.model, c, self.step, final)
         finally:
             run.close()
         self.dist.barrier()

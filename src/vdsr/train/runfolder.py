@@ -37,11 +37,13 @@ from typing import Any
 
 import torch
 
+from vdsr.constants import RESUME_OVERRIDES
 from vdsr.errors import InvalidArgument, RunFolderRefused, TrainingError, VDSRError, WeightsError
 from vdsr.fileio import atomic_path
 from vdsr.model import VDSR, VDSRConfig
-from vdsr.trainconfig import RESUME_OVERRIDES, TrainConfig
-from vdsr.weights import WeightsMetadata, check_state_dict, save_weights
+from vdsr.train.config import TrainConfig
+from vdsr.weights import WeightsMetadata, check_state_dict
+from vdsr.weights import save_weights as write_weights
 
 # The keys of a checkpoint written by Trainer.state_dict; a file without them is not one.
 CHECKPOINT_KEYS = ("step", "model", "optimizer", "scheduler", "sampler", "torch_rng",
@@ -221,7 +223,7 @@ class RunFolder:
     def resume(self, overrides: dict[str, Any] | None = None) -> tuple[TrainConfig, dict[str, Any]]:
         """The run's config with ``overrides`` applied, and its checkpoint, both checked.
 
-        ``overrides`` may change only :data:`vdsr.trainconfig.RESUME_OVERRIDES` (how long the run
+        ``overrides`` may change only :data:`vdsr.constants.RESUME_OVERRIDES` (how long the run
         goes on and how often it reports), never the recipe. The checkpoint must be readable and
         hold a model of the architecture ``config.json`` describes. Writes nothing: the caller
         persists the config once training actually continues (:meth:`start`).
@@ -339,8 +341,8 @@ class RunFolder:
         self._writer = None
 
     # -- weights ------------------------------------------------------------------------------
-    def export(self, name: str, model: VDSR, config: TrainConfig, step: int,
-               metrics: dict[str, float]) -> Path:
+    def save_weights(self, name: str, model: VDSR, config: TrainConfig, step: int,
+                     metrics: dict[str, float]) -> Path:
         """Write ``model``'s weights to ``name`` (``best``/``last.safetensors``) with the recipe,
         the step and the validation ``metrics`` in their metadata."""
         meta = WeightsMetadata(
@@ -352,5 +354,5 @@ class RunFolder:
             metrics={"validation": Path(config.val_dir).name if config.val_dir else None, **metrics},
         )
         path = self.path / name
-        save_weights(path, model.state_dict(), meta)
+        write_weights(path, model.state_dict(), meta)
         return path
