@@ -544,3 +544,29 @@ def test_a_replacing_run_drops_the_old_runs_state(tmp_path: Path, train_dir: Pat
     capsys.readouterr()
     assert main(["train", "--resume", str(run)]) == 1
     assert "no checkpoint.pt to resume from" in capsys.readouterr().err
+
+
+def test_the_trainer_leaves_process_state_alone_and_configure_process_sets_it(tmp_path: Path) -> None:
+    """Issue 24: Trainer.__init__ set torch's threads and the global seeds; now building one
+    changes nothing process-wide (its model still starts from ``seed``), and
+    ``configure_process`` is the one place that applies them."""
+    import random
+
+    from vdsr.train import configure_process
+
+    threads, torch_rng, python_rng = torch.get_num_threads(), torch.get_rng_state(), random.getstate()
+    cfg = TrainConfig(run_dir=str(tmp_path / "r"), depth=3, width=4, patch=21, batch_size=2, steps=1,
+                      val_dir=None, scales=[2], threads=threads + 1, seed=7)
+    a = Trainer(cfg, sampler=_NaNSampler())
+    b = Trainer(cfg, sampler=_NaNSampler())
+    assert torch.get_num_threads() == threads
+    assert torch.equal(torch.get_rng_state(), torch_rng) and random.getstate() == python_rng
+    assert all(torch.equal(p, q) for p, q in zip(a.model.parameters(), b.model.parameters(), strict=True))
+    try:
+        configure_process(cfg)
+        assert torch.get_num_threads() == threads + 1
+        seeded = torch.get_rng_state()
+        torch.manual_seed(7)
+        assert torch.equal(seeded, torch.get_rng_state())
+    finally:
+        torch.set_num_threads(threads)

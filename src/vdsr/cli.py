@@ -449,7 +449,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     import logging
 
     from vdsr.constants import RESUME_OVERRIDES
-    from vdsr.train import Trainer
+    from vdsr.train import Trainer, configure_process
     from vdsr.train.distributed import distributed_context
     from vdsr.train.runfolder import RunFolder
 
@@ -461,6 +461,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             config, state = RunFolder(args.resume).resume(overrides)  # checked; writes nothing
         else:
             config = _train_config(args)
+        configure_process(config, state)
         bar = _tqdm(total=config.steps, desc="training", unit="step",
                     disable=True if not dist.is_main else None)
 

@@ -1,0 +1,67 @@
+"""How this process trains: the device, and the process-wide torch settings a run needs.
+
+:func:`configure_process` is called once by whatever owns the process (``vdsr train``, a script
+using the Python API), before the :class:`~vdsr.train.loop.Trainer` is built: thread count, the
+global random seeds (or, resuming, the generators' saved states), and on CUDA the TF32 and cuDNN
+autotuning switches. The trainer itself changes none of them, so building one (in a test, a
+benchmark, a notebook) leaves the rest of the process as it was.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from typing import Any
+
+import torch
+
+from vdsr.errors import TrainingError, VDSRError
+from vdsr.precision import resolve_train_precision
+from vdsr.train.config import TrainConfig
+
+__all__ = ["configure_process", "pick_device"]
+
+
+def pick_device(name: str) -> torch.device:
+    """``"auto"`` (CUDA when present), ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ...; raises
+    :class:`VDSRError` for a device that does not exist here."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise VDSRError("CUDA was asked for but is not available")
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise VDSRError(f"unknown device {name!r}; use auto, cpu or cuda (cuda:N)") from None
+
+
+def configure_process(config: TrainConfig, state: dict[str, Any] | None = None) -> None:
+    """Apply the process-wide settings of a training run; call once, before building the Trainer.
+
+    * ``config.threads`` (when set): torch's CPU threads;
+    * the global random generators (torch, Python's ``random``): seeded from ``config.seed``
+      for a new run, set back to their saved states from a checkpoint ``state`` when resuming
+      (the trainer builds its model from its own seeded generator and its patch sources keep
+      their own generators, so a run is reproducible without this; it keeps anything else in
+      the process that draws from them reproducible too);
+    * on CUDA: TF32 only for ``precision="tf32"`` (PyTorch lets cuDNN use TF32 by default, but
+      fp32 means fp32), and cuDNN autotuning (the patches have fixed shapes: tune once, reuse).
+    """
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    if state is None:
+        torch.manual_seed(config.seed)
+        random.seed(config.seed)
+    else:
+        try:
+            torch.set_rng_state(state["torch_rng"])
+            version, internal, gauss = json.loads(state["python_rng"])
+            random.setstate((version, tuple(internal), gauss))
+        except (KeyError, RuntimeError, TypeError, ValueError) as exc:
+            raise TrainingError(f"checkpoint does not fit this run (random generator states: {exc})") from None
+    device = pick_device(config.device)
+    if device.type == "cuda":
+        tf32 = resolve_train_precision(config.precision, device) == "tf32"
+        torch.backends.cudnn.allow_tf32 = tf32
+        torch.backends.cuda.matmul.allow_tf32 = tf32
+        torch.backends.cudnn.benchmark = True
