@@ -45,6 +45,17 @@ def one_error_line(capsys: pytest.CaptureFixture[str], code: int, *needles: str)
     return err
 
 
+def error_after_training(capsys: pytest.CaptureFixture[str], code: int, *needles: str) -> str:
+    """A run that fails while training: its progress lines, then one error line, no traceback."""
+    out, err = capsys.readouterr()
+    assert code == 1, (out, err)
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("vdsr: error: ") and "Traceback" not in err and err.count("vdsr: error") == 1, err
+    for needle in needles:
+        assert needle in last, (needle, last)
+    return last
+
+
 @contextlib.contextmanager
 def tmpfs(path: Path, options: str) -> Iterator[Path]:
     """A real tmpfs mounted at ``path`` (``options``: e.g. ``size=64k`` or ``ro``); skips the test
@@ -137,3 +148,90 @@ def test_the_library_checks_the_folder_before_loading_or_writing(tmp_path: Path)
         Trainer(config)
     assert (info.value.reason, info.value.files) == ("not_empty", ("last.safetensors",))
     assert tree(mine) == {"last.safetensors": b"the user's own weights"}
+
+
+def fill(disk: Path, leave: int) -> Path:
+    """Fill the file system of ``disk`` with one file until ``leave`` bytes are left free."""
+    import os
+
+    filler = disk / "filler"
+    stat = os.statvfs(disk)
+    free = stat.f_bavail * stat.f_frsize
+    filler.write_bytes(b"\0" * max(0, free - leave))
+    return filler
+
+
+def check_whole(run: Path) -> None:
+    """Nothing half-written: no temp file anywhere, every metrics.csv line complete."""
+    assert not [p for p in run.rglob("*") if p.name.endswith(".tmp")]
+    lines = (run / "metrics.csv").read_text().split("\n")
+    assert lines[-1] == "" and len({line.count(",") for line in lines[:-1]}) == 1
+
+
+def test_disk_full_while_training_keeps_the_last_checkpoint_and_nothing_half_written(
+        tmp_path: Path, data: tuple[Path, Path], capsys: pytest.CaptureFixture[str]) -> None:
+    """Issue 23, item 7, on a real full tmpfs: torch.save's 'RuntimeError: [enforce fail at
+    inline_container.cc:672] unexpected pos' and curve.png's 'OSError: No space left on
+    device' were tracebacks. Now each is one line naming the file, with the last good
+    checkpoint kept, nothing half-written, and --resume continues once there is space."""
+    from vdsr.train.runfolder import load_checkpoint
+
+    page = 4096
+    with tmpfs(tmp_path / "disk", "size=1m") as disk:
+        run = disk / "run"
+        no_validation = [*train_args(data, run, steps=2), "--val-dir", "none"]
+        assert main(no_validation) == 0
+        good = (run / "checkpoint.pt").read_bytes()
+        filler = fill(disk, leave=2 * page)  # the log rows fit; a checkpoint (~24 KB) does not
+        err = error_after_training(capsys, main(["train", "--resume", str(run), "--steps", "4"]),
+                             f"{run / 'checkpoint.pt'}: could not write it at step 4 (No space left on device)",
+                             "the previous checkpoint is kept (step 2)", f"continue with --resume {run}")
+        assert "inline_container" not in err
+        assert (run / "checkpoint.pt").read_bytes() == good
+        check_whole(run)
+        filler.unlink()
+        assert main(["train", "--resume", str(run), "--steps", "4"]) == 0
+        assert load_checkpoint(run / "checkpoint.pt")["step"] == 4
+
+        # curve.png (~46 KB) after a checkpoint that fits: the checkpoint of that step is saved
+        run = disk / "validated"
+        assert main(train_args(data, run, steps=2)) == 0
+        curve = (run / "curve.png").read_bytes()
+        checkpoint_size = len((run / "checkpoint.pt").read_bytes())
+        filler = fill(disk, leave=checkpoint_size + 4 * page)
+        error_after_training(capsys, main(["train", "--resume", str(run), "--steps", "4"]),
+                             f"{run / 'curve.png'}: could not write it at step 4 (No space left on device)",
+                             "the checkpoint of step 4 is saved")
+        assert (run / "curve.png").read_bytes() == curve
+        assert load_checkpoint(run / "checkpoint.pt")["step"] == 4
+        check_whole(run)
+    capsys.readouterr()
+
+
+def test_a_log_row_that_does_not_fit_is_cut_off_again(tmp_path: Path) -> None:
+    """A full disk takes what fits of a write, then refuses: the row is undone, not left half."""
+    from vdsr.train.runfolder import append_whole
+
+    with tmpfs(tmp_path / "disk", "size=64k") as disk:
+        log = disk / "metrics.csv"
+        log.write_bytes(b"x" * 4000)  # 96 bytes left in its page
+        fill(disk, leave=0)
+        with pytest.raises(OSError, match="No space left"):
+            append_whole(log, b"y" * 200)
+        assert log.read_bytes() == b"x" * 4000
+        with pytest.raises(OSError, match="No space left"):
+            append_whole(disk / "new.csv", b"y" * 200)
+        assert not (disk / "new.csv").exists()
+
+
+def test_tensorboard_reads_the_logged_rows(tmp_path: Path, data: tuple[Path, Path]) -> None:
+    """The events are written by the trainer itself (whole rows, errors raised where they
+    happen), in TensorBoard's own format; a resumed run hides what a killed one logged."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run = tmp_path / "run"
+    assert main([*train_args(data, run, steps=4), "--val-dir", "none"]) == 0
+    events = EventAccumulator(str(run / "tb"))
+    events.Reload()
+    assert [e.step for e in events.Scalars("train/loss")] == [1, 2, 3, 4]
+    assert {"learning/rate", "patches/per_s", "eta/s"} <= set(events.Tags()["scalars"])

@@ -31,7 +31,13 @@ def _err(msg: str) -> None:
 
 def _describe(exc: Exception) -> str:
     """The library's message, with the flag that changes the limit where one does."""
-    from vdsr.errors import AddressUnavailable, NonFiniteLoss, RunFolderRefused, TooLarge
+    from vdsr.errors import (
+        AddressUnavailable,
+        NonFiniteLoss,
+        RunFolderRefused,
+        RunWriteError,
+        TooLarge,
+    )
 
     if isinstance(exc, TooLarge):
         flag = "--max-pixels" if exc.what == "input" else "--max-output-pixels"
@@ -40,6 +46,8 @@ def _describe(exc: Exception) -> str:
         return f"{exc} (lower --learning-rate, or pass --skip-nonfinite)"
     if isinstance(exc, AddressUnavailable):
         return f"{exc} (choose another with --port or --host)"
+    if isinstance(exc, RunWriteError) and exc.checkpoint_step is not None:
+        return f"{exc}: once it can be written, continue with --resume {exc.run_dir}"
     if isinstance(exc, RunFolderRefused):
         return f"{exc}{_RUN_FOLDER_HINTS.get(exc.reason, '').format(path=exc.path)}"
     return str(exc)

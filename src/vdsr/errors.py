@@ -145,3 +145,31 @@ class RunFolderRefused(TrainingError):
             "not_empty": f"is not empty and is not a training run folder (it holds {names})",
         }[reason]
         super().__init__(f"{path}: {problem}")
+
+
+class RunWriteError(TrainingError):
+    """A file of a training run could not be written (disk full, read-only, no permission).
+
+    The file is as it was before (writes are atomic or undone), nothing half-written is left,
+    and the run stopped.
+
+    Attributes:
+        path: the file that could not be written.
+        step: the training step it was recording.
+        reason: the operating system's words (``"No space left on device"``).
+        run_dir: the run folder.
+        checkpoint_step: the step of the checkpoint on disk, which a resumed run continues
+            from; ``None`` if there is none yet.
+    """
+
+    def __init__(self, path: str, step: int, reason: str, run_dir: str,
+                 checkpoint_step: int | None) -> None:
+        self.path, self.step, self.reason = path, step, reason
+        self.run_dir, self.checkpoint_step = run_dir, checkpoint_step
+        if checkpoint_step is None:
+            kept = "no checkpoint was saved yet"
+        elif checkpoint_step == step:
+            kept = f"the checkpoint of step {step} is saved"
+        else:
+            kept = f"the previous checkpoint is kept (step {checkpoint_step})"
+        super().__init__(f"{path}: could not write it at step {step} ({reason}); {kept}")

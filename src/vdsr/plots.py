@@ -51,9 +51,11 @@ def training_curve(csv_path: str | os.PathLike[str], out: str | os.PathLike[str]
         ax2.legend()
     fig.suptitle(title)
     fig.tight_layout()
-    with atomic_path(out) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
+    try:
+        with atomic_path(out) as tmp:
+            fig.savefig(tmp, format="png", dpi=100)
+    finally:
+        plt.close(fig)
 
 
 def detail_box(images: Sequence[NDArray[np.floating]], side: int) -> tuple[int, int, int]:

@@ -408,7 +408,7 @@ class Trainer:
         self._read_losses(self._pending)  # never save weights after a non-finite loss
         self.run.save_checkpoint(self.state_dict())
         if plot:
-            self.run.plot()
+            self.run.plot(self.step)
 
 
 def _warn_if_tf32_disagrees(device: torch.device, precision: str) -> None:

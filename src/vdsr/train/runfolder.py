@@ -11,7 +11,9 @@
     RUN/last.safetensors     weights of the last step
 
 Every file is written atomically (:func:`vdsr.fileio.atomic_path`), so a crash leaves the old
-file or the new one. Only :meth:`RunFolder.start` and the writers create anything; reading a run
+file or the new one; the logs are appended a whole row at a time, and a row that cannot be
+written whole (a full disk) is cut off again. A write that fails stops the run with
+:class:`~vdsr.errors.RunWriteError`, naming the file and the checkpoint that is kept. Only :meth:`RunFolder.start` and the writers create anything; reading a run
 back and checking it (:meth:`RunFolder.resume`, :meth:`RunFolder.claim`) writes nothing.
 
 Which folder a run may write into is decided in one place, :meth:`RunFolder.claim`: a new run
@@ -24,13 +26,19 @@ be writable.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import errno
+import io
+import itertools
 import json
 import os
 import pickle
+import socket
+import time
 import warnings
+from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -38,7 +46,14 @@ from typing import Any
 import torch
 
 from vdsr.constants import RESUME_OVERRIDES
-from vdsr.errors import InvalidArgument, RunFolderRefused, TrainingError, VDSRError, WeightsError
+from vdsr.errors import (
+    InvalidArgument,
+    RunFolderRefused,
+    RunWriteError,
+    TrainingError,
+    VDSRError,
+    WeightsError,
+)
 from vdsr.fileio import atomic_path
 from vdsr.model import VDSR, VDSRConfig
 from vdsr.train.config import TrainConfig
@@ -131,7 +146,8 @@ class RunFolder:
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
-        self._writer: Any = None  # TensorBoard SummaryWriter, opened at the first logged row
+        self._events: _EventFile | None = None  # TensorBoard events, opened at the first row
+        self._checkpoint_step: int | None = None  # the step of checkpoint.pt on disk, if known
         # What claim() allowed: "new" (replace the run files at start), "resume"; None: unchecked.
         self._claim: str | None = None
 
@@ -215,10 +231,28 @@ class RunFolder:
             raise VDSRError(f"{self.config_path}: not a training config")
         return TrainConfig.from_dict(data)
 
-    def write_config(self, config: TrainConfig) -> None:
-        self.path.mkdir(parents=True, exist_ok=True)
-        with atomic_path(self.config_path) as tmp:
-            tmp.write_text(json.dumps(asdict(config), indent=2))
+    def write_config(self, config: TrainConfig, step: int = 0) -> None:
+        created = not self.path.exists()
+        try:
+            with self._writing(self.config_path, step):
+                self.path.mkdir(parents=True, exist_ok=True)
+                with atomic_path(self.config_path) as tmp:
+                    tmp.write_text(json.dumps(asdict(config), indent=2))
+        except RunWriteError:
+            if created:  # a run that could not start leaves no folder behind either
+                with contextlib.suppress(OSError):
+                    self.path.rmdir()
+            raise
+
+    @contextlib.contextmanager
+    def _writing(self, path: Path, step: int) -> Iterator[None]:
+        """Turn a failed write of ``path`` (disk full, read-only, permission) into
+        :class:`RunWriteError`; the writers leave the file as it was."""
+        try:
+            yield
+        except OSError as exc:
+            raise RunWriteError(str(path), step, exc.strerror or str(exc), str(self.path),
+                                self._checkpoint_step) from None
 
     def resume(self, overrides: dict[str, Any] | None = None) -> tuple[TrainConfig, dict[str, Any]]:
         """The run's config with ``overrides`` applied, and its checkpoint, both checked.
@@ -253,16 +287,19 @@ class RunFolder:
 
     # -- checkpoint ---------------------------------------------------------------------------
     def save_checkpoint(self, state: dict[str, Any]) -> Path:
-        """Write ``state`` (plain containers and tensors) atomically; the old file stays on error."""
-        path = self.checkpoint_path
-        try:
-            with atomic_path(path) as tmp:
-                torch.save(state, tmp)
-        except OSError as exc:
-            raise TrainingError(
-                f"{path}: could not write checkpoint at step {state.get('step')} "
-                f"({exc.strerror or exc}); the previous checkpoint is kept"
-            ) from None
+        """Write ``state`` (plain containers and tensors) atomically; the old file stays on error.
+
+        The checkpoint is serialised in memory first and written as plain bytes: ``torch.save``
+        into a file reports a full disk as ``RuntimeError: [enforce fail at
+        inline_container.cc] unexpected pos``, a plain write as ``OSError(ENOSPC)``, which
+        becomes :class:`RunWriteError`.
+        """
+        path, step = self.checkpoint_path, int(state["step"])
+        buffer = io.BytesIO()
+        torch.save(state, buffer)
+        with self._writing(path, step), atomic_path(path) as tmp:
+            tmp.write_bytes(buffer.getbuffer())
+        self._checkpoint_step = step
         return path
 
     def load_checkpoint(self) -> dict[str, Any]:
@@ -284,8 +321,11 @@ class RunFolder:
         if self._claim == "new":
             for name in _RUN_FILES:
                 (self.path / name).unlink(missing_ok=True)
-        self.write_config(config)
-        self.truncate_metrics(step, config.scales)
+        else:
+            self._checkpoint_step = step if self.has_checkpoint() else None
+        self.write_config(config, step)
+        with self._writing(self.metrics_path, step):
+            self.truncate_metrics(step, config.scales)
         self._claim = "resume"
 
     def truncate_metrics(self, step: int, scales: list[int]) -> None:
@@ -303,42 +343,36 @@ class RunFolder:
             writer.writerows(keep)
 
     def log(self, row: dict[str, float], scales: list[int]) -> None:
-        """Append ``row`` (``step`` plus any of :func:`csv_fields`) to ``metrics.csv`` and
-        TensorBoard (``train_loss`` is shown as ``train/loss``)."""
+        """Append ``row`` (``step`` plus any of :func:`csv_fields`) to ``metrics.csv`` and to
+        TensorBoard (``train_loss`` is shown as ``train/loss``), each whole or not at all."""
         step = int(row["step"])
-        new = not self.metrics_path.exists()
         fields = csv_fields(scales)
-        with open(self.metrics_path, "a", newline="") as fh:
-            writer = csv.DictWriter(fh, fieldnames=fields)
-            if new:
-                writer.writeheader()
-            writer.writerow({k: row.get(k, "") for k in fields})
-        if self._writer is None:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
+        text = io.StringIO()
+        writer = csv.DictWriter(text, fieldnames=fields)
+        if not self.metrics_path.exists():
+            writer.writeheader()
+        writer.writerow({k: row.get(k, "") for k in fields})
+        with self._writing(self.metrics_path, step):
+            append_whole(self.metrics_path, text.getvalue().encode())
+        if self._events is None:
+            # purge_step: a resumed run hides the events a killed run logged after its
+            # checkpoint, as truncate_metrics does for the CSV.
+            self._events = _EventFile(self.path / "tb", purge_step=step)
+        scalars = {k.replace("_", "/", 1): float(v) for k, v in row.items()
+                   if k != "step" and v != "" and v is not None}
+        with self._writing(self._events.path, step):
+            self._events.write(step, scalars)
 
-                # purge_step: a resumed run hides the events a killed run logged after its
-                # checkpoint, as truncate_metrics does for the CSV.
-                self._writer = SummaryWriter(str(self.path / "tb"), purge_step=step)
-            except ImportError:  # tensorboard is a declared dependency; tolerate its absence
-                self._writer = False
-        if self._writer:
-            for k, v in row.items():
-                if k != "step" and v != "" and v is not None:
-                    self._writer.add_scalar(k.replace("_", "/", 1), v, step)
-            self._writer.flush()
-
-    def plot(self) -> None:
+    def plot(self, step: int) -> None:
         """Draw ``curve.png`` from ``metrics.csv``."""
         from vdsr.plots import training_curve
 
-        training_curve(self.metrics_path, self.path / "curve.png")
+        with self._writing(self.path / "curve.png", step):
+            training_curve(self.metrics_path, self.path / "curve.png")
 
     def close(self) -> None:
-        """Close the TensorBoard writer; the next :meth:`log` opens a new one."""
-        if self._writer:
-            self._writer.close()
-        self._writer = None
+        """Forget the TensorBoard event file; the next :meth:`log` starts a new one."""
+        self._events = None
 
     # -- weights ------------------------------------------------------------------------------
     def save_weights(self, name: str, model: VDSR, config: TrainConfig, step: int,
@@ -354,5 +388,79 @@ class RunFolder:
             metrics={"validation": Path(config.val_dir).name if config.val_dir else None, **metrics},
         )
         path = self.path / name
-        write_weights(path, model.state_dict(), meta)
+        with self._writing(path, step):
+            write_weights(path, model.state_dict(), meta)
         return path
+
+
+def append_whole(path: Path, data: bytes) -> None:
+    """Append ``data`` to ``path`` whole or not at all: when a write fails part-way (a full
+    disk takes what fits, then refuses), the file is cut back to its old length (and a file
+    this call created is removed), and the error raised."""
+    existed = path.exists()
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+    try:
+        size = os.fstat(fd).st_size
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+        except OSError:
+            os.ftruncate(fd, size)
+            if not existed:
+                path.unlink(missing_ok=True)
+            raise
+    finally:
+        os.close(fd)
+
+
+_EVENT_FILES = itertools.count()
+
+
+class _EventFile:
+    """TensorBoard scalars in ``folder``, written by the training thread itself.
+
+    torch's ``SummaryWriter`` writes from a thread of its own: on a full disk that thread dies
+    with a traceback on stderr and leaves a half-written record. Here each row is one append
+    (:func:`append_whole`) of TensorBoard's own record framing, and its failure is raised to
+    the caller. The file begins, as ``SummaryWriter(purge_step=...)``'s does, with a session
+    start at ``purge_step``, so that TensorBoard hides the events a killed run wrote past it.
+    Without tensorboard installed (a declared dependency) nothing is written.
+    """
+
+    def __init__(self, folder: Path, purge_step: int) -> None:
+        self.path = folder / (f"events.out.tfevents.{int(time.time()):010d}.{socket.gethostname()}"
+                              f".{os.getpid()}.{next(_EVENT_FILES)}")
+        try:
+            from tensorboard.compat.proto.event_pb2 import Event, SessionLog
+        except ImportError:
+            self._head: bytes | None = None
+            return
+        now = time.time()
+        self._head = b"".join(_record(e) for e in (
+            Event(wall_time=now, file_version="brain.Event:2"),
+            Event(wall_time=now, step=purge_step, file_version="brain.Event:2"),
+            Event(wall_time=now, step=purge_step, session_log=SessionLog(status=SessionLog.START))))
+        self._started = False
+
+    def write(self, step: int, scalars: dict[str, float]) -> None:
+        if self._head is None:
+            return
+        from tensorboard.compat.proto.event_pb2 import Event
+        from tensorboard.compat.proto.summary_pb2 import Summary
+
+        event = Event(wall_time=time.time(), step=step, summary=Summary(
+            value=[Summary.Value(tag=tag, simple_value=value) for tag, value in scalars.items()]))
+        data = _record(event) if self._started else self._head + _record(event)
+        self.path.parent.mkdir(exist_ok=True)
+        append_whole(self.path, data)
+        self._started = True
+
+
+def _record(event: Any) -> bytes:
+    """One TensorBoard record: the event in TFRecord framing (length, CRCs)."""
+    from tensorboard.summary.writer.record_writer import RecordWriter
+
+    buffer = io.BytesIO()
+    RecordWriter(buffer).write(event.SerializeToString())
+    return buffer.getvalue()
