@@ -235,3 +235,60 @@ def test_tensorboard_reads_the_logged_rows(tmp_path: Path, data: tuple[Path, Pat
     events.Reload()
     assert [e.step for e in events.Scalars("train/loss")] == [1, 2, 3, 4]
     assert {"learning/rate", "patches/per_s", "eta/s"} <= set(events.Tags()["scalars"])
+
+
+def test_resume_refuses_an_edited_config_and_what_it_cannot_change(
+        tmp_path: Path, data: tuple[Path, Path], capsys: pytest.CaptureFixture[str]) -> None:
+    """Issue 23, item 11: an edited config.json ("depth": "4", "steps": "many", "scales": [])
+    raised TypeError/ValueError; an edited learning_rate was accepted, ignored (the optimiser's
+    comes from the checkpoint) and recorded as used; `--resume R --batch-size 2
+    --learning-rate 0.5` ignored both flags. Each is now one line, and nothing is written."""
+    import json
+
+    run = tmp_path / "run"
+    assert main([*train_args(data, run, steps=2), "--val-dir", "none"]) == 0
+    capsys.readouterr()
+    config = json.loads((run / "config.json").read_text())
+    cases = [
+        ({"depth": "4"}, "config.json: depth must be an integer, got '4'"),
+        ({"steps": "many"}, "config.json: steps must be an integer, got 'many'"),
+        ({"scales": []}, "config.json: scales must name at least one scale"),
+        ({"depth": "4", "steps": "many"}, "depth must be an integer, got '4'; steps must be an integer"),
+        ({"learning_rate": 0.5}, "says learning_rate 0.5, but checkpoint.pt was trained with learning_rate 0.0001"),
+        ({"batch_size": 2, "seed": 9}, "says batch_size 2, seed 9, but checkpoint.pt was trained with batch_size 4, seed 0"),
+        ({"lerning_rate": 0.5}, "unknown setting 'lerning_rate'"),
+    ]
+    for edit, needle in cases:
+        (run / "config.json").write_text(json.dumps(config | edit))
+        before = tree(run)
+        one_error_line(capsys, main(["train", "--resume", str(run), "--steps", "4"]), needle)
+        assert tree(run) == before, edit
+    (run / "config.json").write_text(json.dumps(config))
+    before = tree(run)
+    one_error_line(capsys, main(["train", "--resume", str(run), "--batch-size", "2", "--learning-rate", "0.5"]),
+                   "--batch-size, --learning-rate cannot change when resuming a run (only --steps, ")
+    one_error_line(capsys, main(["train", "--resume", str(run), "--run-dir", str(tmp_path / "x")]),
+                   "--run-dir cannot change when resuming")
+    one_error_line(capsys, main(["train", "--resume", str(run), "--overwrite"]), "cannot be combined with --resume")
+    (run / "metrics.csv").write_text("epoch,psnr\n1,30\n")
+    one_error_line(capsys, main(["train", "--resume", str(run), "--steps", "4"]), "metrics.csv: not this run's training log")
+    (run / "metrics.csv").write_bytes(before["metrics.csv"])
+    assert tree(run) == before
+    # the library says which fields, in its own words
+    from vdsr.errors import InvalidTrainConfig, RecipeChanged, ResumeOverrideRefused
+    from vdsr.train import RunFolder
+
+    with pytest.raises(ResumeOverrideRefused) as refused:
+        RunFolder(run).resume({"batch_size": 2, "learning_rate": 0.5, "steps": 9})
+    assert refused.value.fields == ("batch_size", "learning_rate") and "steps" in refused.value.allowed
+    (run / "config.json").write_text(json.dumps(config | {"learning_rate": 0.5}))
+    with pytest.raises(RecipeChanged) as changed:
+        RunFolder(run).resume()
+    assert changed.value.changes == {"learning_rate": (1e-4, 0.5)}
+    (run / "config.json").write_text(json.dumps(config | {"depth": "4", "steps": "many"}))
+    with pytest.raises(InvalidTrainConfig) as invalid:
+        RunFolder(run).resume()
+    assert list(invalid.value.problems) == ["depth", "steps"] and invalid.value.source == str(run / "config.json")
+    (run / "config.json").write_text(json.dumps(config))
+    assert main(["train", "--resume", str(run), "--steps", "4"]) == 0
+    capsys.readouterr()

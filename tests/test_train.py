@@ -578,3 +578,56 @@ def test_the_trainer_leaves_process_state_alone_and_configure_process_sets_it(tm
         assert torch.equal(seeded, torch.get_rng_state())
     finally:
         torch.set_num_threads(threads)
+
+
+def test_train_config_refuses_wrong_types_and_values_with_the_field_names() -> None:
+    """Issue 23, item 11 (library side): wrong types gave TypeError/ValueError from deep inside;
+    now one InvalidTrainConfig lists every field that is wrong."""
+    from vdsr.errors import InvalidTrainConfig
+
+    with pytest.raises(InvalidTrainConfig) as info:
+        TrainConfig(depth="4", steps="many", bias=1, val_dir=None)  # type: ignore[arg-type]
+    assert list(info.value.problems) == ["depth", "bias", "steps"]  # in the order of the fields
+    assert "depth must be an integer, got '4'" in str(info.value)
+    with pytest.raises(InvalidTrainConfig) as info:
+        TrainConfig(scales=[], downscales=[0.0], batch_size=0, val_dir=None)
+    assert list(info.value.problems) == ["scales", "downscales", "batch_size"]
+    with pytest.raises(InvalidTrainConfig, match="patch size 5 is too small for scale 4"):
+        TrainConfig(patch=5, val_dir=None)
+    # what JSON and people write for numbers is taken as the field keeps it
+    config = TrainConfig(learning_rate=1, scales=(2, 3), val_dir="none")  # type: ignore[arg-type]
+    assert config.learning_rate == 1.0 and isinstance(config.learning_rate, float)
+    assert config.scales == [2, 3] and config.val_dir is None
+
+
+def test_inputs_are_checked_before_any_data_is_loaded(tmp_path: Path, train_dir: Path,
+                                                      capsys: pytest.CaptureFixture[str],
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """Rough edges of issue 23: --val-dir was checked only after the training data (1.5 GB by
+    default) had been loaded, the failed start left config.json behind, and the default
+    ../shared/datasets/T91 missing (run from outside the repository) gave no hint about
+    --train-dirs. Now every input is checked first, nothing is written, and the error says
+    which option sets it."""
+    import vdsr.train.loop
+
+    def no_loading(*a: object, **k: object) -> None:
+        raise AssertionError("training data loaded before the inputs were checked")
+
+    monkeypatch.setattr(vdsr.train.loop, "degraded_images", no_loading)
+    run = tmp_path / "run"
+    args = tiny_args(train_dir, run, 4)
+    args[args.index("--val-dir") + 1] = str(tmp_path / "nowhere")
+    _one_error_line(capsys, main(args), "nowhere: no such file or directory", "--val-dir DIR", "--val-dir none")
+    assert not run.exists()
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    args[args.index("--val-dir") + 1] = str(empty)
+    _one_error_line(capsys, main(args), f"no images found in {empty}", "--val-dir")
+    args[args.index("--train-dirs") + 1] = str(empty)
+    _one_error_line(capsys, main(args), f"no images found in {empty}", "--train-dirs")
+    assert not run.exists()
+    monkeypatch.chdir(tmp_path)  # outside the repository: ../shared is not there
+    _one_error_line(capsys, main(["train", "--run-dir", str(run)]),
+                    "../shared/datasets/T91: no such file or directory (the default, relative to the "
+                    "current folder): choose the training images with --train-dirs")
+    assert not run.exists()

@@ -33,10 +33,13 @@ def _describe(exc: Exception) -> str:
     """The library's message, with the flag that changes the limit where one does."""
     from vdsr.errors import (
         AddressUnavailable,
+        InvalidTrainConfig,
         NonFiniteLoss,
+        ResumeOverrideRefused,
         RunFolderRefused,
         RunWriteError,
         TooLarge,
+        TrainingInputError,
     )
 
     if isinstance(exc, TooLarge):
@@ -46,12 +49,28 @@ def _describe(exc: Exception) -> str:
         return f"{exc} (lower --learning-rate, or pass --skip-nonfinite)"
     if isinstance(exc, AddressUnavailable):
         return f"{exc} (choose another with --port or --host)"
+    if isinstance(exc, ResumeOverrideRefused):
+        return (f"{', '.join(_train_flag(f) for f in exc.fields)} cannot change when resuming a run "
+                f"(only {', '.join(_train_flag(f) for f in exc.allowed)} may); to train on with "
+                "another recipe, start a new run with --init-weights RUN/last.safetensors")
+    if isinstance(exc, InvalidTrainConfig) and exc.source is None:  # from the options
+        return "; ".join(f"{_train_flag(f)}: {problem}" for f, problem in exc.problems.items())
+    if isinstance(exc, TrainingInputError):
+        default = " (the default, relative to the current folder)" if exc.is_default else ""
+        return f"{exc}{default}: {_INPUT_HINTS[exc.field]}"
     if isinstance(exc, RunWriteError) and exc.checkpoint_step is not None:
         return f"{exc}: once it can be written, continue with --resume {exc.run_dir}"
     if isinstance(exc, RunFolderRefused):
         return f"{exc}{_RUN_FOLDER_HINTS.get(exc.reason, '').format(path=exc.path)}"
     return str(exc)
 
+
+# How to point `vdsr train` at an input it could not find (TrainingInputError.field).
+_INPUT_HINTS = {
+    "train_dirs": "choose the training images with --train-dirs DIR [DIR ...] (or patches with --h5)",
+    "val_dir": "choose the validation images with --val-dir DIR, or train without: --val-dir none",
+    "h5": "choose the patch file with --h5 (written by vdsr prepare)",
+}
 
 # What `vdsr train` can do about a run folder it may not use (RunFolderRefused.reason).
 _RUN_FOLDER_HINTS = {
@@ -424,12 +443,23 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     return 0
 
 
-def _train_config(args: argparse.Namespace) -> Any:
+def _train_flags(args: argparse.Namespace) -> dict[str, Any]:
+    """The TrainConfig fields given on the command line (an option left out is None)."""
     from vdsr.train import TrainConfig
 
     fields = TrainConfig.__dataclass_fields__
-    values = {k: v for k, v in vars(args).items() if k in fields and v is not None}
-    return TrainConfig(**values)
+    return {k: v for k, v in vars(args).items() if k in fields and v is not None}
+
+
+def _train_config(args: argparse.Namespace) -> Any:
+    from vdsr.train import TrainConfig
+
+    return TrainConfig(**_train_flags(args))
+
+
+def _train_flag(field: str) -> str:
+    """The `vdsr train` option that sets a TrainConfig field."""
+    return "--no-bias" if field == "bias" else "--" + field.replace("_", "-")
 
 
 def _stop_acknowledged(bar: Any) -> Callable[[str], None]:
@@ -456,7 +486,7 @@ def _stop_acknowledged(bar: Any) -> Callable[[str], None]:
 def cmd_train(args: argparse.Namespace) -> int:
     import logging
 
-    from vdsr.constants import RESUME_OVERRIDES
+    from vdsr.errors import InvalidArgument
     from vdsr.train import Trainer, configure_process
     from vdsr.train.distributed import distributed_context
     from vdsr.train.runfolder import RunFolder
@@ -465,8 +495,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     with distributed_context() as dist:
         state = None
         if args.resume:
-            overrides = {k: getattr(args, k) for k in RESUME_OVERRIDES if getattr(args, k, None) is not None}
-            config, state = RunFolder(args.resume).resume(overrides)  # checked; writes nothing
+            if args.overwrite:
+                raise InvalidArgument("--overwrite starts a new run; it cannot be combined with --resume")
+            # every option given is passed on: those a resumed run cannot change are refused
+            config, state = RunFolder(args.resume).resume(_train_flags(args))  # checked; writes nothing
         else:
             config = _train_config(args)
         configure_process(config, state)

@@ -173,3 +173,70 @@ class RunWriteError(TrainingError):
         else:
             kept = f"the previous checkpoint is kept (step {checkpoint_step})"
         super().__init__(f"{path}: could not write it at step {step} ({reason}); {kept}")
+
+
+class InvalidTrainConfig(InvalidArgument):
+    """A training config has values of the wrong type or out of range, or unknown settings.
+
+    Attributes:
+        problems: field name -> what is wrong with it (a phrase that names the field), in the
+            order of the config's fields; every problem found, not only the first.
+        source: the file the config was read from (a run's ``config.json``), or ``None``
+            when it was built from arguments.
+    """
+
+    def __init__(self, problems: dict[str, str], source: str | None = None) -> None:
+        self.problems, self.source = dict(problems), source
+        where = f"{source}: " if source else ""
+        super().__init__(where + "; ".join(self.problems.values()))
+
+
+class ResumeOverrideRefused(InvalidArgument):
+    """A resumed run was asked to change settings that only a new run can set (its recipe).
+
+    Attributes:
+        fields: the settings asked for that cannot change.
+        allowed: the settings a resumed run may change.
+    """
+
+    def __init__(self, fields: tuple[str, ...], allowed: tuple[str, ...]) -> None:
+        self.fields, self.allowed = tuple(fields), tuple(allowed)
+        super().__init__(f"a resumed run cannot change {', '.join(self.fields)}; "
+                         f"only {', '.join(self.allowed)}")
+
+
+class RecipeChanged(TrainingError):
+    """A run's ``config.json`` no longer describes the recipe its checkpoint was trained with
+    (it was edited): resuming would ignore the edit (the optimiser's learning rate comes from
+    the checkpoint) and record it as used.
+
+    Attributes:
+        path: the ``config.json``.
+        checkpoint: the ``checkpoint.pt``.
+        changes: field -> ``(value in the checkpoint, value in config.json)``.
+        allowed: the settings a resumed run may change.
+    """
+
+    def __init__(self, path: str, checkpoint: str, changes: dict[str, tuple[object, object]],
+                 allowed: tuple[str, ...]) -> None:
+        self.path, self.checkpoint, self.changes, self.allowed = path, checkpoint, dict(changes), allowed
+        said = ", ".join(f"{k} {new!r}" for k, (_, new) in self.changes.items())
+        trained = ", ".join(f"{k} {old!r}" for k, (old, _) in self.changes.items())
+        super().__init__(f"{path}: says {said}, but {checkpoint} was trained with {trained}; a "
+                         f"resumed run keeps its recipe (only {', '.join(allowed)} may change)")
+
+
+class TrainingInputError(DataError):
+    """A training input (the training folders, the validation folder, the HDF5 patch file) is
+    missing or holds no images; found before any data is loaded.
+
+    Attributes:
+        field: the setting that names it: ``"train_dirs"``, ``"val_dir"`` or ``"h5"``.
+        path: the folder or file.
+        is_default: whether ``path`` is the recipe's default (a relative path: it depends on
+            the current folder) rather than one asked for.
+    """
+
+    def __init__(self, field: str, path: str, message: str, is_default: bool = False) -> None:
+        self.field, self.path, self.is_default = field, path, is_default
+        super().__init__(message)

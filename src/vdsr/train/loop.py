@@ -20,6 +20,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -27,8 +28,18 @@ import torch
 from numpy.typing import NDArray
 from torch import nn
 
-from vdsr.errors import NonFiniteLoss, TrainingError, TrainingInterrupted, VDSRError, WeightsError
+from vdsr.errors import (
+    DataError,
+    ImageError,
+    NonFiniteLoss,
+    TrainingError,
+    TrainingInputError,
+    TrainingInterrupted,
+    VDSRError,
+    WeightsError,
+)
 from vdsr.evaluate import evaluate_folder
+from vdsr.images import list_images
 from vdsr.model import VDSR
 from vdsr.precision import resolve_train_precision, torch_dtype
 from vdsr.train.config import TrainConfig, learning_rate_factor
@@ -38,7 +49,7 @@ from vdsr.train.process import pick_device
 from vdsr.train.runfolder import RunFolder, model_difference
 from vdsr.weights import load_weights
 
-__all__ = ["Trainer", "clip_gradients", "make_optimizer", "make_patch_source"]
+__all__ = ["Trainer", "check_inputs", "clip_gradients", "make_optimizer", "make_patch_source"]
 
 log = logging.getLogger(__name__)
 
@@ -60,14 +71,41 @@ def clip_gradients(config: TrainConfig, model: nn.Module, current_lr: float) -> 
     torch.nn.utils.clip_grad_value_(model.parameters(), bound)
 
 
-def make_patch_source(config: TrainConfig) -> PatchSource:
-    """The training feed ``config`` asks for: an HDF5 patch file, or patches cut on the fly."""
+def check_inputs(config: TrainConfig, feed: bool = True) -> list[Path]:
+    """Check every input of a run before anything is loaded: the training folders (each must
+    hold images; ``feed=False``: the caller brings its own patch source) or the HDF5 file, and
+    the validation folder. Returns the training images (``[]`` for an HDF5 feed); raises
+    :class:`TrainingInputError` naming the setting."""
+    defaults = TrainConfig()
+    files: list[Path] = []
+    if feed and config.h5:
+        if not Path(config.h5).is_file():
+            raise TrainingInputError("h5", config.h5, f"{config.h5}: no such file")
+    elif feed:
+        default = config.train_dirs == defaults.train_dirs
+        for folder in config.train_dirs:
+            try:
+                files += collect_files([folder])
+            except DataError as exc:
+                raise TrainingInputError("train_dirs", folder, str(exc), default) from None
+    if config.val_dir and config.channels == 1:  # validation is on Y only
+        try:
+            list_images(config.val_dir)
+        except ImageError as exc:
+            raise TrainingInputError("val_dir", config.val_dir, str(exc),
+                                     config.val_dir == defaults.val_dir) from None
+    return files
+
+
+def make_patch_source(config: TrainConfig, files: list[Path] | None = None) -> PatchSource:
+    """The training feed ``config`` asks for: an HDF5 patch file, or patches cut on the fly
+    from ``files`` (default: the images of ``config.train_dirs``)."""
     if config.h5:
         h5 = H5Patches(config.h5, seed=config.seed)
         if h5.channels != config.channels:
             raise VDSRError(f"{config.h5}: patches have {h5.channels} channels, the model {config.channels}")
         return h5
-    files = collect_files(config.train_dirs)
+    files = collect_files(config.train_dirs) if files is None else files
     images = list(degraded_images(files, config.scales, config.channels, config.downscales, config.patch))
     sampler = PatchSampler(images, patch=config.patch, seed=config.seed)
     log.info("on-the-fly data: %d images, %d degraded pieces, %.0f MB in memory",
@@ -107,6 +145,7 @@ class Trainer:
         # "auto" becomes the precision used, so config.json and the weights' recipe name it.
         self.precision = resolve_train_precision(config.precision, self.device)
         self.config = config = replace(config, precision=self.precision)
+        files = check_inputs(config, feed=sampler is None)  # all of them, before loading any
         # fp16/bf16: autocast (weights and optimiser state stay fp32); fp32/tf32: none.
         low = torch_dtype(self.precision)
         self.autocast_dtype: torch.dtype | None = None if low == torch.float32 else low
@@ -121,7 +160,7 @@ class Trainer:
             self.optimizer, lambda s: learning_rate_factor(config, s))
         # fp16's 5 exponent bits underflow small gradients: scale the loss (bf16 needs no scaler).
         self.scaler = torch.amp.GradScaler(self.device.type) if self.precision == "fp16" else None
-        self.sampler: PatchSource = sampler if sampler is not None else make_patch_source(config)
+        self.sampler: PatchSource = sampler if sampler is not None else make_patch_source(config, files)
         # On a GPU, a source that can cut its patches there does (same draws, no host loop).
         self.device_feed = self.device.type == "cuda" and self.sampler.cuts_on_device
         self.step = 0

@@ -47,7 +47,8 @@ import torch
 
 from vdsr.constants import RESUME_OVERRIDES
 from vdsr.errors import (
-    InvalidArgument,
+    RecipeChanged,
+    ResumeOverrideRefused,
     RunFolderRefused,
     RunWriteError,
     TrainingError,
@@ -120,6 +121,25 @@ def _load_failure(exc: Exception) -> str:
     # Truncated or foreign bytes fail deep in the zip or pickle reader with messages such as
     # "97" (a KeyError) that say nothing to a user.
     return "unreadable checkpoint (truncated, or not written by training)"
+
+
+def _recipe_changes(trained: TrainConfig, on_disk: TrainConfig,
+                    stored: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """The recipe fields where ``config.json`` (``on_disk``) differs from the config the
+    checkpoint was trained with: every field but the resume overrides and ``run_dir`` (a
+    moved folder). Fields the checkpoint's config does not record (written by an earlier
+    version), and a recorded ``precision`` of ``"auto"`` (before it was resolved), are not
+    compared."""
+    changes = {}
+    for name in TrainConfig.__dataclass_fields__:
+        if name in RESUME_OVERRIDES or name == "run_dir" or name not in stored:
+            continue
+        if name == "precision" and stored[name] == "auto":
+            continue
+        old, new = getattr(trained, name), getattr(on_disk, name)
+        if old != new:
+            changes[name] = (old, new)
+    return changes
 
 
 def _check_writable(path: Path, folder: Path) -> None:
@@ -229,7 +249,7 @@ class RunFolder:
             raise VDSRError(f"{self.config_path}: not valid JSON") from None
         if not isinstance(data, dict):
             raise VDSRError(f"{self.config_path}: not a training config")
-        return TrainConfig.from_dict(data)
+        return TrainConfig.from_dict(data, source=str(self.config_path))
 
     def write_config(self, config: TrainConfig, step: int = 0) -> None:
         created = not self.path.exists()
@@ -258,32 +278,57 @@ class RunFolder:
         """The run's config with ``overrides`` applied, and its checkpoint, both checked.
 
         ``overrides`` may change only :data:`vdsr.constants.RESUME_OVERRIDES` (how long the run
-        goes on and how often it reports), never the recipe. The checkpoint must be readable and
-        hold a model of the architecture ``config.json`` describes. Writes nothing: the caller
-        persists the config once training actually continues (:meth:`start`).
+        goes on, how often it reports, where and how fast it runs), never the recipe: anything
+        else is refused with :class:`ResumeOverrideRefused`. ``config.json`` must be valid
+        (:class:`InvalidTrainConfig`) and describe the recipe the checkpoint was trained with
+        (:class:`RecipeChanged`: an edited learning rate would be ignored, the optimiser's comes
+        from the checkpoint, and then recorded as used); the checkpoint must be readable and
+        hold a model of that architecture; ``metrics.csv``, if any, must be this run's log.
+        Writes nothing: the caller persists the config once training actually continues
+        (:meth:`start`).
         """
         overrides = overrides or {}
-        unknown = sorted(set(overrides) - set(RESUME_OVERRIDES))
-        if unknown:
-            raise InvalidArgument(f"a resumed run cannot change {', '.join(unknown)}; "
-                                  f"only {', '.join(RESUME_OVERRIDES)}")
-        config = dataclasses.replace(self.read_config(), run_dir=str(self.path), **overrides)
+        refused = tuple(k for k in TrainConfig.__dataclass_fields__ if k in overrides and k not in RESUME_OVERRIDES)
+        unknown = tuple(sorted(set(overrides) - set(TrainConfig.__dataclass_fields__)))
+        if refused or unknown:
+            raise ResumeOverrideRefused(refused + unknown, RESUME_OVERRIDES)
+        on_disk = self.read_config()
+        config = dataclasses.replace(on_disk, run_dir=str(self.path), **overrides)
         if not self.has_checkpoint():
             raise TrainingError(f"{self.path}: no checkpoint.pt to resume from")
         state = load_checkpoint(self.checkpoint_path)
         try:
-            saved = TrainConfig.from_dict(json.loads(state["config"])).model_config()
+            stored = json.loads(state["config"])
+            trained = TrainConfig.from_dict(stored)
         except (TypeError, ValueError, VDSRError) as exc:
             raise TrainingError(f"{self.checkpoint_path}: unreadable run config ({exc})") from None
-        if saved != config.model_config():
-            have, want = model_difference(saved, config.model_config())
+        if trained.model_config() != config.model_config():
+            have, want = model_difference(trained.model_config(), config.model_config())
             raise TrainingError(f"{self.checkpoint_path}: holds a model with {have}, but "
                                 f"{self.config_path.name} describes {want}")
+        changes = _recipe_changes(trained, on_disk, stored)
+        if changes:
+            raise RecipeChanged(str(self.config_path), self.checkpoint_path.name, changes, RESUME_OVERRIDES)
         try:
-            check_state_dict(state["model"], saved, self.checkpoint_path)
+            check_state_dict(state["model"], trained.model_config(), self.checkpoint_path)
         except WeightsError as exc:
             raise TrainingError(str(exc)) from None
+        self._check_metrics()
         return config, state
+
+    def _check_metrics(self) -> None:
+        """``metrics.csv`` must be a log this run can cut back and append to (ours, readable)."""
+        if not self.metrics_path.exists():
+            return
+        try:
+            with open(self.metrics_path, newline="") as fh:
+                reader = csv.DictReader(fh)
+                for row in reader:
+                    int(row["step"])
+            if reader.fieldnames is None or reader.fieldnames[:2] != ["step", "train_loss"]:
+                raise ValueError("not the columns of a training log")
+        except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, csv.Error) as exc:
+            raise TrainingError(f"{self.metrics_path}: not this run's training log ({exc})") from None
 
     # -- checkpoint ---------------------------------------------------------------------------
     def save_checkpoint(self, state: dict[str, Any]) -> Path:
