@@ -27,15 +27,11 @@ import torch
 from vdsr.constants import PRECISIONS
 from vdsr.errors import InvalidArgument
 
-__all__ = ["AUTO_PRECISION", "AUTO_TRAIN_PRECISION", "resolve_precision", "resolve_train_precision",
-           "torch_dtype"]
+__all__ = ["AUTO_PRECISION", "resolve_precision", "torch_dtype"]
 
 AUTO_PRECISION = {"cpu": "fp32", "cuda": "fp16"}
 
-# Training (``vdsr train --precision``): bf16 autocast on CUDA, as the shipped model was trained
-# (its exponent range needs no loss scaling; the weights stay fp32, only the arithmetic is bf16).
-# fp16 autocast is offered with a gradient scaler; fp32 elsewhere.
-AUTO_TRAIN_PRECISION = {"cpu": "fp32", "cuda": "bf16"}
+# Training's own rule (``vdsr train --precision auto``) is vdsr.train.process.resolve_train_precision.
 
 
 def resolve_precision(precision: str, device: torch.device, backend: str) -> str:
@@ -77,21 +73,6 @@ def _openvino_precision(precision: str) -> str:
         raise InvalidArgument("bf16 on the openvino backend needs a CPU with AVX512_BF16 or AMX "
                               f"(this one has {have}); use fp32")
     return "bf16"
-
-
-def resolve_train_precision(precision: str, device: torch.device) -> str:
-    """The concrete training precision (never ``"auto"``) on ``device``; raises if unsupported.
-
-    ``fp32``/``tf32``: no autocast (``tf32`` lets cuDNN and cuBLAS use TF32, CUDA only);
-    ``fp16``/``bf16``: autocast to that dtype, weights and optimiser state stay fp32.
-    """
-    if precision not in PRECISIONS:
-        raise InvalidArgument(f"unknown precision {precision!r}; choose from {', '.join(PRECISIONS)}")
-    if precision == "auto":
-        return AUTO_TRAIN_PRECISION.get(device.type, "fp32")
-    if precision == "tf32" and device.type != "cuda":
-        raise InvalidArgument("tf32 exists on CUDA devices only")
-    return precision
 
 
 def torch_dtype(precision: str) -> torch.dtype:

@@ -29,7 +29,7 @@ class TrainConfig:
     each gradient is clipped to ``[-clip / lr, clip / lr]``.
 
     ``precision`` is the arithmetic of the forward and backward passes (:mod:`vdsr.precision`,
-    :func:`~vdsr.precision.resolve_train_precision`); the trainer replaces ``"auto"`` by what it
+    :func:`~vdsr.train.process.resolve_train_precision`); the trainer replaces ``"auto"`` by what it
     resolved to, so ``config.json`` and the exported weights' recipe name the precision used.
     ``compile`` runs the step's forward, loss and backward through ``torch.compile`` (CUDA graphs
     on a GPU); it changes speed, not the recipe, so a resumed run may switch it.

@@ -41,11 +41,11 @@ from vdsr.errors import (
 from vdsr.evaluate import evaluate_folder
 from vdsr.images import list_images
 from vdsr.model import VDSR
-from vdsr.precision import resolve_train_precision, torch_dtype
+from vdsr.precision import torch_dtype
 from vdsr.train.config import TrainConfig, learning_rate_factor
 from vdsr.train.data import H5Patches, PatchSampler, PatchSource, collect_files, degraded_images
 from vdsr.train.distributed import DistContext
-from vdsr.train.process import pick_device
+from vdsr.train.process import memory_format, pick_device, resolve_train_precision
 from vdsr.train.runfolder import RunFolder, model_difference
 from vdsr.weights import load_weights
 
@@ -149,9 +149,7 @@ class Trainer:
         # fp16/bf16: autocast (weights and optimiser state stay fp32); fp32/tf32: none.
         low = torch_dtype(self.precision)
         self.autocast_dtype: torch.dtype | None = None if low == torch.float32 else low
-        # channels_last pays on GPUs (tensor cores); on CPU training it measured slightly slower.
-        self.memory_format = (torch.channels_last if self.device.type == "cuda"
-                              else torch.contiguous_format)
+        self.memory_format = memory_format(self.device, self.precision)
         # A resumed run's weights come from its checkpoint: its init weights are not read again.
         self.model = self._build_model(None if state is not None else config.init_weights)
         self.net, self.loss_fn = self._wrap_model()
