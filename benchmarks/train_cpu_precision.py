@@ -8,6 +8,7 @@ time of each is reported with the ratio to fp32 (NCHW, the old CPU rule), and th
 before and after.
 
     python benchmarks/train_cpu_precision.py --rounds 7 --steps 3 --json benchmarks/results_train_cpu.json
+    python benchmarks/train_cpu_precision.py --report benchmarks/results_train_cpu.json   # markdown
 """
 
 from __future__ import annotations
@@ -56,13 +57,31 @@ def step(t: Trainer) -> None:
     t.scheduler.step()
 
 
+def report(path: str) -> str:
+    """The measurement in ``path`` as the markdown table of docs/precision.md."""
+    d = json.loads(Path(path).read_text())
+    rows = [f"{d['cpu']} ({', '.join(d['features'])}), {d['threads']} threads, torch {d['torch']}; "
+            f"{d['model']}, batch {d['batch']}, {d['patch']}x{d['patch']}; median of "
+            f"{d['rounds'] * d['steps_per_round']} interleaved steps each; load average "
+            f"{d['load_average_before'][0]:.1f} before, {d['load_average_after'][0]:.1f} after",
+            "", "| variant | s per step | steps/s | x fp32 |", "|---|---|---|---|"]
+    for name in VARIANTS:
+        rows.append(f"| {name} | {d['median_s_per_step'][name]:.3f} | {d['steps_per_s'][name]:.3f} "
+                    f"| {d['speed_vs_fp32'][name]:.2f} |")
+    return "\n".join(rows)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--steps", type=int, default=3, help="steps of each variant per round")
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--json")
+    ap.add_argument("--report", metavar="JSON", help="print the table of a measurement and stop")
     args = ap.parse_args()
+    if args.report:
+        print(report(args.report))
+        return
     configure_process(TrainConfig(val_dir=None))
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory() as tmp:

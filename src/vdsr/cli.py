@@ -838,12 +838,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", help="auto (default), cpu or cuda")
     p.add_argument("--threads", type=int, help="torch CPU threads (0 = torch's default)")
     p.add_argument("--precision", choices=PRECISIONS,
-                   help="arithmetic of the training passes: auto (default: bf16 autocast on CUDA, "
-                        "fp32 on CPU), fp32, tf32 (CUDA), fp16 (autocast + loss scaling), bf16")
+                   help="arithmetic of the training passes: auto (default: bf16 autocast on CUDA and "
+                        "on CPUs with AVX512_BF16 or AMX, fp32 on other CPUs), fp32, tf32 (CUDA), "
+                        "fp16 (autocast + loss scaling), bf16")
     p.add_argument("--compile", action="store_true", default=None,
                    help="torch.compile the forward/backward (CUDA graphs on one GPU); "
                         "the first steps pay the compile time")
-    p.add_argument("--overwrite", action="store_true", help="start afresh in an existing run folder")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start afresh in a folder that holds a run (or other files): the run's own "
+                        "files there are replaced, nothing else")
     p.set_defaults(func=cmd_train)
 
     p = add("export", "export weights to ONNX (dynamic H/W) or TorchScript",
