@@ -166,9 +166,9 @@ def _curve_entries(runs: Path) -> list[dict[str, Any]]:
 
 def plot_curves(entries: list[dict[str, Any]], out_png: Path) -> None:
     """Training loss and Set5 validation PSNR per scale, one line per run (seed 2 dashed)."""
-    from vdsr.plots import _figure
+    from vdsr.plots import pyplot
 
-    plt = _figure()
+    plt = pyplot()
     fig, axes = plt.subplots(1, 4, figsize=(18, 4))
     colours = dict(zip(BODIES, ["C0", "C1", "C2", "C3"], strict=True))
     for e in entries:

@@ -262,14 +262,15 @@ def step_accuracy_compile(rec: Record, dev: torch.device, args: argparse.Namespa
 
 def _trainer(dev: torch.device, batch: int, compile: bool, tmp: Path) -> Any:
     """A ``Trainer`` of the default model on synthetic degraded images (no files needed)."""
-    from vdsr.data import DegradedImage, PatchSampler
-    from vdsr.train import TrainConfig, Trainer
+    from vdsr.train import TrainConfig, Trainer, configure_process
+    from vdsr.train.data import DegradedImage, PatchSampler
 
     rng = np.random.default_rng(0)
     images = [DegradedImage(rng.random((1, 256, 256), dtype=np.float32),
                             rng.random((1, 256, 256), dtype=np.float32), 2) for _ in range(8)]
     config = TrainConfig(run_dir=str(tmp / f"run_{batch}_{int(compile)}"), val_dir=None,
                          batch_size=batch, device=str(dev), compile=compile, steps=10**6)
+    configure_process(config)  # as `vdsr train` does: TF32 off for bf16, cuDNN autotuning on
     return Trainer(config, sampler=PatchSampler(images, 41, seed=0))
 
 

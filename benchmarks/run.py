@@ -16,6 +16,7 @@ import platform
 import resource
 import subprocess
 import sys
+import tempfile
 from typing import Any
 
 import numpy as np
@@ -111,7 +112,7 @@ def case_int8_psnr() -> dict[str, Any]:
 
 def case_train(method: str, repeats: int, batch: int = 64) -> dict[str, Any]:
     from vdsr.model import VDSR, VDSRConfig
-    from vdsr.train import TrainConfig, Trainer
+    from vdsr.train import TrainConfig, Trainer, configure_process
 
     x = torch.rand(batch, 1, 41, 41)
     y = torch.rand(batch, 1, 41, 41)
@@ -127,7 +128,9 @@ def case_train(method: str, repeats: int, batch: int = 64) -> dict[str, Any]:
             torch.nn.utils.clip_grad_norm_(model.parameters(), 0.4)
             opt.step()
     else:
-        trainer = Trainer(TrainConfig(val_dir=None, batch_size=batch), sampler=object())
+        config = TrainConfig(run_dir=tempfile.mkdtemp(), val_dir=None, batch_size=batch)
+        configure_process(config)
+        trainer = Trainer(config, sampler=object())  # batches come from x, y
 
         def step() -> None:
             trainer.train_step(x, y)

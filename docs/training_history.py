@@ -18,7 +18,7 @@ import json
 import sys
 from pathlib import Path
 
-from vdsr.plots import _figure
+from vdsr.plots import pyplot
 
 DOCS = Path(__file__).resolve().parent
 FIRST_BAR = {"x2": 36.5, "x3": 32.7, "x4": 30.4}  # the training issue's first bar on Set5
@@ -47,7 +47,7 @@ def set5_bicubic() -> dict[str, float]:
 
 
 def plot(rows: list[dict[str, str]], out: Path) -> None:
-    plt = _figure()
+    plt = pyplot()
     bicubic = set5_bicubic()
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.2))
     stages = list(dict.fromkeys(r["stage"] for r in rows))

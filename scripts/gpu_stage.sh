@@ -63,7 +63,7 @@ if [[ -n $resume_from ]]; then
   "$PYTHON" - "$resume_from" <<'PY' || { rm -rf "$TMP"; exit 1; }   # its one line says why
 import sys
 from vdsr.errors import VDSRError
-from vdsr.runfolder import RunFolder
+from vdsr.train.runfolder import RunFolder
 try:
     RunFolder(sys.argv[1]).resume()
 except VDSRError as exc:
@@ -130,7 +130,7 @@ fi
 
 "$PYTHON" - "$RUN" "$code" "$(($(date +%s) - start))" "${resume_from:+resumed}" >"$TMP/stage.json" <<'PY'
 import csv, json, sys
-from vdsr.runfolder import RunFolder
+from vdsr.train.runfolder import RunFolder
 from vdsr.weights import read_metadata
 
 run, code, seconds, resumed = RunFolder(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 
 from tests.conftest import random_rgb, tiny_model, write_png
-from vdsr.data import collect_files, degrade, degraded_images
 from vdsr.errors import DataError
 from vdsr.images import load_image, save_image
 from vdsr.inference import run_network
-from vdsr.resize import modcrop
+from vdsr.resize import degrade, modcrop
+from vdsr.train.data import collect_files, degraded_images
 
 
 def test_1_empty_folder_reports_no_images(tmp_path: Path) -> None:

@@ -18,8 +18,10 @@ from safetensors.torch import load_file
 from tests.conftest import random_rgb, write_png
 from vdsr.cli import main
 from vdsr.errors import DataError, TrainingError
-from vdsr.runfolder import load_checkpoint
-from vdsr.train import TrainConfig, Trainer, clip_gradients, lr_factor
+from vdsr.train import TrainConfig, Trainer
+from vdsr.train.config import learning_rate_factor
+from vdsr.train.loop import clip_gradients
+from vdsr.train.runfolder import load_checkpoint
 
 
 @pytest.fixture
@@ -47,12 +49,12 @@ def _weights_equal(a: Path, b: Path) -> float:
 
 def test_lr_schedules() -> None:
     c = TrainConfig(steps=100, schedule="step", decay_steps=40, val_dir=None)
-    assert [lr_factor(c, s) for s in (0, 39, 40, 80)] == pytest.approx([1, 1, 0.1, 0.01])
+    assert [learning_rate_factor(c, s) for s in (0, 39, 40, 80)] == pytest.approx([1, 1, 0.1, 0.01])
     c = TrainConfig(steps=100, schedule="exponential", decay_steps=50, val_dir=None)
-    assert lr_factor(c, 50) == pytest.approx(0.1) and lr_factor(c, 25) == pytest.approx(0.1**0.5)
+    assert learning_rate_factor(c, 50) == pytest.approx(0.1) and learning_rate_factor(c, 25) == pytest.approx(0.1**0.5)
     c = TrainConfig(steps=100, schedule="cosine", warmup_steps=10, val_dir=None)
-    assert lr_factor(c, 0) == pytest.approx(0.1) and lr_factor(c, 9) == pytest.approx(1.0)
-    assert lr_factor(c, 55) == pytest.approx(0.5) and lr_factor(c, 100) == pytest.approx(0.0)
+    assert learning_rate_factor(c, 0) == pytest.approx(0.1) and learning_rate_factor(c, 9) == pytest.approx(1.0)
+    assert learning_rate_factor(c, 55) == pytest.approx(0.5) and learning_rate_factor(c, 100) == pytest.approx(0.0)
 
 
 def test_adjustable_gradient_clipping() -> None:
@@ -145,9 +147,9 @@ def test_sigint_during_validation_checkpoints_the_step_it_names(tmp_path: Path, 
     script = textwrap.dedent(f"""
         import sys, time
         from pathlib import Path
-        import vdsr.train
+        import vdsr.train.loop
         from vdsr.cli import main
-        real = vdsr.train.evaluate_folder
+        real = vdsr.train.loop.evaluate_folder
         def slow_validation(*a, **k):
             Path({str(marker)!r}).touch()
             deadline = time.time() + 60
@@ -155,7 +157,7 @@ def test_sigint_during_validation_checkpoints_the_step_it_names(tmp_path: Path, 
                 result = real(*a, **k)
                 if time.time() > deadline:
                     return result
-        vdsr.train.evaluate_folder = slow_validation
+        vdsr.train.loop.evaluate_folder = slow_validation
         sys.exit(main({args!r}))
     """)
     proc = _train_until(args, marker, script)
@@ -179,11 +181,11 @@ def test_stop_request_is_acknowledged_and_cuts_validation_short(tmp_path: Path, 
                                                                monkeypatch: pytest.MonkeyPatch) -> None:
     """Library side: ``on_stop_requested`` hears the signal at once; validation stops at the
     next image; the interruption names the step of the checkpoint it wrote."""
-    import vdsr.train
+    import vdsr.train.loop
     from vdsr.errors import TrainingInterrupted
 
     evaluated: list[str] = []
-    real = vdsr.train.evaluate_folder
+    real = vdsr.train.loop.evaluate_folder
 
     def validation_interrupted(*a: object, **k: object) -> object:
         os.kill(os.getpid(), signal.SIGINT)
@@ -193,7 +195,7 @@ def test_stop_request_is_acknowledged_and_cuts_validation_short(tmp_path: Path, 
         evaluated.append("rest")
         return real(*a, **k)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(vdsr.train, "evaluate_folder", validation_interrupted)
+    monkeypatch.setattr(vdsr.train.loop, "evaluate_folder", validation_interrupted)
     heard: list[str] = []
     cfg = TrainConfig(run_dir=str(tmp_path / "r"), train_dirs=[str(train_dir)], depth=3, width=4,
                       patch=21, batch_size=2, steps=20, val_every=4, checkpoint_every=100,
@@ -287,7 +289,7 @@ def test_init_weights_of_another_architecture_stop_before_writing(
 
 def test_device_sampler_cuts_the_same_patches(train_dir: Path) -> None:
     """`batch_tensors` (the GPU feed) draws and cuts exactly what `batch` does."""
-    from vdsr.data import PatchSampler, collect_files, degraded_images
+    from vdsr.train.data import PatchSampler, collect_files, degraded_images
 
     for channels in (1, 3):
         images = list(degraded_images(collect_files([train_dir]), [2, 3], channels, [1.0, 0.7], 21))
@@ -327,23 +329,22 @@ def test_deferred_loss_check_raises_before_anything_is_saved(tmp_path: Path, mon
 def test_sigkill_while_writing_checkpoint_keeps_previous(tmp_path: Path, train_dir: Path) -> None:
     run = tmp_path / "run"
     script = textwrap.dedent(f"""
-        import os, signal, sys, torch
+        import os, pathlib, signal, sys
         from vdsr.cli import main
-        real_save = torch.save
+        real_write = pathlib.Path.write_bytes
         calls = []
-        def dying_save(obj, f, *a, **k):
-            calls.append(1)
-            if len(calls) == 2:  # second checkpoint: write half, then die mid-write
-                with open(f, "wb") as fh:
-                    fh.write(b"half a checkpoint")
-                    fh.flush()
-                os.kill(os.getpid(), signal.SIGKILL)
-            return real_save(obj, f, *a, **k)
-        torch.save = dying_save
+        def dying_write(self, data):
+            if self.name.startswith(".checkpoint.pt."):
+                calls.append(1)
+                if len(calls) == 2:  # second checkpoint: write half, then die mid-write
+                    real_write(self, bytes(data)[: len(data) // 2])
+                    os.kill(os.getpid(), signal.SIGKILL)
+            return real_write(self, data)
+        pathlib.Path.write_bytes = dying_write
         sys.exit(main({tiny_args(train_dir, run, 40, every=10)!r}))
     """)
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, timeout=120)
-    assert proc.returncode == -signal.SIGKILL
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
     assert int(load_checkpoint(run / "checkpoint.pt")["step"]) == 10
     assert main(["train", "--resume", str(run)]) == 0
     assert int(load_checkpoint(run / "checkpoint.pt")["step"]) == 40
@@ -373,6 +374,12 @@ def test_nonfinite_loss_stops_with_step_or_is_skipped(tmp_path: Path) -> None:
 
 def test_disk_full_while_checkpointing_keeps_last_good(tmp_path: Path, train_dir: Path,
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """The write refused as a full disk refuses it (the real fault, on a small tmpfs, is in
+    tests/test_runfolder.py; this one runs where mounting is not permitted)."""
+    from pathlib import Path as RealPath
+
+    from vdsr.errors import RunWriteError
+
     cfg = TrainConfig(run_dir=str(tmp_path / "r"), train_dirs=[str(train_dir)], depth=3, width=4,
                       patch=21, batch_size=2, steps=4, checkpoint_every=2, val_dir=None,
                       downscales=[1.0], threads=1)
@@ -380,13 +387,16 @@ def test_disk_full_while_checkpointing_keeps_last_good(tmp_path: Path, train_dir
     trainer.config.steps = 2  # the trainer keeps its own copy (precision resolved)
     trainer.fit()
     good = (tmp_path / "r" / "checkpoint.pt").read_bytes()
+    real_write = RealPath.write_bytes
 
-    def full_disk(*a: object, **k: object) -> None:
-        raise OSError(28, "No space left on device")
+    def full_disk(self: RealPath, data: bytes) -> int:
+        if self.name.startswith(".checkpoint.pt."):
+            raise OSError(28, "No space left on device")
+        return real_write(self, data)
 
-    monkeypatch.setattr(torch, "save", full_disk)
+    monkeypatch.setattr(RealPath, "write_bytes", full_disk)
     trainer.config.steps = 4
-    with pytest.raises(TrainingError, match="No space left on device.*previous checkpoint is kept"):
+    with pytest.raises(RunWriteError, match="No space left on device.*previous checkpoint is kept \\(step 2\\)"):
         trainer.fit()
     assert (tmp_path / "r" / "checkpoint.pt").read_bytes() == good
     assert not [p for p in (tmp_path / "r").iterdir() if p.name.endswith(".tmp")]
@@ -414,7 +424,7 @@ def test_prepare_hdf5_and_train_from_it(tmp_path: Path, train_dir: Path, capsys:
 def test_reads_pytorch_vdsr_and_notes_layouts_and_rejects_bad(tmp_path: Path) -> None:
     import h5py
 
-    from vdsr.data import H5Patches
+    from vdsr.train.data import H5Patches
 
     p = tmp_path / "pv.h5"
     with h5py.File(p, "w") as f:
@@ -458,7 +468,7 @@ def test_train_cli_errors(tmp_path: Path, train_dir: Path, capsys: pytest.Captur
 
 
 def test_optimizer_defaults_follow_the_paper() -> None:
-    from vdsr.train import make_optimizer
+    from vdsr.train.loop import make_optimizer
 
     model = torch.nn.Linear(2, 2)
     sgd = make_optimizer(TrainConfig(optimizer="sgd", learning_rate=0.1, val_dir=None), model)
@@ -496,7 +506,7 @@ def test_patch_sources_declare_device_cutting_and_share_the_tensor_feed(tmp_path
     cut on the device still serves ``batch_tensors`` by copying its host batch."""
     import h5py
 
-    from vdsr.data import H5Patches, PatchSampler
+    from vdsr.train.data import H5Patches, PatchSampler
 
     assert PatchSampler.cuts_on_device and not H5Patches.cuts_on_device
     p = tmp_path / "p.h5"
@@ -542,10 +552,89 @@ def test_a_replacing_run_drops_the_old_runs_state(tmp_path: Path, train_dir: Pat
     cfg = TrainConfig(run_dir=str(run), depth=4, width=8, patch=21, batch_size=2, steps=20,
                       log_every=1, checkpoint_every=10, val_dir=None, scales=[2], threads=1)
     with pytest.raises(RuntimeError, match="died"):
-        Trainer(cfg, sampler=_FailingSampler(good=3)).fit()
+        Trainer(cfg, overwrite=True, sampler=_FailingSampler(good=3)).fit()
     assert not (run / "checkpoint.pt").exists() and not (run / "last.safetensors").exists()
     steps = [int(r.split(",")[0]) for r in (run / "metrics.csv").read_text().splitlines()[1:]]
     assert steps == [1, 2, 3]
     capsys.readouterr()
     assert main(["train", "--resume", str(run)]) == 1
     assert "no checkpoint.pt to resume from" in capsys.readouterr().err
+
+
+def test_the_trainer_leaves_process_state_alone_and_configure_process_sets_it(tmp_path: Path) -> None:
+    """Issue 24: Trainer.__init__ set torch's threads and the global seeds; now building one
+    changes nothing process-wide (its model still starts from ``seed``), and
+    ``configure_process`` is the one place that applies them."""
+    import random
+
+    from vdsr.train import configure_process
+
+    threads, torch_rng, python_rng = torch.get_num_threads(), torch.get_rng_state(), random.getstate()
+    cfg = TrainConfig(run_dir=str(tmp_path / "r"), depth=3, width=4, patch=21, batch_size=2, steps=1,
+                      val_dir=None, scales=[2], threads=threads + 1, seed=7)
+    a = Trainer(cfg, sampler=_NaNSampler())
+    b = Trainer(cfg, sampler=_NaNSampler())
+    assert torch.get_num_threads() == threads
+    assert torch.equal(torch.get_rng_state(), torch_rng) and random.getstate() == python_rng
+    assert all(torch.equal(p, q) for p, q in zip(a.model.parameters(), b.model.parameters(), strict=True))
+    try:
+        configure_process(cfg)
+        assert torch.get_num_threads() == threads + 1
+        seeded = torch.get_rng_state()
+        torch.manual_seed(7)
+        assert torch.equal(seeded, torch.get_rng_state())
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_train_config_refuses_wrong_types_and_values_with_the_field_names() -> None:
+    """Issue 23, item 11 (library side): wrong types gave TypeError/ValueError from deep inside;
+    now one InvalidTrainConfig lists every field that is wrong."""
+    from vdsr.errors import InvalidTrainConfig
+
+    with pytest.raises(InvalidTrainConfig) as info:
+        TrainConfig(depth="4", steps="many", bias=1, val_dir=None)  # type: ignore[arg-type]
+    assert list(info.value.problems) == ["depth", "bias", "steps"]  # in the order of the fields
+    assert "depth must be an integer, got '4'" in str(info.value)
+    with pytest.raises(InvalidTrainConfig) as info:
+        TrainConfig(scales=[], downscales=[0.0], batch_size=0, val_dir=None)
+    assert list(info.value.problems) == ["scales", "downscales", "batch_size"]
+    with pytest.raises(InvalidTrainConfig, match="patch size 5 is too small for scale 4"):
+        TrainConfig(patch=5, val_dir=None)
+    # what JSON and people write for numbers is taken as the field keeps it
+    config = TrainConfig(learning_rate=1, scales=(2, 3), val_dir="none")  # type: ignore[arg-type]
+    assert config.learning_rate == 1.0 and isinstance(config.learning_rate, float)
+    assert config.scales == [2, 3] and config.val_dir is None
+
+
+def test_inputs_are_checked_before_any_data_is_loaded(tmp_path: Path, train_dir: Path,
+                                                      capsys: pytest.CaptureFixture[str],
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """Rough edges of issue 23: --val-dir was checked only after the training data (1.5 GB by
+    default) had been loaded, the failed start left config.json behind, and the default
+    ../shared/datasets/T91 missing (run from outside the repository) gave no hint about
+    --train-dirs. Now every input is checked first, nothing is written, and the error says
+    which option sets it."""
+    import vdsr.train.loop
+
+    def no_loading(*a: object, **k: object) -> None:
+        raise AssertionError("training data loaded before the inputs were checked")
+
+    monkeypatch.setattr(vdsr.train.loop, "degraded_images", no_loading)
+    run = tmp_path / "run"
+    args = tiny_args(train_dir, run, 4)
+    args[args.index("--val-dir") + 1] = str(tmp_path / "nowhere")
+    _one_error_line(capsys, main(args), "nowhere: no such file or directory", "--val-dir DIR", "--val-dir none")
+    assert not run.exists()
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    args[args.index("--val-dir") + 1] = str(empty)
+    _one_error_line(capsys, main(args), f"no images found in {empty}", "--val-dir")
+    args[args.index("--train-dirs") + 1] = str(empty)
+    _one_error_line(capsys, main(args), f"no images found in {empty}", "--train-dirs")
+    assert not run.exists()
+    monkeypatch.chdir(tmp_path)  # outside the repository: ../shared is not there
+    _one_error_line(capsys, main(["train", "--run-dir", str(run)]),
+                    "../shared/datasets/T91: no such file or directory (the default, relative to the "
+                    "current folder): choose the training images with --train-dirs")
+    assert not run.exists()

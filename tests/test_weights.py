@@ -140,7 +140,7 @@ def test_malicious_pickle_is_refused(tmp_path: Path) -> None:
     # Resume states go through torch.load(weights_only=True), which refuses it too.
     ckpt = tmp_path / "checkpoint.pt"
     ckpt.write_bytes(payload)
-    from vdsr.runfolder import load_checkpoint
+    from vdsr.train.runfolder import load_checkpoint
 
     with pytest.raises(TrainingError, match="unsafe|unreadable"):
         load_checkpoint(ckpt)

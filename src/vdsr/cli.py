@@ -34,10 +34,15 @@ def _describe(exc: Exception) -> str:
     """The library's message, with the flag that changes the limit where one does."""
     from vdsr.errors import (
         AddressUnavailable,
+        InvalidTrainConfig,
         NoDefaultModel,
         NonFiniteLoss,
         NotSafetensors,
+        ResumeOverrideRefused,
+        RunFolderRefused,
+        RunWriteError,
         TooLarge,
+        TrainingInputError,
     )
 
     if isinstance(exc, NotSafetensors):
@@ -53,7 +58,37 @@ def _describe(exc: Exception) -> str:
         return f"{exc} (lower --learning-rate, or pass --skip-nonfinite)"
     if isinstance(exc, AddressUnavailable):
         return f"{exc} (choose another with --port or --host)"
+    if isinstance(exc, ResumeOverrideRefused):
+        return (f"{', '.join(_train_flag(f) for f in exc.fields)} cannot change when resuming a run "
+                f"(only {', '.join(_train_flag(f) for f in exc.allowed)} may); to train on with "
+                "another recipe, start a new run with --init-weights RUN/last.safetensors")
+    if isinstance(exc, InvalidTrainConfig) and exc.source is None:  # from the options
+        return "; ".join(f"{_train_flag(f)}: {problem}" for f, problem in exc.problems.items())
+    if isinstance(exc, TrainingInputError):
+        default = " (the default, relative to the current folder)" if exc.is_default else ""
+        return f"{exc}{default}: {_INPUT_HINTS[exc.field]}"
+    if isinstance(exc, RunWriteError) and exc.checkpoint_step is not None:
+        return f"{exc}: once it can be written, continue with --resume {exc.run_dir}"
+    if isinstance(exc, RunFolderRefused):
+        return f"{exc}{_RUN_FOLDER_HINTS.get(exc.reason, '').format(path=exc.path)}"
     return str(exc)
+
+
+# How to point `vdsr train` at an input it could not find (TrainingInputError.field).
+_INPUT_HINTS = {
+    "train_dirs": "choose the training images with --train-dirs DIR [DIR ...] (or patches with --h5)",
+    "val_dir": "choose the validation images with --val-dir DIR, or train without: --val-dir none",
+    "h5": "choose the patch file with --h5 (written by vdsr prepare)",
+}
+
+# What `vdsr train` can do about a run folder it may not use (RunFolderRefused.reason).
+_RUN_FOLDER_HINTS = {
+    "holds_run": ": continue it with --resume {path}, or pass --overwrite to start afresh there",
+    "holds_weights": ": choose another --run-dir, or pass --overwrite to replace them",
+    "not_empty": ": choose a new or empty --run-dir, or pass --overwrite to write the run's "
+                 "files (config.json, checkpoint.pt, metrics.csv, ...) into it",
+    "unwritable": ": choose another --run-dir",
+}
 
 
 def _show_warning(message: Any, category: Any, filename: str, lineno: int, file: Any = None,
@@ -423,8 +458,8 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:
-    from vdsr.data import collect_files, degraded_images, write_hdf5
     from vdsr.errors import VDSRError
+    from vdsr.train.data import collect_files, degraded_images, write_hdf5
 
     out = Path(args.output)
     if out.exists() and not args.overwrite:
@@ -442,12 +477,23 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     return 0
 
 
-def _train_config(args: argparse.Namespace) -> Any:
+def _train_flags(args: argparse.Namespace) -> dict[str, Any]:
+    """The TrainConfig fields given on the command line (an option left out is None)."""
     from vdsr.train import TrainConfig
 
     fields = TrainConfig.__dataclass_fields__
-    values = {k: v for k, v in vars(args).items() if k in fields and v is not None}
-    return TrainConfig(**values)
+    return {k: v for k, v in vars(args).items() if k in fields and v is not None}
+
+
+def _train_config(args: argparse.Namespace) -> Any:
+    from vdsr.train import TrainConfig
+
+    return TrainConfig(**_train_flags(args))
+
+
+def _train_flag(field: str) -> str:
+    """The `vdsr train` option that sets a TrainConfig field."""
+    return "--no-bias" if field == "bias" else "--" + field.replace("_", "-")
 
 
 def _stop_acknowledged(bar: Any) -> Callable[[str], None]:
@@ -474,23 +520,22 @@ def _stop_acknowledged(bar: Any) -> Callable[[str], None]:
 def cmd_train(args: argparse.Namespace) -> int:
     import logging
 
-    from vdsr.constants import RESUME_OVERRIDES
-    from vdsr.distributed import distributed_context
-    from vdsr.errors import VDSRError
-    from vdsr.runfolder import RunFolder
-    from vdsr.train import Trainer
+    from vdsr.errors import InvalidArgument
+    from vdsr.train import Trainer, configure_process
+    from vdsr.train.distributed import distributed_context
+    from vdsr.train.runfolder import RunFolder
 
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     with distributed_context() as dist:
         state = None
         if args.resume:
-            overrides = {k: getattr(args, k) for k in RESUME_OVERRIDES if getattr(args, k, None) is not None}
-            config, state = RunFolder(args.resume).resume(overrides)  # checked; writes nothing
+            if args.overwrite:
+                raise InvalidArgument("--overwrite starts a new run; it cannot be combined with --resume")
+            # every option given is passed on: those a resumed run cannot change are refused
+            config, state = RunFolder(args.resume).resume(_train_flags(args))  # checked; writes nothing
         else:
             config = _train_config(args)
-            if RunFolder(config.run_dir).has_checkpoint() and not args.overwrite:
-                raise VDSRError(f"{config.run_dir}: already holds a run; use --resume "
-                                f"{config.run_dir} or --overwrite")
+        configure_process(config, state)
         bar = _tqdm(total=config.steps, desc="training", unit="step",
                     disable=True if not dist.is_main else None)
 
@@ -510,11 +555,9 @@ def cmd_train(args: argparse.Namespace) -> int:
                 bar.write(" ".join(parts), file=sys.stderr)
 
         try:
-            trainer = Trainer(config, progress=progress, dist=dist,
-                              on_stop_requested=_stop_acknowledged(bar))
-            if state is not None:
-                trainer.load_state_dict(state)
-                bar.n = trainer.step
+            trainer = Trainer(config, state=state, overwrite=args.overwrite, progress=progress,
+                              dist=dist, on_stop_requested=_stop_acknowledged(bar))
+            bar.n = trainer.step
             best = trainer.fit()  # writes config.json, then trains
         finally:
             bar.close()  # also when stopped, so the error line starts on a fresh line
@@ -835,13 +878,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--init-weights", help="start from these .safetensors weights (fine-tune)")
     p.add_argument("--device", help="auto (default), cpu or cuda")
     p.add_argument("--threads", type=int, help="torch CPU threads (0 = torch's default)")
-    p.add_argument("--precision", choices=PRECISIONS,
-                   help="arithmetic of the training passes: auto (default: bf16 autocast on CUDA, "
-                        "fp32 on CPU), fp32, tf32 (CUDA), fp16 (autocast + loss scaling), bf16")
+    p.add_argument("--precision", choices=C.TRAIN_PRECISIONS,
+                   help="arithmetic of the training passes: auto (default: bf16 autocast on CUDA and "
+                        "on CPUs with AVX512_BF16 or AMX, fp32 on other CPUs), fp32, tf32 (CUDA), "
+                        "fp16 (autocast + loss scaling), bf16")
     p.add_argument("--compile", action="store_true", default=None,
                    help="torch.compile the forward/backward (CUDA graphs on one GPU); "
                         "the first steps pay the compile time")
-    p.add_argument("--overwrite", action="store_true", help="start afresh in an existing run folder")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start afresh in a folder that holds a run (or other files): the run's own "
+                        "files there are replaced, nothing else")
     p.set_defaults(func=cmd_train)
 
     p = add("export", "export weights to ONNX (dynamic H/W) or TorchScript",

@@ -25,6 +25,8 @@ BACKENDS: tuple[str, ...] = ("auto", "torch", "compile", "onnxruntime", "openvin
 # Recipes: how the network's arithmetic is done (vdsr.precision). "auto" is the fastest recipe
 # checked for the weights in use on this machine (vdsr.recipes); fp32 is exact.
 PRECISIONS: tuple[str, ...] = ("auto", "fp32", "tf32", "fp16", "bf16", "bf16-edge", "mixed", "int8")
+# What training can run in (autocast dtypes; vdsr.train.process.resolve_train_precision).
+TRAIN_PRECISIONS: tuple[str, ...] = ("auto", "fp32", "tf32", "fp16", "bf16")
 # Backend names of earlier releases that were recipes: `--backend int8` is `--precision int8`.
 LEGACY_BACKENDS: tuple[str, ...] = ("int8", "mixed")
 

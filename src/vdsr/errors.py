@@ -152,3 +152,135 @@ class Cancelled(VDSRError):
     def __init__(self, done: int, total: int) -> None:
         self.done, self.total = done, total
         super().__init__(f"cancelled after {done} of {total} steps")
+
+
+class RunFolderRefused(TrainingError):
+    """A training run may not write into this folder; nothing was written or deleted.
+
+    Attributes:
+        path: the run folder asked for.
+        reason: what is in the way:
+
+            * ``"file"``: ``path`` is a file (or a link to nowhere), not a folder;
+            * ``"under_file"``: ``path`` would be created under ``blocker``, which is a file;
+            * ``"unwritable"``: ``blocker`` (the folder, or the folder it would be created in)
+              cannot be written (``detail``: ``"read-only file system"``, ``"permission denied"``);
+            * ``"holds_run"``: the folder holds a training run with a checkpoint to continue;
+            * ``"holds_weights"``: it holds a run's weights (``files``) but no checkpoint;
+            * ``"not_empty"``: it holds files that are not a training run's (``files``: the
+              first few names).
+        blocker: the path that is in the way (``path`` itself unless it is an ancestor).
+        files: names found in the folder (``"holds_weights"``, ``"not_empty"``).
+        detail: the operating system's reason for ``"unwritable"``.
+    """
+
+    def __init__(self, path: str, reason: str, blocker: str | None = None,
+                 files: tuple[str, ...] = (), detail: str = "") -> None:
+        self.path, self.reason, self.files, self.detail = path, reason, files, detail
+        self.blocker = blocker if blocker is not None else path
+        names = ", ".join(files[:3]) + (", ..." if len(files) > 3 else "")
+        problem = {
+            "file": "is a file, not a folder",
+            "under_file": f"cannot be created: {self.blocker} is a file, not a folder",
+            "unwritable": (f"is not writable ({detail})" if self.blocker == path
+                           else f"cannot be created: {self.blocker} is not writable ({detail})"),
+            "holds_run": "already holds a training run, with a checkpoint to continue from",
+            "holds_weights": f"already holds a training run's weights ({names}) and no checkpoint",
+            "not_empty": f"is not empty and is not a training run folder (it holds {names})",
+        }[reason]
+        super().__init__(f"{path}: {problem}")
+
+
+class RunWriteError(TrainingError):
+    """A file of a training run could not be written (disk full, read-only, no permission).
+
+    The file is as it was before (writes are atomic or undone), nothing half-written is left,
+    and the run stopped.
+
+    Attributes:
+        path: the file that could not be written.
+        step: the training step it was recording.
+        reason: the operating system's words (``"No space left on device"``).
+        run_dir: the run folder.
+        checkpoint_step: the step of the checkpoint on disk, which a resumed run continues
+            from; ``None`` if there is none yet.
+    """
+
+    def __init__(self, path: str, step: int, reason: str, run_dir: str,
+                 checkpoint_step: int | None) -> None:
+        self.path, self.step, self.reason = path, step, reason
+        self.run_dir, self.checkpoint_step = run_dir, checkpoint_step
+        if checkpoint_step is None:
+            kept = "no checkpoint was saved yet"
+        elif checkpoint_step == step:
+            kept = f"the checkpoint of step {step} is saved"
+        else:
+            kept = f"the previous checkpoint is kept (step {checkpoint_step})"
+        super().__init__(f"{path}: could not write it at step {step} ({reason}); {kept}")
+
+
+class InvalidTrainConfig(InvalidArgument):
+    """A training config has values of the wrong type or out of range, or unknown settings.
+
+    Attributes:
+        problems: field name -> what is wrong with it (a phrase that names the field), in the
+            order of the config's fields; every problem found, not only the first.
+        source: the file the config was read from (a run's ``config.json``), or ``None``
+            when it was built from arguments.
+    """
+
+    def __init__(self, problems: dict[str, str], source: str | None = None) -> None:
+        self.problems, self.source = dict(problems), source
+        where = f"{source}: " if source else ""
+        super().__init__(where + "; ".join(self.problems.values()))
+
+
+class ResumeOverrideRefused(InvalidArgument):
+    """A resumed run was asked to change settings that only a new run can set (its recipe).
+
+    Attributes:
+        fields: the settings asked for that cannot change.
+        allowed: the settings a resumed run may change.
+    """
+
+    def __init__(self, fields: tuple[str, ...], allowed: tuple[str, ...]) -> None:
+        self.fields, self.allowed = tuple(fields), tuple(allowed)
+        super().__init__(f"a resumed run cannot change {', '.join(self.fields)}; "
+                         f"only {', '.join(self.allowed)}")
+
+
+class RecipeChanged(TrainingError):
+    """A run's ``config.json`` no longer describes the recipe its checkpoint was trained with
+    (it was edited): resuming would ignore the edit (the optimiser's learning rate comes from
+    the checkpoint) and record it as used.
+
+    Attributes:
+        path: the ``config.json``.
+        checkpoint: the ``checkpoint.pt``.
+        changes: field -> ``(value in the checkpoint, value in config.json)``.
+        allowed: the settings a resumed run may change.
+    """
+
+    def __init__(self, path: str, checkpoint: str, changes: dict[str, tuple[object, object]],
+                 allowed: tuple[str, ...]) -> None:
+        self.path, self.checkpoint, self.changes, self.allowed = path, checkpoint, dict(changes), allowed
+        said = ", ".join(f"{k} {new!r}" for k, (_, new) in self.changes.items())
+        trained = ", ".join(f"{k} {old!r}" for k, (old, _) in self.changes.items())
+        super().__init__(f"{path}: says {said}, but {checkpoint} was trained with {trained}; a "
+                         f"resumed run keeps its recipe (only {', '.join(allowed)} may change)")
+
+
+class TrainingInputError(DataError):
+    """A training input (the training folders, the validation folder, the HDF5 patch file) is
+    missing or holds no images; found before any data is loaded.
+
+    Attributes:
+        field: the setting that names it: ``"train_dirs"``, ``"val_dir"`` or ``"h5"``.
+        path: the folder or file.
+        is_default: whether ``path`` is the recipe's default (a relative path: it depends on
+            the current folder) rather than one asked for.
+    """
+
+    def __init__(self, field: str, path: str, message: str, is_default: bool = False) -> None:
+        self.field, self.path, self.is_default = field, path, is_default
+        super().__init__(message)

@@ -459,7 +459,8 @@ def import_training_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor
     Our checkpoints are plain containers (loaded with ``weights_only=True``) holding the model's
     ``state_dict`` under ``"model"`` and the training config as JSON under ``"config"``.
     """
-    from vdsr.runfolder import load_checkpoint
+
+    from vdsr.train.runfolder import load_checkpoint
 
     path = Path(path)
     try:

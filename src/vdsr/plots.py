@@ -6,6 +6,7 @@ import csv
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -13,7 +14,8 @@ from numpy.typing import NDArray
 from vdsr.fileio import atomic_path
 
 
-def _figure():
+def pyplot() -> Any:
+    """``matplotlib.pyplot`` on the Agg backend: figures are drawn to files, no display needed."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -29,7 +31,7 @@ def training_curve(csv_path: str | os.PathLike[str], out: str | os.PathLike[str]
         rows = list(csv.DictReader(fh))
     if not rows:
         return
-    plt = _figure()
+    plt = pyplot()
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
     steps = [int(r["step"]) for r in rows if r.get("train_loss")]
     loss = [float(r["train_loss"]) for r in rows if r.get("train_loss")]
@@ -49,9 +51,11 @@ def training_curve(csv_path: str | os.PathLike[str], out: str | os.PathLike[str]
         ax2.legend()
     fig.suptitle(title)
     fig.tight_layout()
-    with atomic_path(out) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
+    try:
+        with atomic_path(out) as tmp:
+            fig.savefig(tmp, format="png", dpi=100)
+    finally:
+        plt.close(fig)
 
 
 def detail_box(images: Sequence[NDArray[np.floating]], side: int) -> tuple[int, int, int]:

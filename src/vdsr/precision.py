@@ -21,33 +21,11 @@ from __future__ import annotations
 
 import torch
 
-from vdsr.constants import PRECISIONS
-from vdsr.errors import InvalidArgument
-
-__all__ = ["AUTO_TRAIN_PRECISION", "EXACT", "resolve_train_precision", "torch_dtype"]
+__all__ = ["EXACT", "torch_dtype"]
 
 EXACT = ("fp32",)  # recipes whose output equals the fp32 network's (up to summation order)
 
-# Training (``vdsr train --precision``): bf16 autocast on CUDA, as the shipped model was trained
-# (its exponent range needs no loss scaling; the weights stay fp32, only the arithmetic is bf16).
-# fp16 autocast is offered with a gradient scaler; fp32 elsewhere.
-AUTO_TRAIN_PRECISION = {"cpu": "fp32", "cuda": "bf16"}
-
-
-def resolve_train_precision(precision: str, device: torch.device) -> str:
-    """The concrete training precision (never ``"auto"``) on ``device``; raises if unsupported.
-
-    ``fp32``/``tf32``: no autocast (``tf32`` lets cuDNN and cuBLAS use TF32, CUDA only);
-    ``fp16``/``bf16``: autocast to that dtype, weights and optimiser state stay fp32.
-    """
-    if precision not in PRECISIONS or precision in ("bf16-edge", "mixed", "int8"):
-        raise InvalidArgument(f"unknown training precision {precision!r}; choose from "
-                              "auto, fp32, tf32, fp16, bf16")
-    if precision == "auto":
-        return AUTO_TRAIN_PRECISION.get(device.type, "fp32")
-    if precision == "tf32" and device.type != "cuda":
-        raise InvalidArgument("tf32 exists on CUDA devices only")
-    return precision
+# Training's own rule (``vdsr train --precision auto``) is vdsr.train.process.resolve_train_precision.
 
 
 def torch_dtype(precision: str) -> torch.dtype:

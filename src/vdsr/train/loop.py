@@ -1,15 +1,12 @@
-"""Training VDSR: the notes' pipeline (41x41 bicubic patches, 20 layers, Adam + clipping,
-checkpoints every N steps) made real, resumable bit-for-bit, and logged.
+"""The training loop: :class:`Trainer` builds a run from a :class:`~vdsr.train.config.TrainConfig`,
+takes optimiser steps, logs, validates and checkpoints into its run folder
+(:class:`~vdsr.train.runfolder.RunFolder`).
 
-``Trainer(config).fit()`` runs a whole training job into the run folder ``config.run_dir``
-(:class:`vdsr.runfolder.RunFolder`: ``config.json``, ``checkpoint.pt``, ``metrics.csv``, TensorBoard
-events, ``curve.png``, ``best``/``last.safetensors``). A stopped or killed run continues where its
-last checkpoint left off::
+``Trainer(config).fit()`` runs a whole training job into ``config.run_dir``; a stopped or killed
+run continues where its last checkpoint left off::
 
     config, state = RunFolder(run_dir).resume({"steps": 20000})
-    trainer = Trainer(config)
-    trainer.load_state_dict(state)
-    trainer.fit()
+    Trainer(config, state=state).fit()
 """
 
 from __future__ import annotations
@@ -23,6 +20,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -30,28 +28,31 @@ import torch
 from numpy.typing import NDArray
 from torch import nn
 
-from vdsr.data import H5Patches, PatchSampler, PatchSource, collect_files, degraded_images
-from vdsr.distributed import DistContext
-from vdsr.errors import NonFiniteLoss, TrainingError, TrainingInterrupted, VDSRError, WeightsError
-from vdsr.evaluate import evaluate_folder
+from vdsr.errors import (
+    DataError,
+    ImageError,
+    NonFiniteLoss,
+    TrainingError,
+    TrainingInputError,
+    TrainingInterrupted,
+    VDSRError,
+    WeightsError,
+)
+from vdsr.evaluate import EvalConfig, evaluate_folder
+from vdsr.images import list_images
+from vdsr.inference import upscaler_for
 from vdsr.model import VDSR
-from vdsr.precision import resolve_train_precision, torch_dtype
-from vdsr.runfolder import RunFolder, csv_fields, load_checkpoint, model_difference
-from vdsr.trainconfig import OPTIMIZERS, RESUME_OVERRIDES, SCHEDULES, TrainConfig, lr_factor
+from vdsr.precision import torch_dtype
+from vdsr.train.config import TrainConfig, learning_rate_factor
+from vdsr.train.data import H5Patches, PatchSampler, PatchSource, collect_files, degraded_images
+from vdsr.train.distributed import DistContext
+from vdsr.train.process import memory_format, pick_device, resolve_train_precision
+from vdsr.train.runfolder import RunFolder, model_difference
 from vdsr.weights import load_weights
 
-__all__ = ["OPTIMIZERS", "RESUME_OVERRIDES", "SCHEDULES", "TrainConfig", "Trainer", "clip_gradients",
-           "csv_fields", "load_checkpoint", "lr_factor", "make_optimizer", "pick_device"]
+__all__ = ["Trainer", "check_inputs", "clip_gradients", "make_optimizer", "make_patch_source"]
 
 log = logging.getLogger(__name__)
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise VDSRError("CUDA was asked for but is not available")
-    return torch.device(name)
 
 
 def make_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
@@ -71,14 +72,41 @@ def clip_gradients(config: TrainConfig, model: nn.Module, current_lr: float) -> 
     torch.nn.utils.clip_grad_value_(model.parameters(), bound)
 
 
-def make_patch_source(config: TrainConfig) -> PatchSource:
-    """The training feed ``config`` asks for: an HDF5 patch file, or patches cut on the fly."""
+def check_inputs(config: TrainConfig, feed: bool = True) -> list[Path]:
+    """Check every input of a run before anything is loaded: the training folders (each must
+    hold images; ``feed=False``: the caller brings its own patch source) or the HDF5 file, and
+    the validation folder. Returns the training images (``[]`` for an HDF5 feed); raises
+    :class:`TrainingInputError` naming the setting."""
+    defaults = TrainConfig()
+    files: list[Path] = []
+    if feed and config.h5:
+        if not Path(config.h5).is_file():
+            raise TrainingInputError("h5", config.h5, f"{config.h5}: no such file")
+    elif feed:
+        default = config.train_dirs == defaults.train_dirs
+        for folder in config.train_dirs:
+            try:
+                files += collect_files([folder])
+            except DataError as exc:
+                raise TrainingInputError("train_dirs", folder, str(exc), default) from None
+    if config.val_dir and config.channels == 1:  # validation is on Y only
+        try:
+            list_images(config.val_dir)
+        except ImageError as exc:
+            raise TrainingInputError("val_dir", config.val_dir, str(exc),
+                                     config.val_dir == defaults.val_dir) from None
+    return files
+
+
+def make_patch_source(config: TrainConfig, files: list[Path] | None = None) -> PatchSource:
+    """The training feed ``config`` asks for: an HDF5 patch file, or patches cut on the fly
+    from ``files`` (default: the images of ``config.train_dirs``)."""
     if config.h5:
         h5 = H5Patches(config.h5, seed=config.seed)
         if h5.channels != config.channels:
             raise VDSRError(f"{config.h5}: patches have {h5.channels} channels, the model {config.channels}")
         return h5
-    files = collect_files(config.train_dirs)
+    files = collect_files(config.train_dirs) if files is None else files
     images = list(degraded_images(files, config.scales, config.channels, config.downscales, config.patch))
     sampler = PatchSampler(images, patch=config.patch, seed=config.seed)
     log.info("on-the-fly data: %d images, %d degraded pieces, %.0f MB in memory",
@@ -89,12 +117,19 @@ def make_patch_source(config: TrainConfig) -> PatchSource:
 class Trainer:
     """One training run: builds everything from a :class:`TrainConfig`, steps, logs, saves.
 
+    ``state`` (from :meth:`RunFolder.resume`) continues the run in ``config.run_dir``; without
+    it a new run starts there, in a folder :meth:`RunFolder.claim` allows (``overwrite``:
+    replace a run, or write beside someone else's files). Nothing is loaded or written before
+    that check. The trainer sets no process-wide torch state (threads, global seeds, TF32):
+    :func:`vdsr.train.configure_process` does, once, in the program that owns the process.
+
     ``progress(step, row)`` is called with every row written to ``metrics.csv``.
     ``on_stop_requested(signal_name)`` is called as soon as SIGINT/SIGTERM asks the run to stop
     (from the signal handler: keep it short), so a caller can acknowledge it at once.
     """
 
-    def __init__(self, config: TrainConfig, sampler: PatchSource | None = None,
+    def __init__(self, config: TrainConfig, *, state: dict[str, Any] | None = None,
+                 overwrite: bool = False, sampler: PatchSource | None = None,
                  progress: Callable[[int, dict[str, float]], None] | None = None,
                  dist: DistContext | None = None,
                  on_stop_requested: Callable[[str], None] | None = None) -> None:
@@ -103,58 +138,28 @@ class Trainer:
             raise VDSRError(f"batch size {config.batch_size} does not divide among "
                             f"{self.dist.world_size} processes")
         self.run = RunFolder(config.run_dir)
+        # Before anything is loaded or written: may this run write there (RunFolder.claim)?
+        self.run.claim(resume=state is not None, overwrite=overwrite)
         self.device = pick_device(config.device)
         if self.device.type == "cuda" and self.dist.enabled:
             self.device = torch.device("cuda", self.dist.local_rank)
         # "auto" becomes the precision used, so config.json and the weights' recipe name it.
         self.precision = resolve_train_precision(config.precision, self.device)
-        config = replace(config, precision=self.precision)
-        self.config = config
+        self.config = config = replace(config, precision=self.precision)
+        files = check_inputs(config, feed=sampler is None)  # all of them, before loading any
         # fp16/bf16: autocast (weights and optimiser state stay fp32); fp32/tf32: none.
         low = torch_dtype(self.precision)
         self.autocast_dtype: torch.dtype | None = None if low == torch.float32 else low
-        # fp16's 5 exponent bits underflow small gradients: scale the loss (bf16 needs no scaler).
-        self.scaler = torch.amp.GradScaler(self.device.type) if self.precision == "fp16" else None
-        if self.device.type == "cuda":
-            # PyTorch lets cuDNN use TF32 by default: fp32 means fp32.
-            torch.backends.cudnn.allow_tf32 = self.precision == "tf32"
-            torch.backends.cuda.matmul.allow_tf32 = self.precision == "tf32"
-        if config.threads:
-            torch.set_num_threads(config.threads)
-        torch.manual_seed(config.seed)
-        random.seed(config.seed)
-        self.model = VDSR(config.model_config()).to(self.device)
-        if config.init_weights:
-            state, meta = load_weights(config.init_weights)
-            if meta.config != self.model.config:
-                have, want = model_difference(meta.config, self.model.config)
-                raise WeightsError(f"{config.init_weights}: weights of a model with {have}; "
-                                   f"this run trains {want}")
-            self.model.load_state_dict(state)
-        if self.device.type == "cuda":
-            torch.backends.cudnn.benchmark = True  # fixed patch shapes: autotune once, reuse
-        # channels_last pays on GPUs (tensor cores); on CPU training it measured slightly slower.
-        self.memory_format = (torch.channels_last if self.device.type == "cuda"
-                              else torch.contiguous_format)
-        self.model = self.model.to(memory_format=self.memory_format)  # type: ignore[call-overload]
-        self.net: nn.Module = self.model
-        if self.dist.enabled:
-            from torch.nn.parallel import DistributedDataParallel
-
-            self.net = DistributedDataParallel(
-                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
-        self.loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = self._forward_loss
-        if config.compile:
-            # On one GPU, CUDA graphs replay the whole forward and backward with one launch each:
-            # the eager step is bound by the host queueing its kernels (BENCHMARKS.md).
-            mode = "reduce-overhead" if self.device.type == "cuda" and not self.dist.enabled else None
-            self.loss_fn = torch.compile(self._forward_loss, mode=mode)
-        log.info("training in %s on %s%s", self.precision, self.device,
-                 " (torch.compile)" if config.compile else "")
+        self.memory_format = memory_format(self.device, self.precision)
+        # A resumed run's weights come from its checkpoint: its init weights are not read again.
+        self.model = self._build_model(None if state is not None else config.init_weights)
+        self.net, self.loss_fn = self._wrap_model()
         self.optimizer = make_optimizer(config, self.model)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda s: lr_factor(config, s))
-        self.sampler: PatchSource = sampler if sampler is not None else make_patch_source(config)
+            self.optimizer, lambda s: learning_rate_factor(config, s))
+        # fp16's 5 exponent bits underflow small gradients: scale the loss (bf16 needs no scaler).
+        self.scaler = torch.amp.GradScaler(self.device.type) if self.precision == "fp16" else None
+        self.sampler: PatchSource = sampler if sampler is not None else make_patch_source(config, files)
         # On a GPU, a source that can cut its patches there does (same draws, no host loop).
         self.device_feed = self.device.type == "cuda" and self.sampler.cuts_on_device
         self.step = 0
@@ -162,10 +167,54 @@ class Trainer:
         self.best_metrics: dict[str, float] = {}
         self.progress = progress
         self.on_stop_requested = on_stop_requested
+        # Rank 0 alone validates and writes; the others only read their losses back.
+        self._report = self._report_main if self.dist.is_main else self._report_worker
+        self._pending: list[torch.Tensor] = []  # losses still on the device (read when logging)
+        self._started = (0, 0.0)  # (step, time) at which fit() began: the logged rate
+        self._validated: tuple[int, dict[str, float]] = (-1, {})  # the last validation's step
+        if state is not None:
+            self.load_state_dict(state)
+        _warn_if_tf32_disagrees(self.device, self.precision)
+        log.info("training in %s on %s%s", self.precision, self.device,
+                 " (torch.compile)" if config.compile else "")
+
+    def _build_model(self, init_weights: str | None) -> VDSR:
+        """The network on the training device, initialised from a generator seeded by
+        ``config.seed`` (the process's own generator is left alone), or from ``init_weights``."""
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.config.seed)
+            model = VDSR(self.config.model_config())
+        if init_weights:
+            state, meta = load_weights(init_weights)
+            if meta.config != model.config:
+                have, want = model_difference(meta.config, model.config)
+                raise WeightsError(f"{init_weights}: weights of a model with {have}; "
+                                   f"this run trains {want}")
+            model.load_state_dict(state)
+        model = model.to(self.device)
+        return model.to(memory_format=self.memory_format)  # type: ignore[call-overload]
+
+    def _wrap_model(self) -> tuple[nn.Module, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]]:
+        """The module the step runs (DDP around the model in a distributed run) and the loss
+        function (compiled with ``config.compile``)."""
+        net: nn.Module = self.model
+        if self.dist.enabled:
+            from torch.nn.parallel import DistributedDataParallel
+
+            net = DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = self._forward_loss
+        if self.config.compile:
+            # On one GPU, CUDA graphs replay the whole forward and backward with one launch each:
+            # the eager step is bound by the host queueing its kernels (BENCHMARKS.md).
+            mode = "reduce-overhead" if self.device.type == "cuda" and not self.dist.enabled else None
+            loss_fn = torch.compile(self._forward_loss, mode=mode)
+        return net, loss_fn
 
     # -- state --------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        """Everything that continues the run bit-identically, as tensors and plain containers."""
+        """Everything that continues the run bit-identically, as tensors and plain containers
+        (the process's generators too: :func:`vdsr.train.configure_process` sets them back)."""
         return {
             "step": self.step,
             "model": {k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()},
@@ -187,9 +236,6 @@ class Trainer:
             self.optimizer.load_state_dict(state["optimizer"])
             self.scheduler.load_state_dict(state["scheduler"])
             self.sampler.state = json.loads(state["sampler"])
-            torch.set_rng_state(state["torch_rng"])
-            py = json.loads(state["python_rng"])
-            random.setstate((py[0], tuple(py[1]), py[2]))
             self.step = int(state["step"])
             self.best_psnr = float(state["best_psnr"])
             self.best_metrics = json.loads(state["best_metrics"])
@@ -197,10 +243,6 @@ class Trainer:
                 self.scaler.load_state_dict(state["scaler"])
         except (KeyError, RuntimeError, ValueError, TypeError) as exc:
             raise TrainingError(f"checkpoint does not fit this run ({exc})") from None
-
-    def resume(self) -> None:
-        """Continue from the run folder's ``checkpoint.pt``."""
-        self.load_state_dict(self.run.load_checkpoint())
 
     # -- one step -----------------------------------------------------------------------------
     def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -247,17 +289,23 @@ class Trainer:
                     return loss.detach()
                 raise NonFiniteLoss(value, self.step + 1)
         self.optimizer.zero_grad(set_to_none=True)
+        self._update(loss)
+        return loss.detach()
+
+    def _update(self, loss: torch.Tensor) -> None:
+        """Backward, gradient clipping at the current learning rate, optimiser step; with fp16
+        through the loss scaler (the true gradients are clipped; an overflowing step is skipped)."""
+        learning_rate = float(self.scheduler.get_last_lr()[0])
         if self.scaler is None:
             loss.backward()
-            clip_gradients(self.config, self.model, float(self.scheduler.get_last_lr()[0]))
+            clip_gradients(self.config, self.model, learning_rate)
             self.optimizer.step()
-        else:
-            self.scaler.scale(loss).backward()
-            self.scaler.unscale_(self.optimizer)  # clip the true gradients, not the scaled ones
-            clip_gradients(self.config, self.model, float(self.scheduler.get_last_lr()[0]))
-            self.scaler.step(self.optimizer)  # skipped if a gradient overflowed
-            self.scaler.update()
-        return loss.detach()
+            return
+        self.scaler.scale(loss).backward()
+        self.scaler.unscale_(self.optimizer)
+        clip_gradients(self.config, self.model, learning_rate)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
 
     def _forward_loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """MSE of the network on ``x`` against ``y`` in the run's precision: a 0-d float32 tensor."""
@@ -301,8 +349,10 @@ class Trainer:
 
         self.model.eval()
         try:
-            results = evaluate_folder(self.model, c.val_dir, c.scales, tile=None, progress=check,
-                                      device=str(self.device), with_ssim=False, backend="torch")
+            # Validation scores the model exactly (fp32), whatever the training arithmetic.
+            upscaler = upscaler_for(self.model, tile=None, device=self.device, backend="torch", precision="fp32")
+            results = evaluate_folder(upscaler, c.val_dir, EvalConfig(scales=tuple(c.scales), ssim=False),
+                                      progress=check)
         except _Cancelled:
             return {}
         finally:
@@ -315,72 +365,98 @@ class Trainer:
     def fit(self) -> dict[str, float]:
         """Train from ``self.step`` up to ``config.steps``; returns the best validation metrics.
 
-        Every ``log_every`` steps a row goes to ``metrics.csv``, every ``val_every`` steps the
-        validation PSNR (and ``best.safetensors`` when it is the best yet), every
-        ``checkpoint_every`` steps ``checkpoint.pt``; at the end ``last.safetensors`` with its
-        own step's validation. In a distributed run, rank 0 alone validates and writes.
-
-        In a single-process run, SIGINT (Ctrl-C) or SIGTERM stops it at the end of the step in
-        progress (validation, if running, is cut short): a checkpoint of that step is written and
-        :class:`TrainingInterrupted` raised, so resuming continues exactly there. A second Ctrl-C
-        stops at once.
+        After every step :meth:`_report` writes what is due (``metrics.csv`` rows, validation
+        and ``best.safetensors``, ``checkpoint.pt``); at the end ``last.safetensors`` gets its
+        own step's validation. SIGINT (Ctrl-C) or SIGTERM stops a single-process run at the end
+        of the step in progress, with a checkpoint of that step, by :class:`TrainingInterrupted`
+        (a second Ctrl-C stops at once).
         """
-        c, run, main = self.config, self.run, self.dist.is_main
+        c, main = self.config, self.dist.is_main
         if main:
-            run.start(c, self.step)
+            self.run.start(c, self.step)
+            if self.step >= c.steps:  # nothing left to train: validate for last.safetensors now
+                self._validated = (self.step, self.validate())
         self.model.train()
-        pending: list[torch.Tensor] = []  # losses still on the device (read back when logging)
-        first_step, t0 = self.step, time.perf_counter()
-        # Validation of the last step, for last.safetensors; taken now if nothing is left to train.
-        final = self.validate() if main and self.step >= c.steps else {}
+        self._pending, self._started = [], (self.step, time.perf_counter())
         try:
             with _StopSignals(not self.dist.enabled, self.on_stop_requested) as stop:
                 while self.step < c.steps:
-                    x, y = self.next_batch()
                     learning_rate = float(self.scheduler.get_last_lr()[0])
-                    pending.append(self.train_step(x, y))
+                    self._pending.append(self.train_step(*self.next_batch()))
                     self.scheduler.step()
                     self.step += 1
-                    end = self.step == c.steps
-
-                    row: dict[str, float] = {}
-                    if self.step % c.log_every == 0 or end:
-                        rate = (self.step - first_step) * c.batch_size / max(time.perf_counter() - t0, 1e-9)
-                        row = {"step": self.step, "train_loss": self._drain(pending),
-                               "learning_rate": learning_rate, "patches_per_s": rate,
-                               "eta_s": (c.steps - self.step) * c.batch_size / max(rate, 1e-9)}
-                    if not main:
-                        continue
-
-                    if self.step % c.val_every == 0 or end:
-                        self._read_losses(pending)  # never validate weights after a non-finite loss
-                        metrics = self.validate(should_stop=lambda: stop.requested is not None)
-                        if metrics:
-                            row |= {"step": self.step, **metrics}
-                            if end:
-                                final = metrics
-                            if metrics["val_psnr_mean"] > self.best_psnr:
-                                self.best_psnr, self.best_metrics = metrics["val_psnr_mean"], metrics
-                                run.export("best.safetensors", self.model, c, self.step, metrics)
-                    if row:
-                        run.log(row, c.scales)
-                        if self.progress is not None:
-                            self.progress(self.step, row)
-
-                    stopping = stop.requested  # read after validation: a signal may come during it
-                    if self.step % c.checkpoint_every == 0 or end or stopping:
-                        self._read_losses(pending)  # never save weights after a non-finite loss
-                        if "val_psnr_mean" in row:
-                            run.plot()
-                        run.save_checkpoint(self.state_dict())
-                        if stopping and not end:
-                            raise TrainingInterrupted(stopping, self.step, c.steps, str(run.path))
+                    self._report(learning_rate, stop)
             if main:
-                run.export("last.safetensors", self.model, c, self.step, final)
+                validated_at, metrics = self._validated
+                self.run.save_weights("last.safetensors", self.model, c, self.step,
+                                      metrics if validated_at == self.step else {})
         finally:
-            run.close()
+            self.run.close()
         self.dist.barrier()
         return self.best_metrics
+
+    def _due(self, every: int) -> bool:
+        """Whether a thing done every ``every`` steps is due now (it always is at the last step)."""
+        return self.step % every == 0 or self.step == self.config.steps
+
+    def _report_main(self, learning_rate: float, stop: _StopSignals) -> None:
+        """After a step on rank 0: log the loss, validate and checkpoint when due, and stop here
+        (with a checkpoint of this step) if a signal asked to."""
+        c = self.config
+        row = self._loss_row(learning_rate) if self._due(c.log_every) else {}
+        validation = self._validate_step(stop) if self._due(c.val_every) else {}
+        if row or validation:
+            self._log({"step": self.step, **row, **validation})
+        stopping = stop.requested  # read after validation: a signal may come during it
+        if self._due(c.checkpoint_every) or stopping:
+            self._checkpoint(plot=bool(validation))
+            if stopping and self.step < c.steps:
+                raise TrainingInterrupted(stopping, self.step, c.steps, str(self.run.path))
+
+    def _report_worker(self, learning_rate: float, stop: _StopSignals) -> None:
+        """After a step on another rank: read the losses back when rank 0 logs (it alone writes)."""
+        if self._due(self.config.log_every):
+            self._drain(self._pending)
+
+    def _loss_row(self, learning_rate: float) -> dict[str, float]:
+        """The logged training columns: mean loss since the last row, learning rate, rate, ETA."""
+        c, (first_step, t0) = self.config, self._started
+        rate = (self.step - first_step) * c.batch_size / max(time.perf_counter() - t0, 1e-9)
+        return {"train_loss": self._drain(self._pending), "learning_rate": learning_rate,
+                "patches_per_s": rate, "eta_s": (c.steps - self.step) * c.batch_size / max(rate, 1e-9)}
+
+    def _validate_step(self, stop: _StopSignals) -> dict[str, float]:
+        """This step's validation (``{}`` if a stop request cut it short); ``best.safetensors``
+        when it is the best yet."""
+        self._read_losses(self._pending)  # never validate weights after a non-finite loss
+        metrics = self.validate(should_stop=lambda: stop.requested is not None)
+        if not metrics:
+            return {}
+        self._validated = (self.step, metrics)
+        if metrics["val_psnr_mean"] > self.best_psnr:
+            self.best_psnr, self.best_metrics = metrics["val_psnr_mean"], metrics
+            self.run.save_weights("best.safetensors", self.model, self.config, self.step, metrics)
+        return metrics
+
+    def _log(self, row: dict[str, float]) -> None:
+        self.run.log(row, self.config.scales)
+        if self.progress is not None:
+            self.progress(self.step, row)
+
+    def _checkpoint(self, plot: bool) -> None:
+        """``checkpoint.pt`` of this step, then (after a validation) ``curve.png``."""
+        self._read_losses(self._pending)  # never save weights after a non-finite loss
+        self.run.save_checkpoint(self.state_dict())
+        if plot:
+            self.run.plot(self.step)
+
+
+def _warn_if_tf32_disagrees(device: torch.device, precision: str) -> None:
+    """On CUDA, say so when the process's TF32 switch contradicts the precision recorded."""
+    if device.type == "cuda" and torch.backends.cudnn.allow_tf32 != (precision == "tf32"):
+        log.warning("training in %s, but this process %s TF32 for cuDNN: call "
+                    "vdsr.train.configure_process(config) first", precision,
+                    "allows" if torch.backends.cudnn.allow_tf32 else "does not allow")
 
 
 class _Cancelled(BaseException):
