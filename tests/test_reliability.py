@@ -240,7 +240,7 @@ def test_absurd_scale_and_small_tile(tmp_path: Path, tiny_weights: Path, capsys:
     src = write_png(tmp_path / "a.png", random_rgb(10, 10))
     with pytest.raises(SystemExit) as exc:  # a usage error, like -s 1 (issue 18, bug 7)
         main(["upscale", str(src), "-s", "1000", "-o", str(tmp_path / "o.png"), "--weights", str(tiny_weights)])
-    assert exc.value.code == 2 and "must be at most 16" in capsys.readouterr().err
+    assert exc.value.code == 2 and "too large (at most 16)" in capsys.readouterr().err
     code = main(["upscale", str(src), "-s", "2", "-o", str(tmp_path / "o.png"), "--weights", str(tiny_weights),
                  "--tile", "5"])
     check_one_line_error(capsys, code, "smaller than the receptive field (9x9)")

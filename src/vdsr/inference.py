@@ -13,6 +13,7 @@ tile by tile, so memory stays at the input, the output and one tile's working se
 
 from __future__ import annotations
 
+import math
 import time
 import warnings
 import weakref
@@ -83,6 +84,8 @@ def bicubic_upscale(pixels: NDArray[np.floating], scale: float) -> NDArray[np.fl
     """MATLAB bicubic resizing of an ``(H, W)`` or ``(H, W, C)`` array to ``round(scale*size)``."""
     if pixels.ndim not in (2, 3) or 0 in pixels.shape:
         raise InvalidArgument(f"expected a non-empty (H, W) or (H, W, C) image, got {pixels.shape}")
+    if not (math.isfinite(scale) and scale > 0):
+        raise InvalidArgument(f"scale must be finite and positive, got {scale}")
     return imresize(pixels, scale=scale, size=upscaled_size(pixels.shape[0], pixels.shape[1], scale))
 
 

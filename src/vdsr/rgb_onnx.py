@@ -33,6 +33,7 @@ import json
 import math
 import os
 import warnings
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -65,27 +66,33 @@ def check_integer_scale(scale: object) -> int:
     return int(scale)
 
 
-def matlab_cubic(x: NDArray[np.float64]) -> NDArray[np.float64]:
-    """MATLAB's bicubic kernel (Keys, a = -0.5) at distances ``x``."""
-    a = np.abs(x)
-    near = (1.5 * a**3 - 2.5 * a**2 + 1.0) * (a <= 1)
-    far = (-0.5 * a**3 + 2.5 * a**2 - 4.0 * a + 2.0) * ((a > 1) & (a <= 2))
-    return near + far
-
-
 def phase_filters(scale: int) -> NDArray[np.float64]:
-    """MATLAB ``imresize`` upscaling by an integer ``scale`` as ``(scale, TAPS)`` filters.
+    """MATLAB ``imresize`` upscaling by an integer ``scale`` as ``(scale, TAPS)`` filters, read
+    from the package's one bicubic core (:func:`vdsr.resize.axis_weights`).
 
-    Output pixel ``S*q + p`` (0-based) sits at input coordinate ``q + d_p`` with
-    ``d_p = (p + 0.5) / S - 0.5`` (pixel-centre alignment); it is ``sum_t f[p, t] * in[q + t - 2]``
-    with ``f[p, t] = cubic(d_p - (t - 2))``, normalised to sum 1 as MATLAB does.
+    Away from the borders output pixel ``S*q + p`` reads input pixels ``q - 2 .. q + 2`` with
+    weights that depend on the phase ``p`` alone: filter ``f[p, t]`` weighs ``in[q + t - 2]``.
     """
-    offsets = np.arange(TAPS, dtype=np.float64) - PAD
-    rows = []
+    from vdsr.resize import axis_weights
+
+    n, q = 16, 8  # an interior sample of a 16-sample axis: no border mirroring reaches it
+    weights = axis_weights(n, n * scale, float(scale))
+    filters = np.zeros((scale, TAPS), dtype=np.float64)
     for p in range(scale):
-        w = matlab_cubic((p + 0.5) / scale - 0.5 - offsets)
-        rows.append(w / w.sum())
-    return np.stack(rows)
+        row = scale * q + p
+        for index, weight in zip(weights.indices[row], weights.weights[row], strict=True):
+            filters[p, int(index) - q + PAD] += weight
+    return filters
+
+
+def output_paths(path: str | os.PathLike[str], scales: list[object]) -> list[tuple[str, int]]:
+    """``(path, scale)`` for each requested scale (checked): ``path`` itself for one scale,
+    ``NAME_x{S}.onnx`` beside it for several."""
+    checked = list(dict.fromkeys(check_integer_scale(s) for s in scales))
+    out = Path(path)
+    if len(checked) == 1:
+        return [(str(out), checked[0])]
+    return [(str(out.with_name(f"{out.stem}_x{s}{out.suffix}")), s) for s in checked]
 
 
 def symmetric_pad(x: torch.Tensor, dim: int) -> torch.Tensor:

@@ -112,3 +112,36 @@ def summarize(model: nn.Module, input_shape: tuple[int, int, int]) -> Summary:
 
 
 __all__ = ["Layer", "Summary", "notes_inception_model", "summarize"]
+
+
+def summary_text(spec: str, input_shape: tuple[int, int, int] | None = None, body: str = "plain") -> str:
+    """``vdsr summary``: the Keras-style summary of ``spec`` (``"vdsr"``, ``"inception"`` (the notes'
+    example) or a weights file), for ``input_shape`` ``(H, W, C)``, with VDSR's receptive field."""
+    from pathlib import Path
+
+    from vdsr.errors import InvalidArgument
+    from vdsr.model import VDSR, VDSRConfig, count_parameters, flops_per_pixel
+
+    model: nn.Module
+    if spec == "inception":
+        model, shape, title = notes_inception_model(), (224, 224, 3), "inception"
+    elif spec == "vdsr":
+        model, shape, title = VDSR(VDSRConfig(body=body)), (41, 41, 1), f"vdsr ({body})"
+    else:
+        from vdsr.weights import read_metadata
+
+        meta = read_metadata(spec)
+        model, title, shape = VDSR(meta.config), Path(spec).name, (41, 41, meta.config.channels)
+    if input_shape:
+        shape = input_shape
+        if min(shape) < 1:
+            raise InvalidArgument(f"the input shape must be positive, got {shape}")
+    try:
+        text = summarize(model, shape).format(title)
+    except RuntimeError as exc:
+        raise InvalidArgument(f"model does not accept input shape {shape}: {str(exc).splitlines()[0]}") from None
+    if isinstance(model, VDSR):
+        rf = model.config.receptive_field
+        text += (f"\nReceptive field: {rf}x{rf}; parameters: {count_parameters(model):,}; "
+                 f"{flops_per_pixel(model) / 1e6:.3f} MFLOP per output pixel")
+    return text

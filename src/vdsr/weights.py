@@ -21,6 +21,7 @@ import functools
 import json
 import math
 import os
+import shlex
 import struct
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -447,3 +448,49 @@ def weights_summary(metadata: WeightsMetadata) -> dict[str, Any]:
     out["parameters"] = sum(math.prod(shape) for shape in expected_shapes(metadata.config).values())
     out["receptive_field"] = metadata.config.receptive_field
     return out
+
+
+def describe(path: Path, info: dict[str, Any], named: bool = True) -> str:
+    """A weights file's metadata (:func:`weights_summary`) as a short readable summary (``vdsr info``).
+
+    ``named``: the file was given on the command line (the JSON hint repeats it). Free-form
+    recipe values of unexpected types are shown as they are, never formatted as numbers.
+    """
+    model, recipe = info.get("model", {}), info.get("recipe") or {}
+    channels = model.get("channels", 1)
+    lines = [f"{path.name} ({info.get('format', '?')} v{info.get('format_version', '?')})"]
+
+    def row(label: str, text: str) -> None:
+        lines.append(f"  {label:<11} {text}")
+
+    def count(value: Any) -> str:
+        return f"{value:,}" if isinstance(value, int) and not isinstance(value, bool) else str(value)
+
+    row("model", f"{model.get('body', 'plain')} VDSR, {model.get('depth')} layers of width {model.get('width')}, "
+                 f"{'with' if model.get('bias') else 'no'} biases, {channels} channel"
+                 f"{' (Y)' if channels == 1 else 's (RGB)'}; {count(info.get('parameters', 0))} parameters, "
+                 f"receptive field {info.get('receptive_field')}x{info.get('receptive_field')}")
+    row("scales", "trained for " + ", ".join(f"x{s}" for s in info.get("scales", [])))
+    row("source", str(info.get("source", "")))
+    if recipe.get("optimizer"):
+        dirs = recipe.get("train_dirs")
+        data = (", ".join(Path(d).name for d in dirs if isinstance(d, str)) if isinstance(dirs, list) else "") \
+            or recipe.get("h5") or "?"
+        steps = recipe.get("trained_steps") or recipe.get("steps") or 0
+        row("training", f"{recipe['optimizer']}, learning rate {recipe.get('learning_rate')} "
+                        f"({recipe.get('schedule')}), batch {recipe.get('batch_size')}, patch "
+                        f"{recipe.get('patch')}, {count(steps)} steps on {data}")
+    metrics = info.get("metrics") or {}
+    per_scale = [(k.removeprefix("val_psnr_"), v) for k, v in metrics.items()
+                 if k.startswith("val_psnr_x") and isinstance(v, float)]
+    if per_scale:
+        row("validation", f"{metrics.get('validation') or '?'} Y-PSNR " + ", ".join(f"{s} {v:.2f}" for s, v in per_scale)
+            + " dB")
+    for protocol, results in (info.get("evaluation") or {}).items():
+        lines.append(f"  evaluation ({protocol}): Y-PSNR/SSIM, model (bicubic)")
+        for r in results:
+            lines.append(f"    {r['dataset']:<8} x{r['scale']}  {r['psnr']:.2f}/{r['ssim']:.4f}  "
+                         f"({r['bicubic_psnr']:.2f}/{r['bicubic_ssim']:.4f})  {r['images']} images")
+    row("colour", str(info.get("color", "")))
+    lines.append(f"(everything, as JSON: vdsr info {shlex.quote(str(path)) + ' ' if named else ''}--json)")
+    return "\n".join(lines)

@@ -10,11 +10,13 @@ import functools
 import math
 import typing
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from vdsr.constants import BODIES, DEFAULT_SCALES, OPTIMIZERS, SCHEDULES, TRAIN_PRECISIONS
 from vdsr.errors import InvalidTrainConfig
-from vdsr.model import VDSRConfig
+
+if TYPE_CHECKING:  # the CLI reads the defaults from here while it builds --help: no torch
+    from vdsr.model import VDSRConfig
 
 __all__ = ["TrainConfig", "learning_rate_factor"]
 
@@ -127,6 +129,8 @@ class TrainConfig:
         return p
 
     def model_config(self) -> VDSRConfig:
+        from vdsr.model import VDSRConfig
+
         return VDSRConfig(depth=self.depth, width=self.width, channels=self.channels,
                           bias=self.bias, body=self.body)
 
