@@ -242,3 +242,23 @@ def test_info_names_the_file_in_its_json_hint(tmp_path: Path, tiny_weights: Path
     code, _, err = run(["info", str(pth)], capsys)
     assert code == 1 and err == (f"vdsr: error: {pth}: only .safetensors weights are loaded; convert it first "
                                  f"with `vdsr convert {pth} -o model.safetensors`\n")
+
+
+@pytest.mark.parametrize("device", ["foo", "cuda:99", *([] if torch.cuda.is_available() else ["cuda", "cuda:1"])])
+def test_a_device_that_is_not_here_is_one_line(device: str, tmp_path: Path, tiny_weights: Path,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    """Issue 23 item 5: `--device cuda` without CUDA (or `foo`) in upscale and evaluate gave
+    `AssertionError: Torch not compiled with CUDA enabled` with a traceback."""
+    from PIL import Image
+
+    image = tmp_path / "in.png"
+    Image.new("RGB", (8, 8)).save(image)
+    (tmp_path / "set").mkdir()
+    Image.new("RGB", (12, 12)).save(tmp_path / "set" / "a.png")
+    for argv in (["upscale", str(image), "-s", "2", "-o", str(tmp_path / "out.png")],
+                 ["evaluate", "--data", str(tmp_path / "set"), "--scales", "2"]):
+        code = main([*argv, "--weights", str(tiny_weights), "--device", device])
+        err = capsys.readouterr().err
+        assert code == 1 and err.startswith(f"vdsr: error: device '{device}' cannot be used: ")
+        assert err.count("\n") == 1, err
+    assert not (tmp_path / "out.png").exists()

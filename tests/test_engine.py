@@ -12,10 +12,11 @@ import torch
 from tests.conftest import tiny_model
 from vdsr.backends import create_backend, pick_runtime
 from vdsr.color import rgb2ycbcr, ycbcr2rgb
-from vdsr.engine import Upscaler, dihedral, dihedral_inverse
+from vdsr.engine import Upscaler
 from vdsr.errors import BackendUnavailable, InvalidArgument, TooLarge, VDSRError
 from vdsr.inference import run_network, upscale
 from vdsr.resize import imresize
+from vdsr.transforms import dihedral, dihedral_inverse
 
 
 def _input(h: int = 45, w: int = 61, seed: int = 0) -> torch.Tensor:

@@ -35,10 +35,10 @@ def run_demo(out_dir: Path, scale: int = 3, weights: str | None = None) -> str:
     model, _ = load_model(weights)
     out_dir.mkdir(parents=True, exist_ok=True)
     hr = modcrop(sample_image(), scale)
-    lr = downscale_8bit(hr, scale) / 255.0
-    bicubic = np.clip(bicubic_upscale(lr, scale), 0, 1)
-    sr = upscale(lr, scale, model=model)
-    save_image(out_dir / "lr.png", lr)
+    lr_image = downscale_8bit(hr, scale) / 255.0
+    bicubic = np.clip(bicubic_upscale(lr_image, scale), 0, 1)
+    sr = upscale(lr_image, scale, model=model)
+    save_image(out_dir / "lr.png", lr_image)
     save_image(out_dir / f"bicubic_x{scale}.png", bicubic)
     save_image(out_dir / f"vdsr_x{scale}.png", sr)
     p_bic = psnr(rgb2y(hr) * 255, rgb2y(bicubic) * 255, border=scale)

@@ -34,8 +34,9 @@ from vdsr.errors import InvalidArgument, VDSRError
 from vdsr.model import VDSR
 from vdsr.resize import AxisWeights, axis_weights, resize_tensor
 from vdsr.sizes import upscaled_size
+from vdsr.transforms import dihedral, dihedral_inverse
 
-__all__ = ["Block", "Progress", "RunInfo", "Upscaler", "check_tile", "dihedral", "dihedral_inverse"]
+__all__ = ["Block", "Progress", "RunInfo", "Upscaler", "check_tile"]
 
 Progress = Callable[[int, int], None]
 """Called as ``progress(done, total)`` after each tile; an exception it raises stops the work
@@ -51,20 +52,6 @@ def check_tile(tile: int | None, receptive_field: int) -> int | None:
         raise InvalidArgument(
             f"tile size {tile} is smaller than the receptive field ({receptive_field}x{receptive_field})")
     return int(tile)
-
-
-def dihedral(x: torch.Tensor, k: int) -> torch.Tensor:
-    """The ``k``-th of the 8 flips/rotations of ``(..., H, W)``: ``k % 4`` quarter turns, then a
-    left-right flip when ``k >= 4``."""
-    y = torch.rot90(x, k % 4, dims=(-2, -1))
-    return torch.flip(y, dims=(-1,)) if k >= 4 else y
-
-
-def dihedral_inverse(y: torch.Tensor, k: int) -> torch.Tensor:
-    """Undo :func:`dihedral`: ``dihedral_inverse(dihedral(x, k), k) == x`` exactly."""
-    if k >= 4:
-        y = torch.flip(y, dims=(-1,))
-    return torch.rot90(y, -(k % 4), dims=(-2, -1))
 
 
 def _spans(size: int, step: int) -> Iterator[tuple[int, int]]:

@@ -84,8 +84,8 @@ def make_pair(
     if protocol == "ydouble":
         lr_y = imresize(gt_y, 1.0 / scale)
     else:
-        lr = downscale_8bit(hr, scale)
-        lr_y = lr if gray else rgb2ycbcr(lr / 255.0)[..., 0] * 255.0
+        lr_image = downscale_8bit(hr, scale)
+        lr_y = lr_image if gray else rgb2ycbcr(lr_image / 255.0)[..., 0] * 255.0
     bicubic_y = imresize(lr_y, scale)
     return gt_y, bicubic_y
 

@@ -31,10 +31,11 @@ from vdsr.canvas import Canvas
 from vdsr.constants import DEFAULT_MAX_PIXELS
 from vdsr.errors import ImageError, TooLarge
 from vdsr.fileio import atomic_path
+from vdsr.sizes import check_output_pixels
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm")
-__all__ = ["DEFAULT_MAX_PIXELS", "IMAGE_SUFFIXES", "OUTPUT_FORMATS", "OUTPUT_SUFFIXES", "ImageMetadata",
-           "LoadedImage", "check_output_size", "output_format", "decode_image", "load_image",
+__all__ = ["IMAGE_SUFFIXES", "OUTPUT_FORMATS", "OUTPUT_SUFFIXES", "ImageMetadata",
+           "LoadedImage", "output_format", "decode_image", "load_image",
            "probe", "probe_image",
            "save_image", "encode_png", "list_images", "to_pil", "to_uint"]
 
@@ -204,7 +205,7 @@ def probe(path: str | os.PathLike[str], max_pixels: int = DEFAULT_MAX_PIXELS) ->
     applied), from its header alone, without decoding pixels.
 
     The cheap checks (missing, empty, not an image, over ``max_pixels``): pass the size to
-    :func:`check_output_size` to refuse an upscale before anything is decoded. Raises
+    :func:`vdsr.sizes.check_output_pixels` to refuse an upscale before anything is decoded. Raises
     :class:`ImageError`/:class:`TooLarge`; :func:`load_image` still finds truncated data.
     """
     path = Path(path)
@@ -273,7 +274,7 @@ def _check_header(img: Image.Image, path: Path, max_pixels: int, scale: float | 
         raise ImageError(f"{path}: image has zero size ({w}x{h})")
     if scale is not None and max_output_pixels is not None:
         # A rotation swaps the sides; the output's pixel count is the same either way.
-        check_output_size(str(path), h, w, scale, max_output_pixels)
+        check_output_pixels(str(path), h, w, scale, max_output_pixels)
 
 
 @contextlib.contextmanager
@@ -424,13 +425,6 @@ def _metadata(img: Image.Image, exif: Image.Exif, path: Path) -> tuple[Image.Ima
         except (*_DECODE_ERRORS, UnicodeError) as exc:
             warnings.warn(f"{path}: EXIF data that cannot be written back dropped ({exc})", stacklevel=4)
     return img, ImageMetadata(exif=exif_bytes, icc_profile=icc, dpi=dpi_pair)
-
-
-def check_output_size(name: str, height: int, width: int, scale: float, limit: int) -> tuple[int, int]:
-    """:func:`vdsr.sizes.check_output_pixels` (kept here for the callers of earlier releases)."""
-    from vdsr.sizes import check_output_pixels
-
-    return check_output_pixels(name, height, width, scale, limit)
 
 
 _ORIENTATION = 0x0112

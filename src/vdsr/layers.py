@@ -41,8 +41,7 @@ class Add(nn.Module):
     def forward(self, *xs: torch.Tensor) -> torch.Tensor:
         if len(xs) < 2:
             raise InvalidArgument("add needs at least two inputs")
-        channels = {int(x.shape[1]) for x in xs}
-        if len(channels) != 1 and not torch.jit.is_tracing():
+        if any(x.shape[1] != xs[0].shape[1] for x in xs[1:]):
             raise InvalidArgument(f"add needs inputs with equal channels, got {[x.shape[1] for x in xs]}")
         out = xs[0]
         for x in xs[1:]:

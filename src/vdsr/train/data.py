@@ -33,6 +33,7 @@ from vdsr.errors import DataError, ImageError
 from vdsr.fileio import atomic_path
 from vdsr.images import list_images, load_image
 from vdsr.resize import degrade, imresize
+from vdsr.transforms import dihedral
 
 
 @dataclass
@@ -94,14 +95,6 @@ def degraded_images(
                 yield DegradedImage(_chw(hr), _chw(bic), int(scale))
         if on_image is not None:
             on_image(path)
-
-
-def dihedral(a: NDArray[Any], k: int) -> NDArray[Any]:
-    """One of the 8 rotations/flips of the last two axes: rotate by ``k % 4`` x 90, flip if ``k >= 4``."""
-    out = np.rot90(a, k % 4, axes=(-2, -1))
-    if k >= 4:
-        out = out[..., ::-1]
-    return out
 
 
 class PatchSource(Protocol):
