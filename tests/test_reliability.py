@@ -215,14 +215,18 @@ def test_output_problems(tmp_path: Path, tiny_weights: Path, capsys: pytest.Capt
 def test_unwritable_output_folder_even_as_root(tmp_path: Path, tiny_weights: Path,
                                                capsys: pytest.CaptureFixture[str],
                                                monkeypatch: pytest.MonkeyPatch) -> None:
-    """Root ignores permission bits, so simulate the OS refusing the write."""
+    """Root ignores permission bits, so simulate the OS refusing the write (in the PNG encoder,
+    which writes as the bands of tiles arrive)."""
+    import vdsr.png
+
     src = write_png(tmp_path / "a.png", random_rgb(10, 10))
 
     def refuse(*a: object, **k: object) -> None:
         raise PermissionError(13, "Permission denied")
 
-    monkeypatch.setattr(Image.Image, "save", refuse)
-    code = main(["upscale", str(src), "-s", "2", "-o", str(tmp_path / "o.png"), "--weights", str(tiny_weights)])
+    monkeypatch.setattr(vdsr.png.PngWriter, "write_rows", refuse)
+    code = main(["upscale", str(src), "-s", "2", "-o", str(tmp_path / "o.png"), "--weights", str(tiny_weights),
+                 "--precision", "fp32"])  # exact: no recipe check to note on stderr
     check_one_line_error(capsys, code, "o.png", "Permission denied")
     assert not (tmp_path / "o.png").exists()
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
@@ -273,18 +277,17 @@ def test_crash_mid_batch_leaves_finished_outputs_whole(tmp_path: Path, tiny_weig
     out = tmp_path / "out"
     script = textwrap.dedent(f"""
         import os, signal, sys
-        from PIL import Image
+        import vdsr.png
         from vdsr.cli import main
-        real_save = Image.Image.save
+        real_close = vdsr.png.PngWriter.close
         count = []
-        def dying_save(self, fp, *a, **k):
+        def dying_close(self):
             count.append(1)
-            if len(count) == 3:
-                with open(fp, "wb") as fh:
-                    fh.write(b"\\x89PNG half")
+            if len(count) == 3:  # the third PNG is half written: its temp file holds its first bands
+                self.stream.flush()
                 os.kill(os.getpid(), signal.SIGKILL)
-            return real_save(self, fp, *a, **k)
-        Image.Image.save = dying_save
+            return real_close(self)
+        vdsr.png.PngWriter.close = dying_close
         sys.exit(main(["upscale", {str(folder)!r}, "-s", "2", "-o", {str(out)!r},
                        "--weights", {str(tiny_weights)!r}]))
     """)

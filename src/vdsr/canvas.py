@@ -1,22 +1,24 @@
-"""Where an upscaled image is assembled block by block, in the form it will be written.
+"""Where an upscaled image goes block by block, in the form it will be written.
 
-The engine hands over finished blocks (:meth:`vdsr.engine.Upscaler.blocks`); a :class:`Canvas`
-puts them straight into the image that gets encoded, so a result exists once, at its final bit
-depth: a Pillow image for everything Pillow writes (8-bit grey/RGB/with alpha, 16-bit grey), a
-NumPy array for 16-bit colour (written through tifffile) and for the Python API.
+The engine hands over finished blocks (:meth:`vdsr.engine.Upscaler.blocks`), a band of tiles
+after another. A PNG (the default output, and the server's) is encoded as the bands arrive
+(:class:`PngCanvas`, :mod:`vdsr.png`): the result never exists whole, so memory stays at one band
+whatever the image's size. Other formats are assembled once, at their final bit depth, in the image
+that gets encoded (:class:`Canvas`): a Pillow image for what Pillow writes (JPEG, WebP, BMP, 8-bit
+TIFF), a NumPy array for 16-bit colour (written through tifffile).
 """
 
 from __future__ import annotations
 
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 from numpy.typing import NDArray
 from PIL import Image
 
-__all__ = ["Canvas", "canvas_for"]
+__all__ = ["Canvas", "PngCanvas", "plan", "to_depth"]
 
 _MODES = {(1, 8): "L", (2, 8): "LA", (3, 8): "RGB", (4, 8): "RGBA", (1, 16): "I;16"}
 
@@ -47,8 +49,7 @@ class Canvas:
             self._array[y:y + block.shape[0], x:x + block.shape[1]] = block
             return
         assert self._image is not None
-        if self.bit_depth == 8 and block.dtype == np.uint16:
-            block = np.clip(np.round(block / 65535.0 * 255.0), 0, 255).astype(np.uint8)
+        block = to_depth(block, self.bit_depth)
         if self.channels == 1:
             block = block[..., 0]
         self._image.paste(Image.fromarray(np.ascontiguousarray(block)), (x, y))
@@ -64,11 +65,62 @@ class Canvas:
         return np.asarray(self._image)
 
 
-def canvas_for(height: int, width: int, channels: int, bit_depth: int, path: Path | None = None,
-               fmt: str | None = None) -> tuple[Canvas, int]:
-    """A canvas for writing ``path`` (format from its extension, or ``fmt``; ``None``: PNG), and
-    the channels it takes. Warns when the format cannot hold alpha (JPEG, BMP: dropped) or 16-bit
-    colour (all but TIFF: written with 8 bits)."""
+def to_depth(block: NDArray[Any], bit_depth: int) -> NDArray[Any]:
+    """uint16 blocks on an 8-bit output are rounded to 8 bits (``round(v / 65535 * 255)``)."""
+    if bit_depth == 8 and block.dtype == np.uint16:
+        return np.clip(np.round(block / 65535.0 * 255.0), 0, 255).astype(np.uint8)
+    return block
+
+
+class PngCanvas:
+    """A PNG encoded as its bands arrive: blocks of one band (same ``y``, left to right) are
+    gathered, and each completed band is filtered and compressed into ``stream``.
+
+    Should the engine start the image again (it halves the tile on out-of-memory), a block of an
+    earlier band resets the stream and the encoding starts over.
+    """
+
+    def __init__(self, stream: BinaryIO, height: int, width: int, channels: int, bit_depth: int,
+                 options: dict[str, Any]) -> None:
+        self.stream, self.height, self.width = stream, height, width
+        self.channels, self.bit_depth, self.options = channels, bit_depth, options
+        self._start = stream.tell()
+        self._begin()
+
+    def _begin(self) -> None:
+        from vdsr.png import PngWriter
+
+        self.stream.seek(self._start)
+        self.stream.truncate()
+        self._writer = PngWriter(self.stream, self.width, self.height, self.channels, self.bit_depth,
+                                 icc_profile=self.options.get("icc_profile"), dpi=self.options.get("dpi"),
+                                 exif=self.options.get("exif"))
+        self._band_y, self._band_x = 0, 0
+        self._band: NDArray[Any] | None = None
+
+    def write(self, y: int, x: int, block: NDArray[Any]) -> None:
+        if y < self._band_y or (y == self._band_y and x < self._band_x):
+            self._begin()  # the engine started again (smaller tiles)
+        if self._band is not None and y != self._band_y:
+            raise ValueError(f"band at row {self._band_y} is incomplete; a block came for row {y}")
+        block = to_depth(block, self.bit_depth)
+        if self._band is None:
+            self._band = np.empty((block.shape[0], self.width, self.channels), dtype=block.dtype)
+            self._band_y = y
+        self._band[:, x:x + block.shape[1]] = block
+        self._band_x = x + block.shape[1]
+        if self._band_x == self.width:
+            self._writer.write_rows(self._band)
+            self._band_y, self._band_x, self._band = y + block.shape[0], 0, None
+
+    def finish(self) -> None:
+        self._writer.close()
+
+
+def plan(channels: int, bit_depth: int, path: Path | None = None, fmt: str | None = None) -> tuple[int, int]:
+    """The ``(channels, bit depth)`` an output of ``path``'s format (or ``fmt``; default PNG) holds.
+    Warns when the format cannot hold alpha (JPEG, BMP: dropped) or 16-bit colour (all but TIFF:
+    written with 8 bits)."""
     from vdsr.images import output_format
 
     name = str(path) if path is not None else "output"
@@ -85,4 +137,4 @@ def canvas_for(height: int, width: int, channels: int, bit_depth: int, path: Pat
             bit_depth = 8
         elif channels == 2 or (channels == 1 and fmt not in ("PNG", "TIFF")):
             bit_depth = 8  # grey with alpha (Pillow's LA) and grey JPEG/WebP/BMP hold 8 bits
-    return Canvas(height, width, channels, bit_depth), channels
+    return channels, bit_depth

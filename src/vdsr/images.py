@@ -21,7 +21,7 @@ import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 from numpy.typing import NDArray
@@ -470,7 +470,7 @@ def _tiff16_colour(source: Path | io.BytesIO, orientation: int, shape: tuple[int
     return rgb, alpha, 16
 
 
-def _write_tiff16(path: Path, pixels: NDArray[Any], alpha: NDArray[Any] | None,
+def _write_tiff16(target: Path | BinaryIO, pixels: NDArray[Any], alpha: NDArray[Any] | None,
                   metadata: ImageMetadata | None) -> None:
     """16-bit RGB(A) TIFF through tifffile (Pillow writes colour with 8 bits); EXIF is not kept."""
     import tifffile
@@ -484,8 +484,11 @@ def _write_tiff16(path: Path, pixels: NDArray[Any], alpha: NDArray[Any] | None,
         extra["iccprofile"] = metadata.icc_profile
     if metadata is not None and metadata.dpi:
         extra["resolution"], extra["resolutionunit"] = metadata.dpi, "INCH"
-    with atomic_path(path) as tmp:
-        tifffile.imwrite(tmp, np.ascontiguousarray(data), photometric="rgb", compression="zlib", **extra)
+    if isinstance(target, Path):
+        with atomic_path(target) as tmp:
+            tifffile.imwrite(tmp, np.ascontiguousarray(data), photometric="rgb", compression="zlib", **extra)
+    else:
+        tifffile.imwrite(target, np.ascontiguousarray(data), photometric="rgb", compression="zlib", **extra)
 
 
 def to_uint(array: NDArray[Any], bit_depth: int) -> NDArray[Any]:
@@ -561,36 +564,22 @@ def encode_png(pixels: NDArray[Any], alpha: NDArray[Any] | None = None,
     return buf.getvalue()
 
 
-def save_canvas(path: str | os.PathLike[str], canvas: Canvas, metadata: ImageMetadata | None = None,
-                quality: int = 95) -> None:
-    """Write an assembled :class:`~vdsr.canvas.Canvas` to ``path`` atomically, in the format of
-    its extension (made by :func:`vdsr.canvas.canvas_for` for that path), with ``metadata``."""
-    path = Path(path)
-    fmt = output_format(path)
-    folder = path.parent if str(path.parent) else Path(".")
-    if not folder.is_dir():
-        raise ImageError(f"{path}: output folder {folder} does not exist")
+def write_canvas(stream: BinaryIO, fmt: str, canvas: Canvas, metadata: ImageMetadata | None = None,
+                 quality: int = 95) -> None:
+    """Encode an assembled :class:`~vdsr.canvas.Canvas` as ``fmt`` into ``stream``, with
+    ``metadata`` where the format holds it (16-bit colour: TIFF through tifffile)."""
     img = canvas.image()
-    try:
-        if img is None:  # 16-bit colour: tifffile
-            pixels = canvas.array()
-            alpha = pixels[..., 3] if canvas.channels == 4 else None
-            _write_tiff16(path, pixels[..., :3], alpha, metadata)
-            return
-        with atomic_path(path) as tmp:
-            img.save(tmp, format=fmt, **_save_options(fmt, metadata, img.size, quality))
-    except OSError as exc:
-        raise ImageError(f"{path}: cannot write ({exc.strerror or exc})") from None
+    if img is None:  # 16-bit colour: tifffile
+        pixels = canvas.array()
+        _write_tiff16(stream, pixels[..., :3], pixels[..., 3] if canvas.channels == 4 else None, metadata)
+        return
+    img.save(stream, format=fmt, **_save_options(fmt, metadata, img.size, quality))
 
 
-def encode_canvas_png(canvas: Canvas, metadata: ImageMetadata | None = None) -> bytes:
-    """The PNG bytes :func:`save_canvas` would write for a ``.png`` path."""
-    img = canvas.image()
-    if img is None:
-        raise ImageError("a 16-bit colour image cannot be encoded as PNG here; write TIFF")
-    buf = io.BytesIO()
-    img.save(buf, format="PNG", **_save_options("PNG", metadata, img.size, 95))
-    return buf.getvalue()
+def png_options(metadata: ImageMetadata | None, size: tuple[int, int]) -> dict[str, Any]:
+    """The metadata a PNG of ``size`` (width, height) is written with: ``exif`` (pixel-size tags
+    set to ``size``), ``icc_profile``, ``dpi`` (what Pillow would be given)."""
+    return dict(_save_options("PNG", metadata, size, 95))
 
 
 def save_image(

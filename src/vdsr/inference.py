@@ -2,8 +2,8 @@
 their own.
 
 * :func:`upscale`: the Python API, a NumPy image in, the same dtype out;
-* :func:`upscale_image`: a decoded :class:`~vdsr.images.LoadedImage` into a
-  :class:`~vdsr.canvas.Canvas` ready to be written (``vdsr serve``);
+* :func:`upscale_image`: a decoded :class:`~vdsr.images.LoadedImage` into encoded bytes or a
+  stream (``vdsr serve``);
 * :func:`upscale_file`: one file to another, atomically (``vdsr upscale``, folder jobs);
 * :func:`run_network`, :func:`bicubic_upscale`: the network alone, bicubic alone.
 
@@ -13,23 +13,25 @@ tile by tile, so memory stays at the input, the output and one tile's working se
 
 from __future__ import annotations
 
+import io
 import math
 import time
 import warnings
 import weakref
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import torch
 from numpy.typing import NDArray
 
-from vdsr.canvas import Canvas, canvas_for
+from vdsr.canvas import Canvas, PngCanvas, plan
 from vdsr.constants import DEFAULT_MAX_PIXELS, DEFAULT_TILE
 from vdsr.engine import Progress, RunInfo, Upscaler
-from vdsr.errors import InvalidArgument, VDSRError
-from vdsr.images import LoadedImage, load_image, save_canvas
+from vdsr.errors import ImageError, InvalidArgument, VDSRError
+from vdsr.fileio import atomic_path
+from vdsr.images import LoadedImage, load_image, output_format, png_options, write_canvas
 from vdsr.model import VDSR
 from vdsr.resize import imresize
 from vdsr.sizes import check_output_pixels, check_scale, upscaled_size
@@ -169,21 +171,34 @@ def upscale(
 
 
 def upscale_image(up: Upscaler, image: LoadedImage, scale: float, progress: Progress | None = None,
-                  max_output_pixels: int | None = None, path: Path | None = None) -> Canvas:
-    """Upscale a decoded image into a :class:`Canvas` for writing ``path`` (default: PNG).
+                  max_output_pixels: int | None = None, fmt: str = "PNG", stream: BinaryIO | None = None,
+                  quality: int = 95) -> bytes | None:
+    """Upscale a decoded image and encode it as ``fmt`` (``"PNG"``, ``"JPEG"``, ``"WEBP"``,
+    ``"TIFF"``, ``"BMP"``), with its metadata, into ``stream``; without one, return the bytes.
 
     Raises :class:`TooLarge` before any work when the output would be over ``max_output_pixels``.
-    The output keeps the input's bit depth where the format can hold it.
+    The output keeps the input's bit depth where the format can hold it. A PNG is encoded band by
+    band as the engine finishes them (:class:`vdsr.canvas.PngCanvas`): memory stays at one band.
     """
     out_h, out_w = check_output_pixels(str(image.path), image.height, image.width, scale, max_output_pixels)
     planes = image.planes()
-    canvas, channels = canvas_for(out_h, out_w, planes.shape[0], image.bit_depth, path)
-    # 16-bit sources are computed at 16 bits even for an 8-bit canvas, which rounds each block
+    channels, bit_depth = plan(planes.shape[0], image.bit_depth, fmt=fmt, path=None)
+    target: BinaryIO = stream if stream is not None else io.BytesIO()
+    canvas: Canvas | PngCanvas
+    if fmt == "PNG":
+        canvas = PngCanvas(target, out_h, out_w, channels, bit_depth, png_options(image.metadata, (out_w, out_h)))
+    else:
+        canvas = Canvas(out_h, out_w, channels, bit_depth)
+    # 16-bit sources are computed at 16 bits even for an 8-bit output, which rounds each block
     # to 8 bits (as the files of earlier releases were).
     dtype = torch.uint16 if image.bit_depth == 16 else torch.uint8
     for block in up.blocks(as_tensor(planes), scale, dtype, progress):
         canvas.write(block.y, block.x, block.data[:channels].permute(1, 2, 0).cpu().numpy())
-    return canvas
+    if isinstance(canvas, PngCanvas):
+        canvas.finish()
+    else:
+        write_canvas(target, fmt, canvas, image.metadata, quality)
+    return target.getvalue() if stream is None else None  # type: ignore[attr-defined]
 
 
 @dataclass(frozen=True)
@@ -215,10 +230,22 @@ def upscale_file(up: Upscaler, source: str | Path, target: str | Path, scale: fl
 def write_upscaled(up: Upscaler, image: LoadedImage, target: str | Path, scale: float, *,
                    max_output_pixels: int | None = None, quality: int = 95,
                    progress: Progress | None = None, start: float | None = None) -> FileResult:
-    """:func:`upscale_file` for an image already decoded."""
+    """:func:`upscale_file` for an image already decoded: written to a temporary file beside
+    ``target`` and renamed into place when complete (nothing is left on failure)."""
     start = time.perf_counter() if start is None else start
     target = Path(target)
-    canvas = upscale_image(up, image, scale, progress, max_output_pixels, target)
-    save_canvas(target, canvas, metadata=image.metadata, quality=quality)
-    return FileResult(image.path, target, (image.width, image.height), (canvas.width, canvas.height),
+    fmt = output_format(target)
+    folder = target.parent if str(target.parent) else Path(".")
+    if not folder.is_dir():
+        raise ImageError(f"{target}: output folder {folder} does not exist")
+    plan(image.pixels.shape[2] if image.pixels.ndim == 3 else 1, image.bit_depth, path=target)  # warn early
+    out_h, out_w = upscaled_size(image.height, image.width, scale)
+    try:
+        with atomic_path(target) as tmp, tmp.open("wb") as stream, warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # said above, once
+            upscale_image(up, image, scale, progress, max_output_pixels, fmt=fmt, stream=stream,
+                          quality=quality)
+    except OSError as exc:
+        raise ImageError(f"{target}: cannot write ({exc.strerror or exc})") from None
+    return FileResult(image.path, target, (image.width, image.height), (out_w, out_h),
                       time.perf_counter() - start, up.info)

@@ -72,7 +72,7 @@ from vdsr.errors import (
     TooLarge,
     VDSRError,
 )
-from vdsr.images import LoadedImage, decode_image, encode_canvas_png, encode_png, probe_image
+from vdsr.images import LoadedImage, decode_image, encode_png, probe_image
 from vdsr.inference import bicubic_clipped, upscale_image
 from vdsr.sizes import check_output_pixels, check_scale
 from vdsr.uploads import BodyLimits, ClientGone, RequestRefused, display_name, read_upload
@@ -419,7 +419,9 @@ class Service:
             pixels, alpha = _bicubic_preview(image, scale, job.progress)
             return encode_png(pixels, alpha, image.bit_depth, image.metadata)
         up = self.ensemble if use_ensemble else self.upscaler
-        return encode_canvas_png(upscale_image(up, image, scale, progress=job.progress), image.metadata)
+        png = upscale_image(up, image, scale, progress=job.progress)
+        assert png is not None
+        return png
 
 
 async def _until_disconnected(receive: Receive, job: _Job) -> None:
