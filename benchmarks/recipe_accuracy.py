@@ -78,10 +78,11 @@ def run(args: argparse.Namespace) -> None:
     with LINES.open("a") as out:
         for wname in args.weights:
             model = _weights(wname, tmp)
-            pairs = [("fp32", "onnxruntime")] + RECIPES
-            ups = {p: Upscaler(model, backend_instance=create_backend(model, p[1], "cpu", p[0], args.threads), tile=384)
-                   for p in pairs}
-            for recipe, runtime in RECIPES:  # the check's verdict on this machine, beside the sets
+            chosen = [tuple(r.split("/")) for r in args.recipes] if args.recipes else RECIPES
+            pairs = [("fp32", "onnxruntime")] + chosen
+            ups = {p: Upscaler(model, backend_instance=create_backend(model, p[1], "cpu", p[0], args.threads),
+                               tile=384) for p in pairs}
+            for recipe, runtime in chosen:  # the check's verdict on this machine, beside the sets
                 key = (wname, "check", "-", "-", recipe, runtime)
                 if key not in done:
                     v = check_recipe(model, ups[(recipe, runtime)].runner, ups[("fp32", "onnxruntime")].runner, machine)
@@ -188,6 +189,8 @@ def main() -> None:
     p.add_argument("--sets", nargs="+", default=["Set5", "Set14", "B100", "Urban100"])
     p.add_argument("--weights", nargs="+", default=["shipped", "official"])
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--recipes", nargs="+", metavar="RECIPE/RUNTIME",
+                   help="only these pairs (default: all of RECIPES), e.g. int8/onnxruntime")
     p.set_defaults(func=run)
     sub.add_parser("report").set_defaults(func=report)
     args = parser.parse_args()

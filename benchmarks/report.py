@@ -11,22 +11,38 @@ import sys
 
 def cli_table(r: dict) -> None:
     """The whole-process table of benchmarks/cli_speed.py."""
-    m = r["machine"]
-    print(f"Machine: {m['cpu']}, {m['cores']} cores, CPU features: {', '.join(m['features']) or 'none'}; "
-          f"torch {m['torch']}, onnxruntime {m['onnxruntime']}, Python {m['python']}.\n")
+    m, peaks = r["machine"], r.get("peaks", {})
+    print(f"Machine: {m['cpu']}, {m['cores']} cores, CPU class `{m.get('class', '?')}` "
+          f"(features: {', '.join(m['features']) or 'none'}); torch {m['torch']}, onnxruntime "
+          f"{m['onnxruntime']}, openvino {m.get('openvino') or 'not installed'}, Python {m['python']}.\n")
+    if peaks:
+        print(f"Matmul rates in the same run: fp32 {peaks['fp32_matmul_gflops']:.0f} GFLOP/s, "
+              f"bf16 {peaks['bf16_matmul_gflops']:.0f} GFLOP/s (PyTorch, 4096²), int8 "
+              f"{peaks['int8_matmul_gops']:.0f} GOP/s (ONNX Runtime MatMulInteger, 2048²).\n")
     print(f"Command: `{r['command']}`\n")
-    print("| workload | `vdsr upscale --backend` | median s (runs) | × baseline | peak RSS MB | Y-PSNR dB | dB vs baseline |")
-    print("|---|---|---|---|---|---|---|")
-    rows = r["rows"]
-    for key, row in rows.items():
-        workload, method = key.split("/")
-        base = rows.get(f"{workload}/baseline")
-        speed = f"{base['seconds'] / row['seconds']:.2f}" if base else "-"
-        name = "eager fp32 baseline" if method == "baseline" else method
+    print("| weights | workload | `vdsr upscale` | what it ran | median s (runs) | × baseline | effective GFLOP/s "
+          "| peak RSS MB (bound) | Y-PSNR dB | dB vs baseline |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for key, row in r["rows"].items():
+        parts = key.split("/")
+        if len(parts) != 3:
+            continue
+        wname, workload, method = parts
+        name = "eager fp32 baseline" if method == "baseline" else ("defaults" if method == "default"
+                                                                   else f"`--precision {method}`")
+        said = row.get("said", "")
+        ran = said[said.find("(") + 1:said.rfind(")")] if "(" in said else "-"
+        speed = f"{row['x_baseline']:.2f}" if "x_baseline" in row else "-"
         psnr = f"{row['y_psnr']:.3f}" if "y_psnr" in row else "-"
         delta = f"{row['db_vs_baseline']:+.3f}" if "db_vs_baseline" in row else "-"
-        print(f"| {workload} | {name} | {row['seconds']:.2f} ({len(row['times'])}) | {speed} | "
-              f"{row['peak_rss_mb']:.0f} | {psnr} | {delta} |")
+        bound = row.get("memory_bound_mb")
+        rss = f"{row['peak_rss_mb']:.0f}" + (f" ({bound:.0f})" if bound and method != "baseline" else "")
+        print(f"| {wname} | {workload} | {name} | {ran} | {row['seconds']:.2f} ({len(row['times'])}) | {speed} | "
+              f"{row.get('effective_gflops', 0):.0f} | {rss} | {psnr} | {delta} |")
+    for key, row in r["rows"].items():
+        if key.endswith("/first_run"):
+            print(f"\n- {key.split('/')[0]} weights, first run on a new machine (Set5 baby, recipe check "
+                  f"included): {row['seconds']:.1f} s")
 
 
 def main() -> None:

@@ -13,7 +13,7 @@ import numpy as np
 
 from vdsr.color import rgb2y
 from vdsr.images import save_image
-from vdsr.inference import bicubic_upscale, upscale
+from vdsr.inference import bicubic_upscale, upscale, upscaler_for
 from vdsr.metrics import psnr
 from vdsr.plots import comparison
 from vdsr.resize import downscale_8bit, modcrop
@@ -50,5 +50,6 @@ def run_demo(out_dir: Path, scale: int = 3, weights: str | None = None) -> str:
         title=f"chelsea x{scale}: Y-PSNR against the original; model: "
               f"{'the shipped VDSR model' if weights is None else Path(weights).name}",
     )
-    return (f"chelsea x{scale}: bicubic {p_bic:.2f} dB, VDSR {p_sr:.2f} dB (Y-PSNR, shave {scale}); "
+    run = upscaler_for(model).info.describe()  # the upscaler `upscale` used, from the cache
+    return (f"chelsea x{scale}: bicubic {p_bic:.2f} dB, VDSR {p_sr:.2f} dB (Y-PSNR, shave {scale}; {run}); "
             f"wrote {out_dir}/compare.png and the images")
