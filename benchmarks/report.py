@@ -45,9 +45,26 @@ def cli_table(r: dict) -> None:
                   f"included): {row['seconds']:.1f} s")
 
 
+def recipe_speed_table(r: dict) -> None:
+    """The per-recipe network table of benchmarks/recipe_speed.py."""
+    m = r["machine"]
+    print(f"Machine: {m['cpu']}, CPU class `{m['class']}` (features: {', '.join(m['features']) or 'none'}), "
+          f"torch {m['torch']}, {m['threads']} threads. Command: `{r['command']}`.\n")
+    print(f"| recipe | runtime | seconds per {r['tile']}² tile | effective GFLOP/s |")
+    print("|---|---|---|---|")
+    for key, row in sorted(r["rows"].items(), key=lambda kv: kv[1]["seconds"]):
+        recipe, runtime = key.split("/")
+        print(f"| {recipe} | {runtime} | {row['seconds']:.3f} | {row['gflops']:.0f} |")
+    for key, why in r.get("skipped", {}).items():
+        print(f"| {key.split('/')[0]} | {key.split('/')[1]} | not run: {why} | |")
+
+
 def main() -> None:
     path = sys.argv[1] if len(sys.argv) > 1 else "benchmarks/results.json"
     r = json.load(open(path))
+    if "tile" in r and "rows" in r:
+        recipe_speed_table(r)
+        return
     if "rows" in r:
         cli_table(r)
         return
