@@ -8,14 +8,14 @@ import torch
 from tests.conftest import receptive_span
 from vdsr.cli import main
 from vdsr.errors import InvalidArgument
+from vdsr.inception_example import ConvBN, InceptionExample, inception_example_model
 from vdsr.layers import Add, Concat, Inception, Projection, conv1x1
 from vdsr.model import BODIES, VDSR, VDSRConfig, count_parameters
-from vdsr.notes import ConvBN, NotesInception
-from vdsr.summary import notes_inception_model, summarize
+from vdsr.summary import summarize
 
 
 def test_notes_inception_summary_matches_keras() -> None:
-    s = summarize(notes_inception_model(), (224, 224, 3))
+    s = summarize(inception_example_model(), (224, 224, 3))
     assert (s.total, s.trainable, s.non_trainable) == (141_952, 141_184, 768)
     convs = [layer.params for layer in s.layers if layer.kind == "Conv2D"]
     assert convs == [256, 256, 36_928, 256, 102_464, 256]
@@ -56,7 +56,7 @@ def test_general_inception_widths() -> None:
     assert block(torch.rand(1, 32, 10, 10)).shape == (1, 40, 10, 10)
     fused = Inception(32, 8, 4, 16, 4, 8, 8, fuse_to=32)
     assert fused(torch.rand(1, 32, 10, 10)).shape == (1, 32, 10, 10)
-    assert NotesInception(3, 16)(torch.rand(2, 3, 12, 12)).shape == (2, 64, 12, 12)
+    assert InceptionExample(3, 16)(torch.rand(2, 3, 12, 12)).shape == (2, 64, 12, 12)
 
 
 def test_merges() -> None:

@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from vdsr.inception_example import inception_example_model
 from vdsr.layers import Add, Concat
-from vdsr.notes import notes_inception_model
 
 KERAS_NAMES: dict[type, tuple[str, str]] = {
     nn.Conv2d: ("conv2d", "Conv2D"),
@@ -111,7 +111,7 @@ def summarize(model: nn.Module, input_shape: tuple[int, int, int]) -> Summary:
     return Summary(layers, trainable + frozen, trainable, frozen)
 
 
-__all__ = ["Layer", "Summary", "notes_inception_model", "summarize"]
+__all__ = ["Layer", "Summary", "summarize", "summary_text"]
 
 
 def summary_text(spec: str, input_shape: tuple[int, int, int] | None = None, body: str = "plain") -> str:
@@ -124,7 +124,7 @@ def summary_text(spec: str, input_shape: tuple[int, int, int] | None = None, bod
 
     model: nn.Module
     if spec == "inception":
-        model, shape, title = notes_inception_model(), (224, 224, 3), "inception"
+        model, shape, title = inception_example_model(), (224, 224, 3), "inception"
     elif spec == "vdsr":
         model, shape, title = VDSR(VDSRConfig(body=body)), (41, 41, 1), f"vdsr ({body})"
     else:

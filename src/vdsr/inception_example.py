@@ -3,7 +3,7 @@
 * :class:`ConvBN` is the notes' ``Conv2d_BN``: convolution with bias -> ReLU -> BatchNorm, in that
   order (Keras ``Conv2D(activation='relu')`` then ``BatchNormalization``, with Keras's
   ``momentum=0.99``/``epsilon=1e-3``).
-* :class:`NotesInception` is the notes' ``Inception(x, nb_filter)``; ``vdsr summary inception``
+* :class:`InceptionExample` is the notes' ``Inception(x, nb_filter)``; ``vdsr summary inception``
   prints its Keras-style summary (:mod:`vdsr.summary`).
 
 Teaching material, outside the super-resolution path: nothing in the model or inference imports it.
@@ -31,7 +31,7 @@ class ConvBN(nn.Module):
         return self.bn(self.relu(self.conv(x)))
 
 
-class NotesInception(nn.Module):
+class InceptionExample(nn.Module):
     """The notes' ``Inception(x, nb_filter)``: four ConvBN branches concatenated on channels.
 
     ``(N, Cin, H, W) -> (N, 4 * nb_filter, H, W)``. Branches, in the notes' order: 1x1;
@@ -57,6 +57,6 @@ class NotesInception(nn.Module):
         return self.concat(b1, b3, b5, bp)
 
 
-def notes_inception_model() -> nn.Module:
+def inception_example_model() -> nn.Module:
     """The notes' Keras model: ``Input(shape=(224, 224, 3))`` -> ``Inception(x, 64)``."""
-    return NotesInception(3, 64)
+    return InceptionExample(3, 64)
