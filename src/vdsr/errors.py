@@ -284,3 +284,152 @@ class TrainingInputError(DataError):
     def __init__(self, field: str, path: str, message: str, is_default: bool = False) -> None:
         self.field, self.path, self.is_default = field, path, is_default
         super().__init__(message)
+
+
+class OutputRefused(ImageError):
+    """An output may not, or cannot, be written where it was asked for; found before any work
+    (or, for one file of a batch, before that file's work), and nothing was written.
+
+    Attributes:
+        path: the output asked for.
+    """
+
+    def __init__(self, path: str, message: str) -> None:
+        self.path = path
+        super().__init__(message)
+
+
+class OutputExists(OutputRefused):
+    """The output is already there (a file, a folder, or a link, also one to nowhere), and
+    replacing it was not asked for.
+
+    Attributes:
+        path: the output.
+        link_to: where it points when it is a symbolic link to nothing (``None`` otherwise):
+            such a link is not replaced either, since writing through it would create a file
+            the user did not name.
+    """
+
+    def __init__(self, path: str, link_to: str | None = None) -> None:
+        self.link_to = link_to
+        what = "already exists" if link_to is None else f"already exists, as a link to {link_to} (which does not exist)"
+        super().__init__(path, f"{path}: {what}")
+
+
+class OutputIsInput(OutputRefused):
+    """The output would replace an input of the same run (refused even when replacing is asked).
+
+    Attributes:
+        path: the output.
+        source: the input it would replace (the same file, or a link to it).
+    """
+
+    def __init__(self, path: str, source: str) -> None:
+        self.source = source
+        what = "output would overwrite its own input" if path == source else f"would overwrite the input {source}"
+        super().__init__(path, f"{path}: {what}")
+
+
+class OutputCollision(OutputRefused):
+    """Two things of one run would be written to the same path.
+
+    Attributes:
+        path: the shared output.
+        first, second: what would write it: two inputs (``kind="inputs"``), or two outputs of
+            one input (``kind="outputs"``: e.g. ``"the upscaled image"``, ``"the comparison"``).
+        kind: ``"inputs"`` or ``"outputs"``.
+    """
+
+    def __init__(self, path: str, first: str, second: str, kind: str = "inputs") -> None:
+        self.first, self.second, self.kind = first, second, kind
+        if kind == "inputs":
+            message = f"two inputs, {first} and {second}, would both write {path}"
+        else:
+            message = f"{path}: {first} and {second} would both be written to it"
+        super().__init__(path, message)
+
+
+class OutputUnwritable(OutputRefused):
+    """The output's folder is missing, not a folder, or cannot be written.
+
+    Attributes:
+        path: the output (a file, or a folder to write into).
+        reason: ``"missing_folder"`` (its folder does not exist and is not to be created),
+            ``"is_folder"`` (a file was asked for and a folder is there), ``"not_a_folder"``
+            (``blocker``, the folder or one it would be created in, is a file), ``"unwritable"``
+            (``blocker`` cannot be written: ``detail``).
+        blocker: the path that is in the way.
+        detail: the operating system's words (``"Read-only file system"``), for ``"unwritable"``.
+    """
+
+    def __init__(self, path: str, reason: str, blocker: str | None = None, detail: str = "") -> None:
+        self.reason, self.detail = reason, detail
+        self.blocker = blocker if blocker is not None else path
+        problem = {
+            "missing_folder": f"output folder {self.blocker} does not exist",
+            "is_folder": "is a folder, not a file",
+            "not_a_folder": (f"{self.blocker} is a file, not a folder" if self.blocker != path
+                             else "is a file, not a folder"),
+            "unwritable": (f"output folder {self.blocker} is not writable ({detail})" if detail
+                           else f"output folder {self.blocker} is not writable"),
+        }[reason]
+        super().__init__(path, f"{path}: {problem}")
+
+
+class OutputNameRefused(OutputRefused, InvalidArgument):
+    """An output name that does not say what to write (``vdsr.outputs.OUTPUT_RULE``).
+
+    Attributes:
+        path: the output as given.
+        reason: ``"several_inputs"`` (a file name for several inputs), ``"bad_extension"``
+            (an extension that is no image format we write), ``"no_extension"`` (one input and a
+            name with no extension), ``"format_mismatch"`` (a format asked for that is not the
+            file's extension's: ``fmt``), ``"suffix_separator"`` (a name suffix with a path
+            separator: ``suffix``).
+        suffix: the extension, or the name suffix for ``"suffix_separator"``.
+        fmt: the format asked for (``"format_mismatch"``).
+    """
+
+    def __init__(self, path: str, reason: str, suffix: str = "", fmt: str = "") -> None:
+        self.reason, self.suffix, self.fmt = reason, suffix, fmt
+        message = {
+            "several_inputs": f"{path}: several inputs need an output folder, not a {suffix} file "
+                              f"(for a folder of that name, write {path}/)",
+            "bad_extension": f"{path}: cannot write '{suffix}' images (use .png, .jpg, .webp, .tif or "
+                             f".bmp; for a folder, write {path}/)",
+            "no_extension": f"{path}: no file extension; name a file ({path}.png) or a folder ({path}/)",
+            "format_mismatch": f"{path}: the format {fmt} does not match the file's extension {suffix}",
+            "suffix_separator": f"name suffix {suffix!r} must not contain a path separator",
+        }[reason]
+        super().__init__(path, message)
+
+
+class OutputBusy(OutputRefused):
+    """Another run is writing into the same output folder (it holds the folder's manifest).
+
+    Attributes:
+        path: the output folder.
+        manifest: the manifest file the other run holds.
+    """
+
+    def __init__(self, path: str, manifest: str) -> None:
+        self.manifest = manifest
+        super().__init__(path, f"{path}: another vdsr run is writing into this folder "
+                               f"(it holds {manifest})")
+
+
+class StopRequested(BaseException):
+    """A signal (SIGTERM) asked the process to stop: raised where the program is, like
+    ``KeyboardInterrupt`` for SIGINT, so that work in progress is undone on the way out (a
+    temp file removed) and the caller can say what was finished.
+
+    A ``BaseException``, not a :class:`VDSRError`: handlers of a batch's per-file errors must not
+    take it for one file's failure and go on.
+
+    Attributes:
+        signal: the signal's name (``"SIGTERM"``).
+    """
+
+    def __init__(self, signal: str) -> None:
+        self.signal = signal
+        super().__init__(f"stopped by {signal}")
