@@ -70,6 +70,7 @@ def test_uncreatable_output_folder_is_one_line(tmp_path: Path, tiny_weights: Pat
                         "--weights", str(tiny_weights)], capsys)
     assert code == 1
     assert err.strip() == f"vdsr: error: {tmp_path / 'ro' / 'sub'}: cannot create the output folder (Permission denied)"
+    assert not (tmp_path / "ro").exists()
 
 
 @pytest.mark.parametrize("scale", ["1", "0.5", "abc", "nan", "100", "16.5"])
@@ -171,7 +172,7 @@ def test_output_rule_refuses_the_ambiguous_cases(tmp_path: Path, tiny_weights: P
     # The explicit forms work: a trailing '/' is a folder, even for one input or a dotted name.
     code, _, err = run(["upscale", str(src), "-s", "2", "-o", f"{tmp_path / 'out' / 'name'}/", *w], capsys)
     assert code == 0, err
-    assert [p.name for p in (tmp_path / "out" / "name").iterdir()] == ["a_x2.png"]
+    assert [p.name for p in (tmp_path / "out" / "name").glob("*.png")] == ["a_x2.png"]
     code, _, err = run(["upscale", str(src), str(tmp_path / "b.png"), "-s", "2", "-o",
                         f"{tmp_path / 'set.png'}/", *w], capsys)
     assert code == 0 and (tmp_path / "set.png" / "b_x2.png").is_file()
@@ -194,7 +195,7 @@ def test_format_quality_suffix_and_metadata(tmp_path: Path, tiny_weights: Path,
         code, _, err = run(["upscale", str(folder), "-s", "2", "-o", str(out), "--format", "jpg",
                             "--quality", quality, "--suffix=-big", *w], capsys)
         assert code == 0, err
-        assert [p.name for p in out.iterdir()] == ["cam-big.jpg"]
+        assert [p.name for p in out.glob("*.jpg")] == ["cam-big.jpg"]
         sizes[quality] = (out / "cam-big.jpg").stat().st_size
         with Image.open(out / "cam-big.jpg") as got:
             assert got.format == "JPEG" and got.size == (24, 40)
@@ -232,7 +233,8 @@ class _Terminal:
 def test_progress_on_a_terminal_and_quiet_in_a_pipe(tmp_path: Path, tiny_weights: Path,
                                                     capsys: pytest.CaptureFixture[str],
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
-    """Rough edge: ``vdsr upscale`` showed no progress, and folders printed no 'wrote N of M'."""
+    """Rough edge: ``vdsr upscale`` showed no progress, and folders printed no summary (now
+    'done N, skipped S, failed F, in T s', issue 25)."""
     import sys
 
     folder = tmp_path / "in"
@@ -242,10 +244,11 @@ def test_progress_on_a_terminal_and_quiet_in_a_pipe(tmp_path: Path, tiny_weights
     w = ["--weights", str(tiny_weights)]
     code, out, err = run(["upscale", str(folder), "-s", "2", "-o", str(tmp_path / "o"), *w], capsys)
     assert code == 0 and err == ""  # piped: nothing but the summary
-    assert out.strip().startswith(f"wrote 2 of 2 images to {tmp_path / 'o'}")  # (+ how it ran)
+    assert out.strip().startswith("done 2, skipped 0, failed 0, in ")  # (+ seconds, where, how it ran)
+    assert f"s: {tmp_path / 'o'} (" in out
     (folder / "c.png").write_bytes(b"not an image")
     code, out, err = run(["upscale", str(folder), "-s", "2", "-o", str(tmp_path / "o2"), *w], capsys)
-    assert code == 1 and out.strip().startswith(f"wrote 2 of 3 images to {tmp_path / 'o2'}")
+    assert code == 1 and out.strip().startswith("done 2, skipped 0, failed 1, in ")
     terminal = _Terminal()
     monkeypatch.setattr(sys, "stderr", terminal)
     code = main(["upscale", str(folder / "a.png"), "-s", "2", "-o", str(tmp_path / "one.png"), *w])

@@ -65,10 +65,13 @@ MANIFEST = "vdsr-manifest.jsonl"
 """The manifest's name in an output folder: one JSON object a line, appended as images finish."""
 
 ROW_FIELDS = ("input", "output", "status", "error", "input_size", "output_size", "seconds",
-              "backend", "precision", "recipe", "device", "worker", "attempt", "finished")
+              "backend", "precision", "recipe", "device", "worker", "attempt", "finished",
+              "error_type", "error_fields")
 """A manifest row: ``status`` is ``"done"``, ``"skipped"`` (the output was there already) or
-``"failed"`` (``error`` says why); sizes are ``[width, height]``; ``worker`` the host and
-process that ran it; ``attempt`` 1, or more when a worker died on the image and it was retried."""
+``"failed"`` (``error`` says why; ``error_type`` and ``error_fields`` are the error's class
+and its plain fields, for a caller to word it); sizes are ``[width, height]``; ``worker`` the
+host and process that ran it; ``attempt`` 1, or more when a worker died on the image and it
+was retried."""
 
 SKIP_REASONS: dict[str, str] = {
     "hidden": "hidden",
@@ -207,12 +210,6 @@ def plan(inputs: Sequence[str | os.PathLike[str]], output: str | os.PathLike[str
     if not inputs:
         raise ImageError("no inputs given")
     paths = [Path(p) for p in inputs]
-    text = os.fspath(output)
-    single = output_is_file(text, len(paths) == 1 and not paths[0].is_dir())
-    out = Path(text)
-    if single:
-        check_format(out, rule.fmt)
-        return Plan([Job(paths[0], out, paths[0].name)], out, True)
     skipped: dict[str, list[Path]] = {}
     found: list[tuple[Path, PurePosixPath]] = []
     for path in paths:
@@ -223,6 +220,11 @@ def plan(inputs: Sequence[str | os.PathLike[str]], output: str | os.PathLike[str
                 raise ImageError(f"no images found in {display(path)}")
         else:  # a file named on the command line: read (and refused, if it must be) in its turn
             found.append((path, PurePosixPath(path.name)))
+    text = os.fspath(output)
+    out = Path(text)
+    if output_is_file(text, len(paths) == 1 and not paths[0].is_dir()):
+        check_format(out, rule.fmt)
+        return Plan([Job(paths[0], out, paths[0].name)], out, True)
     jobs = [Job(src, out.joinpath(*rel.parent.parts, rule.name(Path(rel.name).stem)), str(rel))
             for src, rel in found]
     # Our own outputs among the inputs (OUT inside IN, run again): not inputs, however named.
@@ -259,6 +261,12 @@ def job_row(job: Job, status: str, **values: Any) -> dict[str, Any]:
     return row
 
 
+def error_fields(exc: BaseException) -> dict[str, Any]:
+    """A row's ``error``, ``error_type`` and ``error_fields`` (the plain-valued ones) for ``exc``."""
+    plain = {k: v for k, v in vars(exc).items() if isinstance(v, (str, int, float, bool, type(None)))}
+    return {"error": str(exc), "error_type": type(exc).__name__, "error_fields": plain}
+
+
 def _worker_name() -> str:
     import socket
 
@@ -280,7 +288,7 @@ def upscale_job(up: Any, job: Job, settings: Settings,
                                 max_output_pixels=settings.max_output_pixels,
                                 quality=settings.quality, progress=progress, start=start)
     except VDSRError as exc:
-        return job_row(job, "failed", error=str(exc), seconds=round(time.perf_counter() - start, 4))
+        return job_row(job, "failed", seconds=round(time.perf_counter() - start, 4), **error_fields(exc))
     except MemoryError:
         return job_row(job, "failed", error=f"{job.source}: out of memory",
                     seconds=round(time.perf_counter() - start, 4))
@@ -409,19 +417,19 @@ def _triage(plan: Plan, overwrite: bool, known: dict[str, dict[str, Any]]
             check_target(job.target, overwrite=overwrite, inputs=[job.source], folder_exists=False)
         except OutputExists as exc:
             if exc.link_to is not None:
-                rows.append(job_row(job, "failed", error=str(exc)))
+                rows.append(job_row(job, "failed", **error_fields(exc)))
                 continue
             earlier = known.get(str(job.target))
             rows.append(job_row(job, "skipped", error=None, **_kept(earlier)))
             continue
         except OutputRefused as exc:
-            rows.append(job_row(job, "failed", error=str(exc)))
+            rows.append(job_row(job, "failed", **error_fields(exc)))
             continue
         if not job.target.parent.is_dir():
             try:
                 make_folders([job.target.parent])
             except OutputRefused as exc:
-                rows.append(job_row(job, "failed", error=str(exc)))
+                rows.append(job_row(job, "failed", **error_fields(exc)))
                 continue
         pending.append(job)
     return pending, rows

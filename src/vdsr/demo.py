@@ -15,6 +15,7 @@ from vdsr.color import rgb2y
 from vdsr.images import save_image
 from vdsr.inference import bicubic_upscale, upscale, upscaler_for
 from vdsr.metrics import psnr
+from vdsr.outputs import check_folder, check_target, make_folders
 from vdsr.plots import comparison
 from vdsr.resize import downscale_8bit, modcrop
 from vdsr.weights import load_model
@@ -27,13 +28,19 @@ def sample_image() -> np.ndarray:
     return np.asarray(data.chelsea(), dtype=np.float64) / 255.0
 
 
-def run_demo(out_dir: Path, scale: int = 3, weights: str | None = None) -> str:
+def run_demo(out_dir: Path, scale: int = 3, weights: str | None = None, overwrite: bool = False) -> str:
     """Write ``lr.png``, ``bicubic_xS.png``, ``vdsr_xS.png`` and ``compare.png`` to ``out_dir``.
 
+    Files of those names already there are replaced only with ``overwrite``
+    (:class:`~vdsr.errors.OutputExists`); the folder is checked (and created) before any work.
     Returns a short report with the Y-PSNR of bicubic and VDSR against the original.
     """
+    names = ["lr.png", f"bicubic_x{scale}.png", f"vdsr_x{scale}.png", "compare.png"]
+    check_folder(out_dir, create=True)
+    for name in names:
+        check_target(out_dir / name, overwrite=overwrite, folder_exists=False)
     model, _ = load_model(weights)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    make_folders([out_dir])
     hr = modcrop(sample_image(), scale)
     lr_image = downscale_8bit(hr, scale) / 255.0
     bicubic = np.clip(bicubic_upscale(lr_image, scale), 0, 1)

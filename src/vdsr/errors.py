@@ -356,20 +356,23 @@ class OutputUnwritable(OutputRefused):
         path: the output (a file, or a folder to write into).
         reason: ``"missing_folder"`` (its folder does not exist and is not to be created),
             ``"is_folder"`` (a file was asked for and a folder is there), ``"not_a_folder"``
-            (``blocker``, the folder or one it would be created in, is a file), ``"unwritable"``
-            (``blocker`` cannot be written: ``detail``).
+            (``blocker``, its folder, is a file), ``"uncreatable"`` (the folder cannot be
+            created: ``blocker`` is a file in the way, or the system refused: ``detail``),
+            ``"unwritable"`` (``blocker`` cannot be written: ``detail``).
         blocker: the path that is in the way.
-        detail: the operating system's words (``"Read-only file system"``), for ``"unwritable"``.
+        detail: the operating system's words (``"Read-only file system"``), where it gave some.
     """
 
     def __init__(self, path: str, reason: str, blocker: str | None = None, detail: str = "") -> None:
         self.reason, self.detail = reason, detail
         self.blocker = blocker if blocker is not None else path
+        why = detail or f"{self.blocker} is a file, not a folder"
         problem = {
             "missing_folder": f"output folder {self.blocker} does not exist",
             "is_folder": "is a folder, not a file",
             "not_a_folder": (f"{self.blocker} is a file, not a folder" if self.blocker != path
                              else "is a file, not a folder"),
+            "uncreatable": f"cannot create the output folder ({why})",
             "unwritable": (f"output folder {self.blocker} is not writable ({detail})" if detail
                            else f"output folder {self.blocker} is not writable"),
         }[reason]

@@ -212,9 +212,10 @@ def check_folder(folder: str | os.PathLike[str], *, create: bool = False,
             break
         probe = probe.parent
     if probe.is_symlink() and not probe.exists():
-        raise OutputUnwritable(named, "missing_folder", str(probe))
+        raise OutputUnwritable(named, "missing_folder" if not create else "uncreatable", str(probe),
+                               "" if not create else f"{probe} is a link to nowhere")
     if not probe.is_dir():
-        raise OutputUnwritable(named, "not_a_folder", str(probe))
+        raise OutputUnwritable(named, "uncreatable" if probe != folder and create else "not_a_folder", str(probe))
     _probe(probe, Path(named))
 
 
@@ -223,12 +224,10 @@ def make_folders(folders: Iterable[str | os.PathLike[str]]) -> None:
     for folder in dict.fromkeys(Path(f) for f in folders):
         try:
             folder.mkdir(parents=True, exist_ok=True)
-        except FileExistsError:
-            raise OutputUnwritable(str(folder), "not_a_folder", _first_file(folder)) from None
-        except NotADirectoryError:
-            raise OutputUnwritable(str(folder), "not_a_folder", _first_file(folder)) from None
+        except (FileExistsError, NotADirectoryError):
+            raise OutputUnwritable(str(folder), "uncreatable", _first_file(folder)) from None
         except OSError as exc:
-            raise OutputUnwritable(str(folder), "unwritable", str(_existing(folder)),
+            raise OutputUnwritable(str(folder), "uncreatable", str(_existing(folder)),
                                    exc.strerror or str(exc)) from None
 
 

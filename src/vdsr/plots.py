@@ -80,7 +80,8 @@ def detail_box(images: Sequence[NDArray[np.floating]], side: int) -> tuple[int, 
 
 def comparison(panels: list[tuple[str, NDArray[np.floating]]], out: str | os.PathLike[str],
                crop: int | None = 256, title: str | None = None) -> tuple[int, int, int, int]:
-    """Write a PNG with crops of the images of ``panels`` (label, float [0, 1] image of one size)
+    """Write an image (in the format of ``out``'s extension: PNG, JPEG, ...) with crops of the
+    images of ``panels`` (label, float [0, 1] image of one size)
     side by side, at full resolution: each output pixel is a ``zoom`` x ``zoom`` block of the
     image's pixels (no resampling), so what separates bicubic from VDSR stays visible however
     large the image.
@@ -110,6 +111,8 @@ def comparison(panels: list[tuple[str, NDArray[np.floating]]], out: str | os.Pat
         x = gap + i * (box_w * zoom + gap)
         draw.text((x, title_h + 5), label, fill="black", font=font)
         canvas.paste(Image.fromarray(np.ascontiguousarray(pixels)), (x, title_h + label_h))
+    from vdsr.images import output_format
+
     with atomic_path(Path(out)) as tmp:
-        canvas.save(tmp, format="PNG")
+        canvas.save(tmp, format=output_format(Path(out)))  # the format its extension names
     return top, left, side if crop else 0, zoom

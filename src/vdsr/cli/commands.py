@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from vdsr import constants as C
-from vdsr.cli.words import PROG, describe, err
+from vdsr.cli.words import PROG, describe_row, err, one_line
 
 
 def _tqdm(**kwargs: Any) -> Any:
@@ -54,63 +54,31 @@ class _Stderr:
         sys.stderr.flush()
 
 
-def _expand_inputs(inputs: Sequence[str]) -> list[Path]:
-    from vdsr.images import list_images
-
-    files: list[Path] = []
-    for item in inputs:
-        p = Path(item)
-        files.extend(list_images(p) if p.is_dir() else [p])
-    return files
-
-
-def _output_is_file(output: str, one_file: bool) -> bool:
-    """Apply :data:`OUTPUT_RULE` to ``-o OUTPUT``: True for a file, False for a folder."""
-    from vdsr.errors import VDSRError
-    from vdsr.images import OUTPUT_SUFFIXES
-
-    out = Path(output)
-    if output.endswith(("/", os.sep)) or out.is_dir():
-        return False
-    suffix = out.suffix.lower()
-    if suffix in OUTPUT_SUFFIXES:
-        if one_file:
-            return True
-        raise VDSRError(f"{out}: several inputs need an output folder, not a {suffix} file "
-                        f"(for a folder of that name, write {output}/)")
-    if suffix:
-        raise VDSRError(f"{out}: cannot write '{suffix}' images (use .png, .jpg, .webp, .tif or .bmp; "
-                        f"for a folder, write {output}/)")
-    if one_file:
-        raise VDSRError(f"{out}: no file extension; name a file ({output}.png) or a folder ({output}/)")
-    return False
-
-
-def _output_paths(files: list[Path], out: Path, args: argparse.Namespace, single_target: bool) -> list[Path]:
-    from vdsr.errors import VDSRError
-    from vdsr.images import OUTPUT_FORMATS, output_format
-
-    if single_target:
-        if args.format and OUTPUT_FORMATS[args.format] != output_format(out):
-            raise VDSRError(f"{out}: --format {args.format} does not match the file's extension")
-        return [out]
-    suffix = f"_x{args.scale:g}" if args.suffix is None else args.suffix
-    if "/" in suffix or os.sep in suffix:
-        raise VDSRError(f"--suffix {suffix!r}: must not contain a path separator")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:  # read-only place, a file in the way, no permission
-        raise VDSRError(f"{out}: cannot create the output folder ({exc.strerror or exc})") from None
-    names = [out / f"{f.stem}{suffix}.{args.format or 'png'}" for f in files]
-    dupes = {n for n in names if names.count(n) > 1}
-    if dupes:
-        raise VDSRError(f"two inputs would both write {sorted(dupes)[0]}")
-    return names
-
-
 def cmd_upscale(args: argparse.Namespace) -> int:
-    with _library_notes_shown():
+    with _library_notes_shown(), _sigterm_stops():
         return _upscale(args)
+
+
+@contextlib.contextmanager
+def _sigterm_stops() -> Iterator[None]:
+    """SIGTERM stops the command the way Ctrl-C does (an exception where the program is, so that
+    what is in progress is undone), instead of ending the process with a temp file left."""
+    import signal
+
+    from vdsr.errors import StopRequested
+
+    def stop(signum: int, _frame: Any) -> None:
+        raise StopRequested(signal.Signals(signum).name)
+
+    try:
+        previous = signal.signal(signal.SIGTERM, stop)
+    except ValueError:  # not the main thread: leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _engine_options(args: argparse.Namespace) -> dict[str, Any]:
@@ -125,70 +93,119 @@ def _engine_options(args: argparse.Namespace) -> dict[str, Any]:
             "tile": getattr(args, "tile", C.DEFAULT_TILE), "ensemble": getattr(args, "ensemble", False)}
 
 
+class _Progress:
+    """:class:`vdsr.batch.Events` as a progress bar over images (on a terminal only: logs and
+    pipes get the summary alone), with the image in hand, its sizes and the tile of a large one."""
+
+    def __init__(self, total: int) -> None:
+        self.bar = _tqdm(total=total, desc="upscaling", unit="img")
+        self.labels: dict[Any, str] = {}
+        self.finished_rows = 0
+
+    def started(self, job: Any) -> None:
+        from vdsr.errors import VDSRError
+        from vdsr.images import probe
+        from vdsr.outputs import display
+
+        label = display(job.name)
+        if not self.bar.disable:
+            with contextlib.suppress(VDSRError):
+                from vdsr.sizes import upscaled_size
+
+                h, w = probe(job.source)
+                out_h, out_w = upscaled_size(h, w, self.scale)
+                label += f" {w}x{h} -> {out_w}x{out_h}"
+        self.labels[job] = label
+        self.bar.set_postfix_str(label, refresh=True)
+
+    def tile(self, job: Any, done: int, total: int) -> None:
+        if total > 1:
+            self.bar.set_postfix_str(f"{self.labels.get(job, job.name)}, tile {done}/{total}", refresh=True)
+
+    def finished(self, row: dict[str, Any]) -> None:
+        self.finished_rows += 1
+        self.bar.update(1)
+
+    scale: float = 2.0
+
+
 def _upscale(args: argparse.Namespace) -> int:
-    from vdsr.engine import Upscaler
-    from vdsr.errors import VDSRError
-    from vdsr.images import load_image
-    from vdsr.inference import write_upscaled
-    from vdsr.sizes import check_scale, upscaled_size
+    from vdsr import batch
+    from vdsr.errors import StopRequested
+    from vdsr.outputs import NamingRule
+    from vdsr.sizes import check_scale
     from vdsr.weights import load_model
 
-    files = _expand_inputs(args.inputs)
-    out = Path(args.output)
-    single_target = _output_is_file(args.output, len(args.inputs) == 1 and not Path(args.inputs[0]).is_dir())
-    if single_target and not out.parent.exists():
-        raise VDSRError(f"{out}: output folder {out.parent} does not exist")
+    if args.compare and (len(args.inputs) > 1 or Path(args.inputs[0]).is_dir()):
+        err("--compare writes one comparison: it takes one input file, not several or a folder")
+        return 2
+    plan = batch.plan(args.inputs, args.output, NamingRule(args.scale, args.suffix, args.format),
+                      recursive=args.recursive)
+    if plan.skipped:
+        print(f"{PROG}: skipped {sum(map(len, plan.skipped.values()))} entries of the input folders: "
+              f"{one_line(batch.describe_skipped(plan.skipped))}", file=sys.stderr)
+    batch.check(plan, overwrite=args.overwrite)  # before anything is loaded
+    if args.compare:
+        _check_compare(args, plan.jobs[0])
+    if args.ray is not None:
+        _check_ray()
     model, meta = load_model(args.weights)
     check_scale(args.scale, meta.scales)
     options = _engine_options(args)
-    upscaler: Upscaler | None = None  # built for the first image that can be read (the recipe check)
-    targets = _output_paths(files, out, args, single_target)
-    folder = targets[0].parent
-    if not os.access(folder, os.W_OK):
-        raise VDSRError(f"{folder}: output folder is not writable")
-    failures: list[str] = []
-    # A bar on a terminal only (logs and pipes get the final line alone), also for one image, with
-    # the image in hand, its sizes and, for large images, the tile in progress.
-    bar = _tqdm(total=len(files), desc="upscaling", unit="img")
-    for src, dst in zip(files, targets, strict=True):
-        bar.set_postfix_str(src.name, refresh=True)
-        try:
-            if dst.exists() and src.exists() and dst.resolve() == src.resolve():
-                raise VDSRError(f"{dst}: output would overwrite its own input")
-            if dst.exists() and not args.overwrite:
-                raise VDSRError(f"{dst}: already exists (pass --overwrite to replace it)")
-            image = load_image(src, args.max_pixels, args.scale, args.max_output_pixels)  # limits before decoding
-            out_h, out_w = upscaled_size(image.height, image.width, args.scale)
-            label = f"{src.name} {image.width}x{image.height} -> {out_w}x{out_h}"
-            bar.set_postfix_str(label, refresh=True)
-
-            def tiles(done: int, total: int, label: str = label) -> None:
-                if total > 1:
-                    bar.set_postfix_str(f"{label}, tile {done}/{total}", refresh=True)
-
-            upscaler = upscaler or Upscaler(model, **options)
-            write_upscaled(upscaler, image, dst, args.scale, max_output_pixels=args.max_output_pixels,
-                           quality=args.quality, progress=tiles)
-            if args.compare and len(files) == 1:
-                _write_compare(args, src, dst)
-        except VDSRError as exc:  # keep going; every failure is listed at the end
-            failures.append(describe(exc))
-        bar.update(1)
-    bar.close()
-    run = f"({upscaler.info.describe()})" if upscaler is not None else ""
-    if single_target and not failures:
-        print(f"wrote {targets[0]} {run}")
-    elif not single_target:
-        print(f"wrote {len(files) - len(failures)} of {len(files)} images to {folder} {run}")
-    if failures:
-        if len(files) == 1:
+    settings = batch.Settings(scale=args.scale, weights=args.weights, device=options["device"],
+                              precision=options["precision"], backend=options["backend"],
+                              tile=options["tile"], ensemble=options["ensemble"], max_pixels=args.max_pixels,
+                              max_output_pixels=args.max_output_pixels, quality=args.quality)
+    progress = _Progress(len(plan.jobs))
+    progress.scale = args.scale
+    try:
+        summary = batch.run(plan, settings, overwrite=args.overwrite, workers=args.workers,
+                            use_ray=args.ray is not None, ray_address=args.ray or None, model=model,
+                            events=progress)  # type: ignore[arg-type]
+    except (KeyboardInterrupt, StopRequested) as exc:
+        progress.bar.close()
+        name = exc.signal if isinstance(exc, StopRequested) else "SIGINT"
+        err(f"stopped by {name} after {progress.finished_rows} of {len(plan.jobs)} images; nothing is "
+            "half-written, and the same command again does the rest")
+        return 128 + 15 if name == "SIGTERM" else 130
+    progress.bar.close()
+    run = f" ({summary.run.describe()})" if summary.run is not None else ""
+    failures = [describe_row(r) for r in summary.failures]
+    if plan.single_file:
+        if failures:
             err(failures[0])
-        else:
-            err(f"{len(failures)} of {len(files)} images failed:")
-            for f in failures:
-                print(f"  {f}", file=sys.stderr)
+            return 1
+        if args.compare:
+            _write_compare(args, plan.jobs[0].source, plan.jobs[0].target)
+        print(f"wrote {plan.out}{run}")
+        return 0
+    print(f"done {summary.done}, skipped {summary.skipped}, failed {summary.failed}, in "
+          f"{summary.seconds:.1f} s: {plan.out}{run}")
+    if failures:
+        err(f"{len(failures)} of {len(plan.jobs)} images failed:")
+        for line in failures:
+            print(f"  {line}", file=sys.stderr)
         return 1
     return 0
+
+
+def _check_compare(args: argparse.Namespace, job: Any) -> None:
+    """``--compare`` obeys the rules of ``-o``: never the input, never the output, never an
+    existing file without --overwrite; the format follows its extension."""
+    from vdsr.outputs import check_target, check_unique, format_of
+
+    format_of(args.compare)
+    check_unique([("the upscaled image", job.target), ("the comparison", args.compare)], kind="outputs")
+    check_target(args.compare, overwrite=args.overwrite, inputs=[job.source])
+
+
+def _check_ray() -> None:
+    from vdsr.errors import VDSRError
+
+    try:
+        import ray.data  # noqa: F401
+    except ImportError as exc:
+        raise VDSRError(f"--ray needs Ray Data, which is not installed ({exc}): pip install 'vdsr[ray]'") from None
 
 
 def _write_compare(args: argparse.Namespace, src: Path, dst: Path) -> None:
@@ -219,6 +236,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         raise InvalidArgument("--record stores a model's results; it cannot go with --bicubic-only")
     if args.record and args.ensemble:
         raise InvalidArgument("--record stores the plain model's results; run --ensemble without --record")
+    if args.json:  # before any score is computed: a folder that cannot take it fails now
+        from vdsr.outputs import check_target
+
+        check_target(args.json, overwrite=True)
     upscaler = None
     if not args.bicubic_only:
         model, _ = load_model(args.weights)
@@ -246,20 +267,21 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _refuse_existing(*paths: str | Path | None, overwrite: bool) -> None:
-    from vdsr.errors import VDSRError
+def _refuse_existing(*paths: str | Path | None, overwrite: bool, inputs: Sequence[str | Path | None] = ()) -> None:
+    """Each of ``paths`` may be written (:func:`vdsr.outputs.check_target`), and no two are
+    the same; checked before any work."""
+    from vdsr.outputs import check_target, check_unique
 
-    for path in paths:
-        if path and Path(path).exists() and not overwrite:
-            raise VDSRError(f"{path}: already exists (pass --overwrite to replace it)")
-        if path and not Path(path).parent.exists():
-            raise VDSRError(f"{path}: output folder {Path(path).parent} does not exist")
+    given = [p for p in paths if p]
+    check_unique(((f"the {i + 1}. output", p) for i, p in enumerate(given)), kind="outputs")
+    for path in given:
+        check_target(path, overwrite=overwrite, inputs=[i for i in inputs if i])
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
     from vdsr.importers import convert
 
-    _refuse_existing(args.output, overwrite=args.overwrite)
+    _refuse_existing(args.output, overwrite=args.overwrite, inputs=[args.source])
     meta = convert(args.source, args.output)
     print(f"wrote {args.output}: {meta.config.depth} layers, width {meta.config.width}, "
           f"bias={meta.config.bias}; {meta.source}")
@@ -312,7 +334,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         raise InvalidArgument("--rgb-onnx needs --scale S (one or more integer factors, e.g. --scale 2 4)")
     rgb_jobs = output_paths(args.rgb_onnx, args.scale) if args.rgb_onnx else []
     _refuse_existing(args.onnx, args.onnx_int8, args.torchscript, *(p for p, _ in rgb_jobs),
-                     overwrite=args.overwrite)
+                     overwrite=args.overwrite, inputs=[args.weights])
     model, meta = load_model(args.weights)
     for path, writer in ((args.onnx, export_onnx), (args.onnx_int8, export_onnx_int8),
                          (args.torchscript, export_torchscript)):
@@ -346,7 +368,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from vdsr.demo import run_demo
 
-    print(run_demo(Path(args.output), scale=args.scale, weights=args.weights))
+    print(run_demo(Path(args.output), scale=args.scale, weights=args.weights, overwrite=args.overwrite))
     return 0
 
 

@@ -11,6 +11,7 @@ from typing import Any
 from vdsr import constants as C  # imports nothing: defaults for --help without torch
 from vdsr.cli import commands
 from vdsr.cli.words import PROG, train_flag
+from vdsr.outputs import OUTPUT_RULE  # imports nothing heavy
 
 
 def _positive_int(text: str) -> int:
@@ -50,12 +51,6 @@ def _int_scale(text: str) -> int:
     return int(value)
 
 
-OUTPUT_RULE = ("OUT is a file when there is one input file and OUT ends in an image extension "
-               "(.png .jpg .jpeg .webp .tif .tiff .bmp); a folder when it is one already, ends in '/', "
-               "or there are several inputs (or a folder) and it has no extension. Anything else is refused "
-               "as ambiguous.")
-
-
 def _version() -> str:
     try:
         from importlib.metadata import version
@@ -92,7 +87,9 @@ run 'vdsr COMMAND --help' for a command's options""",
   vdsr upscale photo.jpg -s 2 -o photo_x2.png
   vdsr upscale photo.jpg -s 2.5 -o photo.webp --quality 90
   vdsr upscale shots/ more.png -s 3 -o big/ --format jpg --suffix=-hd
-  vdsr upscale scan.tif -s 4 -o out/ --compare scan_compare.png""",
+  vdsr upscale scan.tif -s 4 -o scan_x4.tif --compare scan_compare.png
+  vdsr upscale photos/ -s 2 -o big/ --recursive --workers 2   a tree; again after a stop: the rest
+  vdsr upscale photos/ -s 2 -o /shared/big/ --ray 10.0.0.1:6379   on a Ray cluster""",
     "evaluate": """examples:
   vdsr evaluate --data ../shared/datasets/Set5 ../shared/datasets/Set14 --scales 2 3 4
   vdsr evaluate --data ../shared/datasets/Set5 --bicubic-only""",
@@ -229,9 +226,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quality", type=_quality, default=95, help="JPEG/WebP quality, 1-100")
     p.add_argument("--suffix", help="added to each input's name in an output folder "
                                     "(default _xS, e.g. photo_x2.png; '' keeps the name)")
-    p.add_argument("--compare", metavar="PNG",
-                   help="also write a bicubic-vs-VDSR comparison (full-resolution crops) to this PNG "
-                        "(one input)")
+    p.add_argument("--compare", metavar="FILE",
+                   help="also write a bicubic-vs-VDSR comparison (full-resolution crops) to this image "
+                        "file, in the format of its extension (one input file only)")
+    p.add_argument("--recursive", "-r", action="store_true",
+                   help="folders with their sub-folders, mirrored in the output folder (links that "
+                        "leave an input folder are not followed)")
+    p.add_argument("--workers", type=_positive_int, default=1, metavar="N",
+                   help="upscale in N processes on this machine, the CPU threads split between them "
+                        "(the same bytes as one); with --ray, the number of Ray actors")
+    p.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
+                   help="run on a Ray cluster (pip install 'vdsr[ray]'): the one at ADDRESS "
+                        "(e.g. 10.0.0.1:6379, or 'auto'), or a local one for this run; OUT must be a "
+                        "path that every node sees")
     p.set_defaults(func=commands.cmd_upscale)
 
     p = add("evaluate", "Y-PSNR/SSIM on benchmark folders, beside the paper",
@@ -340,7 +347,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("demo", "upscale a bundled sample and write a comparison PNG",
             "Shrink a bundled photo, upscale it with bicubic and with the model, and write the images, "
-            "a comparison PNG and their Y-PSNR against the original.", "weights")
+            "a comparison PNG and their Y-PSNR against the original.", "weights", "overwrite")
     p.add_argument("-o", "--output", default="vdsr-demo", help="output folder")
     p.add_argument("--scale", type=_int_scale, default=3, help="scale factor")
     p.set_defaults(func=commands.cmd_demo)

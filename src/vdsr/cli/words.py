@@ -16,8 +16,29 @@ def train_flag(field: str) -> str:
     return "--no-bias" if field == "bias" else "--" + field.replace("_", "-")
 
 
+def one_line(text: str) -> str:
+    """``text`` with its control characters escaped (a newline as ``\\n``): a file name that holds
+    one cannot start a line of its own, nor forge a second ``vdsr: error:``."""
+    return text if text.isprintable() else "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 def err(msg: str) -> None:
-    print(f"{PROG}: error: {msg}", file=sys.stderr)
+    print(f"{PROG}: error: {one_line(msg)}", file=sys.stderr)
+
+
+def hint(kind: str, fields: dict[str, Any]) -> str:
+    """The flag that changes what an error of class ``kind`` (with ``fields``) complains of, in
+    the words appended to its message; also for a manifest row's ``error_type``/``error_fields``."""
+    if kind == "TooLarge":
+        return f" (raise it with {'--max-pixels' if fields.get('what') == 'input' else '--max-output-pixels'})"
+    if kind == "OutputExists":
+        return " (pass --overwrite to replace it)"
+    return ""
+
+
+def describe_row(row: dict[str, Any]) -> str:
+    """A failed manifest row (:mod:`vdsr.batch`) in the CLI's words, on one line."""
+    return one_line(str(row.get("error")) + hint(str(row.get("error_type")), row.get("error_fields") or {}))
 
 
 def describe(exc: Exception) -> str:
@@ -28,6 +49,8 @@ def describe(exc: Exception) -> str:
         NoDefaultModel,
         NonFiniteLoss,
         NotSafetensors,
+        OutputExists,
+        OutputNameRefused,
         ResumeOverrideRefused,
         RunFolderRefused,
         RunWriteError,
@@ -41,9 +64,12 @@ def describe(exc: Exception) -> str:
                 f"`vdsr convert {shlex.quote(exc.path)} -o {target}`")
     if isinstance(exc, NoDefaultModel):
         return f"{exc} (--weights FILE)"
-    if isinstance(exc, TooLarge):
-        flag = "--max-pixels" if exc.what == "input" else "--max-output-pixels"
-        return f"{exc} (raise it with {flag})"
+    if isinstance(exc, (TooLarge, OutputExists)):
+        return f"{exc}{hint(type(exc).__name__, vars(exc))}"
+    if isinstance(exc, OutputNameRefused) and exc.reason == "format_mismatch":
+        return f"{exc.path}: --format {exc.fmt} does not match the file's extension {exc.suffix}"
+    if isinstance(exc, OutputNameRefused) and exc.reason == "suffix_separator":
+        return f"--suffix {exc.suffix!r}: must not contain a path separator"
     if isinstance(exc, NonFiniteLoss):
         return f"{exc} (lower --learning-rate, or pass --skip-nonfinite)"
     if isinstance(exc, AddressUnavailable):
@@ -83,6 +109,6 @@ _RUN_FOLDER_HINTS = {
 
 def show_warning(message: Any, category: Any, filename: str, lineno: int, file: Any = None,
                   line: Any = None) -> None:
-    print(f"{PROG}: warning: {message}", file=sys.stderr)
+    print(f"{PROG}: warning: {one_line(str(message))}", file=sys.stderr)
 
 
