@@ -157,12 +157,11 @@ def _walk(root: Path, recursive: bool, skipped: dict[str, list[Path]]) -> Iterat
     after a folder's own files when ``recursive``); what is passed over goes into ``skipped``."""
     suffixes = _image_suffixes()
     real_root = root.resolve()
-    seen = {real_root}
 
     def skip(reason: str, path: Path) -> None:
         skipped.setdefault(reason, []).append(path)
 
-    def visit(folder: Path, rel: PurePosixPath) -> Iterator[tuple[Path, PurePosixPath]]:
+    def visit(folder: Path, rel: PurePosixPath, above: frozenset[Path]) -> Iterator[tuple[Path, PurePosixPath]]:
         try:
             names = sorted(os.listdir(folder))
         except OSError as exc:
@@ -184,19 +183,18 @@ def _walk(root: Path, recursive: bool, skipped: dict[str, list[Path]]) -> Iterat
             if stat.S_ISDIR(info.st_mode):
                 if not recursive:
                     skip("folder", path)
-                elif path.resolve() in seen:  # a link back up the tree
+                elif path.resolve() in above:  # a link back up the tree
                     skip("link_loop", path)
                 else:
-                    seen.add(path.resolve())
                     folders.append((path, relative))
             elif stat.S_ISREG(info.st_mode) and path.suffix.lower() in suffixes:
                 yield path, relative
             else:
                 skip("not_image", path)
         for sub, relative in folders:
-            yield from visit(sub, relative)
+            yield from visit(sub, relative, above | {sub.resolve()})
 
-    yield from visit(root, PurePosixPath())
+    yield from visit(root, PurePosixPath(), frozenset({real_root}))
 
 
 def plan(inputs: Sequence[str | os.PathLike[str]], output: str | os.PathLike[str], rule: NamingRule,
@@ -568,12 +566,27 @@ def _stop_on_sigterm(signum: int, frame: Any) -> None:
     raise StopRequested(signal.Signals(signum).name)
 
 
+def _end_with_parent() -> None:
+    """Ask Linux to send this process SIGTERM when its parent dies (SIGKILL of the main process
+    leaves no worker behind writing into the output folder); elsewhere, a worker ends when it
+    next hears from the closed pipe."""
+    import ctypes
+
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() == 1:  # the parent died before the request was made
+        raise StopRequested("SIGTERM")
+
+
 def _worker(settings: Settings, conn: Any) -> None:
     """A worker process: build the engine once, then upscale what the main process sends, one
     job at a time, answering with tile progress and the job's row."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the main process says when to stop
     signal.signal(signal.SIGTERM, _stop_on_sigterm)
     try:
+        _end_with_parent()
         import torch
 
         from vdsr.engine import Upscaler

@@ -1,0 +1,320 @@
+"""vdsr.batch: folder trees, what is skipped and said, runs that survive a kill (a manifest,
+resume, our temp files cleaned up), SIGTERM like Ctrl-C, and --workers processes (issue 25;
+issue 23 item 4 and the rough edges of input folders)."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from PIL import Image
+
+from tests.conftest import random_rgb, write_png
+from vdsr import batch
+from vdsr.cli import main
+from vdsr.outputs import NamingRule
+
+
+def run(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    code = main(args)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def temp_files(folder: Path) -> list[Path]:
+    return [p for p in folder.rglob("*") if p.name.endswith(".tmp")]
+
+
+def images(folder: Path) -> dict[str, bytes]:
+    """The outputs under ``folder`` by relative path, each checked to decode completely."""
+    found = {}
+    for p in sorted(folder.rglob("*.png")):
+        with Image.open(p) as im:
+            im.load()
+        found[str(p.relative_to(folder))] = p.read_bytes()
+    return found
+
+
+def a_folder(root: Path, n: int, size: int = 24) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        write_png(root / f"{i:02d}.png", random_rgb(size, size + i, seed=i))
+    return root
+
+
+def vdsr_command() -> list[str]:
+    return [sys.executable, "-m", "vdsr"]
+
+
+# -- input folders (issue 23's rough edges, issue 25 item 1) -------------------------------------
+
+
+def test_links_in_an_input_folder_are_counted_and_said(tmp_path: Path, tiny_weights: Path,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    """Rough edge (issue 23): links to nowhere and link loops in an input folder were skipped
+    silently and not counted. Now they are, and the run says so on one line."""
+    folder = a_folder(tmp_path / "in", 2)
+    (folder / "gone.png").symlink_to(tmp_path / "nowhere.png")
+    (folder / "loop.png").symlink_to(folder / "loop.png")
+    code, out, err = run(["upscale", str(folder), "-s", "2", "-o", str(tmp_path / "out"), "--weights",
+                          str(tiny_weights)], capsys)
+    assert code == 0, err
+    said = [line for line in err.splitlines() if line.startswith("vdsr: skipped")]
+    assert len(said) == 1 and "1 a link to nowhere (gone.png)" in said[0] and "1 a link loop (loop.png)" in said[0]
+    assert out.startswith("done 2, skipped 0, failed 0")
+
+
+def test_running_again_into_the_input_folder_skips_our_outputs(tmp_path: Path, tiny_weights: Path,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    """Rough edge (issue 23): `vdsr upscale IN -o IN` run twice upscaled its own outputs
+    (grey_x2_x2.png) and failed on the finished ones ("already exists")."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    write_png(folder / "grey.png", random_rgb(10, 12)[..., 0])
+    argv = ["upscale", str(folder), "-s", "2", "-o", str(folder), "--weights", str(tiny_weights)]
+    code, out, err = run(argv, capsys)
+    assert code == 0, err
+    first = (folder / "grey_x2.png").read_bytes()
+    code, out, err = run(argv, capsys)
+    assert code == 0, err
+    assert sorted(p.name for p in folder.glob("*.png")) == ["grey.png", "grey_x2.png"]
+    assert (folder / "grey_x2.png").read_bytes() == first
+    assert out.startswith("done 0, skipped 1, failed 0") and "an output of this run (grey_x2.png)" in err
+
+
+def test_recursive_mirrors_the_tree_and_counts_what_it_skips(tmp_path: Path, tiny_weights: Path,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    """Issue 25, item 1: --recursive mirrors the sub-folders; hidden files and non-images are
+    skipped and counted, not errors; links that leave IN are not followed, and said."""
+    src = tmp_path / "in"
+    a_folder(src / "trip" / "day1", 2)
+    write_png(src / "top.png", random_rgb(9, 9))
+    (src / ".DS_Store").write_bytes(b"\0\1")
+    (src / "trip" / "Thumbs.db").write_bytes(b"\0\1")
+    (src / "trip" / "notes.txt").write_text("not an image")
+    hidden = src / ".cache"
+    hidden.mkdir()
+    write_png(hidden / "h.png", random_rgb(8, 8))
+    elsewhere = a_folder(tmp_path / "elsewhere", 1)
+    (src / "trip" / "linked").symlink_to(elsewhere)
+    (src / "inside").symlink_to(src / "trip" / "day1")  # inside IN: followed
+    out = tmp_path / "out"
+    code, stdout, err = run(["upscale", str(src), "-s", "2", "-o", str(out), "-r", "--weights",
+                             str(tiny_weights)], capsys)
+    assert code == 0, err
+    assert sorted(images(out)) == ["inside/00_x2.png", "inside/01_x2.png", "top_x2.png",
+                                   "trip/day1/00_x2.png", "trip/day1/01_x2.png"]
+    said = next(line for line in err.splitlines() if line.startswith("vdsr: skipped"))
+    assert "2 hidden (.DS_Store, .cache)" in said and "2 not an image (Thumbs.db, notes.txt)" in said
+    assert "1 a link out of the input folder (not followed) (linked)" in said
+    assert stdout.startswith("done 5, skipped 0, failed 0")
+    # Without --recursive the sub-folders are skipped, and said so.
+    code, stdout, err = run(["upscale", str(src), "-s", "2", "-o", str(tmp_path / "flat"), "--weights",
+                             str(tiny_weights)], capsys)
+    assert code == 0 and "a sub-folder (not recursive) (inside, trip)" in err
+    assert sorted(images(tmp_path / "flat")) == ["top_x2.png"]
+
+
+# -- resumable runs (issue 25 item 2, issue 23 item 4) --------------------------------------------
+
+
+def test_manifest_records_each_input_and_a_rerun_does_only_the_rest(tmp_path: Path, tiny_weights: Path,
+                                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    """Issue 25, item 2: one row per input (output, sizes, seconds, how it ran, status, error);
+    a rerun skips the complete outputs and does the rest; --overwrite redoes everything. (Issue
+    23, item 4: a rerun listed the finished images as 'already exists' failures, exit 1.)"""
+    src = a_folder(tmp_path / "in", 3)
+    (src / "bad.png").write_bytes(b"not an image")
+    out = tmp_path / "out"
+    argv = ["upscale", str(src), "-s", "2", "-o", str(out), "--weights", str(tiny_weights), "--precision", "fp32"]
+    code, stdout, err = run(argv, capsys)
+    assert code == 1 and stdout.startswith("done 3, skipped 0, failed 1, in ")
+    rows = batch.read_manifest(out / batch.MANIFEST)
+    assert [(Path(r["input"]).name, r["status"]) for r in rows] == [
+        ("00.png", "done"), ("01.png", "done"), ("02.png", "done"), ("bad.png", "failed")]
+    done = rows[0]
+    assert done["output"] == str(out / "00_x2.png") and done["input_size"] == [24, 24]
+    assert done["output_size"] == [48, 48] and done["seconds"] > 0
+    assert done["precision"] == done["recipe"] == "fp32" and done["backend"] and done["device"] == "cpu"
+    assert set(done) == set(batch.ROW_FIELDS) and done["error"] is None
+    assert "not an image" in rows[3]["error"] and rows[3]["error_type"] == "ImageError"
+    (out / "01_x2.png").unlink()  # as if the run had been stopped before it
+    before = images(out)
+    code, stdout, err = run(argv, capsys)
+    assert code == 1 and stdout.startswith("done 1, skipped 2, failed 1, in ")
+    assert all(images(out)[k] == v for k, v in before.items())  # the kept ones are untouched
+    rerun = batch.read_manifest(out / batch.MANIFEST)[4:]
+    assert sorted((Path(r["input"]).name, r["status"]) for r in rerun) == [
+        ("00.png", "skipped"), ("01.png", "done"), ("02.png", "skipped"), ("bad.png", "failed")]
+    assert next(r for r in rerun if r["status"] == "skipped")["output_size"] == [48, 48]  # from the first run
+    code, stdout, err = run([*argv, "--overwrite"], capsys)
+    assert stdout.startswith("done 3, skipped 0, failed 1, in ")
+
+
+def _killed_inside_a_write(target: Path) -> None:
+    """A process killed by SIGKILL in the middle of an atomic write of ``target``: the real
+    fault, which leaves the hidden temp file behind."""
+    script = (f"import os, signal\nfrom vdsr.fileio import atomic_path\n"
+              f"with atomic_path({str(target)!r}) as tmp:\n"
+              f"    tmp.write_bytes(b'half a PNG')\n"
+              f"    os.kill(os.getpid(), signal.SIGKILL)\n")
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, timeout=60)
+    assert proc.returncode == -signal.SIGKILL
+
+
+@pytest.mark.subprocess
+def test_a_rerun_after_a_kill_removes_our_temp_files(tmp_path: Path, tiny_weights: Path,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    """Issue 23, item 4: SIGKILL during a write leaves a hidden `.NAME.XXXXXXXX.tmp` that no
+    rerun removed. Now the next run removes ours (and only ours: another hidden file stays)."""
+    src = a_folder(tmp_path / "in", 2)
+    out = tmp_path / "out"
+    out.mkdir()
+    _killed_inside_a_write(out / "01_x2.png")
+    user_file = out / ".mine.tmp"
+    user_file.write_text("not ours")
+    single = tmp_path / "one.png"
+    _killed_inside_a_write(single)
+    assert len(temp_files(out)) == 2 and len(temp_files(tmp_path)) == 3
+    code, stdout, err = run(["upscale", str(src), "-s", "2", "-o", str(out), "--weights", str(tiny_weights)], capsys)
+    assert code == 0, err
+    assert temp_files(out) == [user_file] and sorted(images(out)) == ["00_x2.png", "01_x2.png"]
+    code, stdout, err = run(["upscale", str(src / "00.png"), "-s", "2", "-o", str(single), "--weights",
+                             str(tiny_weights)], capsys)
+    assert code == 0, err
+    assert temp_files(tmp_path) == [user_file] and Image.open(single).size == (48, 48)
+
+
+def _wait_for(predicate: Any, proc: subprocess.Popen[bytes], timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if proc.poll() is not None:
+            pytest.fail(f"the run ended (exit {proc.returncode}) before the moment to stop it: "
+                        f"{proc.stderr.read().decode() if proc.stderr else ''}")
+        if time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail("the moment to stop the run never came")
+        time.sleep(0.002)
+
+
+@pytest.mark.slow
+@pytest.mark.subprocess
+def test_sigterm_during_a_write_cleans_up_like_ctrl_c(tmp_path: Path, tiny_weights: Path) -> None:
+    """Issue 23, item 4: SIGTERM during `vdsr upscale` ended the process with its temp file left.
+    Now it stops as Ctrl-C does: exit 143, one line, nothing half-written (a real signal, sent
+    while the temp file of the output is being written)."""
+    src = write_png(tmp_path / "big.png", random_rgb(1200, 1600))
+    out = tmp_path / "big_x3.png"
+    proc = subprocess.Popen([*vdsr_command(), "upscale", str(src), "-s", "3", "-o", str(out), "--weights",
+                             str(tiny_weights), "--precision", "fp32"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    _wait_for(lambda: bool(temp_files(tmp_path)), proc)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err
+    lines = err.decode().strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("vdsr: error: stopped by SIGTERM after 0 of 1 images"), lines
+    assert not out.exists() and temp_files(tmp_path) == []
+
+
+@pytest.mark.slow
+@pytest.mark.subprocess
+def test_sigterm_in_a_folder_run_keeps_the_finished_and_a_rerun_does_the_rest(tmp_path: Path,
+                                                                             tiny_weights: Path) -> None:
+    """A folder run stopped by SIGTERM (exit 143, one line) keeps what it finished, complete and
+    in the manifest; the same command again does the rest and nothing twice."""
+    src = a_folder(tmp_path / "in", 6, size=160)
+    out = tmp_path / "out"
+    argv = [*vdsr_command(), "upscale", str(src), "-s", "3", "-o", str(out), "--weights", str(tiny_weights),
+            "--precision", "fp32"]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    _wait_for(lambda: len(batch.read_manifest(out / batch.MANIFEST)) >= 2, proc)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err
+    assert err.decode().strip().splitlines()[-1].startswith("vdsr: error: stopped by SIGTERM after ")
+    finished = images(out)
+    assert temp_files(out) == [] and 2 <= len(finished) < 6
+    assert len(batch.read_manifest(out / batch.MANIFEST)) == len(finished)
+    again = subprocess.run(argv, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.startswith(f"done {6 - len(finished)}, skipped {len(finished)}, failed 0")
+    assert all(images(out)[k] == v for k, v in finished.items()) and len(images(out)) == 6
+
+
+# -- several processes (issue 25 item 3) ----------------------------------------------------------
+
+
+class _Recorder(batch.Events):
+    def __init__(self) -> None:
+        self.rows: list[dict[str, Any]] = []
+        self.started_jobs = 0
+        self.killed: list[int] = []
+
+    def started(self, job: batch.Job) -> None:
+        self.started_jobs += 1
+
+    def finished(self, row: dict[str, Any]) -> None:
+        self.rows.append(row)
+
+
+class _KillOnce(_Recorder):
+    """Kills a worker process (SIGKILL) once it is busy with an image."""
+
+    def started(self, job: batch.Job) -> None:
+        super().started(job)
+        if self.started_jobs == 3 and not self.killed:
+            worker = next(p for p in multiprocessing.active_children() if p.name.startswith("vdsr-worker"))
+            assert worker.pid is not None
+            os.kill(worker.pid, signal.SIGKILL)
+            self.killed.append(worker.pid)
+
+
+@pytest.mark.slow
+@pytest.mark.subprocess
+def test_workers_write_the_same_bytes_and_survive_a_killed_worker(tmp_path: Path, tiny_weights: Path) -> None:
+    """Issue 25, items 3 and 5: --workers 2 writes outputs byte-equal to one process; a worker
+    killed mid-job (SIGKILL) is replaced and its image retried, the manifest ends complete and
+    nothing is half-written; a bad file in the middle is a failed row and the rest go on."""
+    src = a_folder(tmp_path / "in", 8, size=64)
+    (src / "03b.png").write_bytes(b"not an image")
+    settings = batch.Settings(scale=2, weights=str(tiny_weights), precision="auto")
+    one = batch.plan([src], tmp_path / "one", NamingRule(2))
+    batch.run(one, settings)
+    two = batch.plan([src], tmp_path / "two", NamingRule(2))
+    events = _KillOnce()
+    summary = batch.run(two, settings, workers=2, events=events)
+    assert events.killed, "no worker was killed"
+    assert (summary.done, summary.failed) == (8, 1) and len(events.rows) == 9
+    assert images(tmp_path / "two") == images(tmp_path / "one") and len(images(tmp_path / "one")) == 8
+    assert temp_files(tmp_path / "two") == []
+    rows = batch.read_manifest(tmp_path / "two" / batch.MANIFEST)
+    assert sorted(Path(r["input"]).name for r in rows) == sorted(p.name for p in src.iterdir())
+    assert [r["attempt"] for r in rows if r["status"] == "done"].count(2) == 1  # the retried image
+    bad = next(r for r in rows if r["status"] == "failed")
+    assert bad["input"].endswith("03b.png") and "not an image" in bad["error"]
+    assert len({r["worker"] for r in rows if r["status"] == "done"}) >= 2
+
+
+@pytest.mark.slow
+@pytest.mark.subprocess
+def test_workers_from_the_command_line(tmp_path: Path, tiny_weights: Path) -> None:
+    """`vdsr upscale IN -o OUT --workers 2`: the images are done by the worker processes, and
+    the summary line says how they ran."""
+    src = a_folder(tmp_path / "in", 4)
+    proc = subprocess.Popen([*vdsr_command(), "upscale", str(src), "-s", "2", "-o", str(tmp_path / "out"),
+                             "--weights", str(tiny_weights), "--workers", "2"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    stdout, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 0, stderr
+    assert stdout.startswith("done 4, skipped 0, failed 0, in ") and " on " in stdout
+    rows = [json.loads(line) for line in (tmp_path / "out" / batch.MANIFEST).read_text().splitlines()]
+    assert len(rows) == 4 and all(not r["worker"].endswith(f":{proc.pid}") for r in rows)  # done by workers
