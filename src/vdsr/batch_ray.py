@@ -20,6 +20,7 @@ import contextlib
 import json
 import logging
 import os
+import sys
 import warnings
 from collections.abc import Callable
 from dataclasses import asdict, replace
@@ -68,10 +69,15 @@ def _connect(address: str | None, threads: int | None) -> bool:
     if ray.is_initialized():
         return False
     quiet: dict[str, Any] = {"logging_level": logging.ERROR, "log_to_driver": False, "configure_logging": True}
-    if address:
-        ray.init(address=address, **quiet)
-    else:
-        ray.init(num_cpus=threads or os.cpu_count() or 1, include_dashboard=False, **quiet)
+    try:
+        if address:
+            ray.init(address=address, **quiet)
+        else:
+            ray.init(num_cpus=threads or os.cpu_count() or 1, include_dashboard=False, **quiet)
+    except (ConnectionError, RuntimeError, ValueError) as exc:  # what ray.init raises for these
+        where = f"the Ray cluster at {address}" if address else "a local Ray cluster"
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise VDSRError(f"cannot connect to {where}: {first}") from None
     return True
 
 
@@ -96,10 +102,20 @@ def run_on_ray(pending: list[Job], settings: Settings, address: str | None, work
     this run), handing each finished image's row to ``emit``. ``workers`` > 1 sets the number
     of actors (default: one per GPU, else one per CPU)."""
     try:
-        import ray
-        import ray.data
+        import ray.data  # noqa: F401 - imported here to say at once when it is missing
     except ImportError as exc:
         raise VDSRError(f"Ray is not installed ({exc}); install it with: pip install 'vdsr[ray]'") from None
+
+    # Ray's driver prints its workers' error messages ("(raylet) Task ... failed ... will be
+    # retried") to stdout, where a caller's output goes: send them to stderr while Ray runs.
+    with contextlib.redirect_stdout(sys.stderr):
+        _run(pending, settings, address, workers, emit)
+
+
+def _run(pending: list[Job], settings: Settings, address: str | None, workers: int,
+         emit: Callable[[dict[str, Any]], None]) -> None:
+    import ray
+    import ray.data
 
     started = _connect(address, settings.threads)
     try:
