@@ -74,6 +74,7 @@ from vdsr.errors import (
 )
 from vdsr.images import LoadedImage, decode_image, encode_png, probe_image
 from vdsr.inference import bicubic_clipped, upscale_image
+from vdsr.outputs import output_name
 from vdsr.sizes import check_output_pixels, check_scale
 from vdsr.uploads import BodyLimits, ClientGone, RequestRefused, display_name, read_upload
 from vdsr.weights import WeightsMetadata, load_model
@@ -391,7 +392,7 @@ class Service:
             finally:
                 lane.record(time.monotonic() - started)
                 lane.release(ticket)
-        headers = {"Content-Disposition": attachment(f"{Path(name).stem}_x{scale:g}.png")}
+        headers = {"Content-Disposition": attachment(output_name(Path(name).stem, scale))}  # as vdsr upscale names it
         if method == "vdsr":  # how it was made: recipe, runtime, device (and the recipe's check)
             headers["X-VDSR-Run"] = (self.ensemble if use_ensemble else self.upscaler).info.describe()
         return Response(png, media_type="image/png", headers=headers)
