@@ -253,7 +253,7 @@ def test_sigterm_in_a_folder_run_keeps_the_finished_and_a_rerun_does_the_rest(tm
 # -- several processes (issue 25 item 3) ----------------------------------------------------------
 
 
-class _Recorder(batch.Events):
+class _Recorder(batch.NoEvents):
     def __init__(self) -> None:
         self.rows: list[dict[str, Any]] = []
         self.started_jobs = 0
@@ -267,15 +267,16 @@ class _Recorder(batch.Events):
 
 
 class _KillOnce(_Recorder):
-    """Kills a worker process (SIGKILL) once it is busy with an image."""
+    """Kills the worker processes (SIGKILL) as the third image is handed out: the one that has
+    just been given it is busy with it, for certain."""
 
     def started(self, job: batch.Job) -> None:
         super().started(job)
         if self.started_jobs == 3 and not self.killed:
-            worker = next(p for p in multiprocessing.active_children() if p.name.startswith("vdsr-worker"))
-            assert worker.pid is not None
-            os.kill(worker.pid, signal.SIGKILL)
-            self.killed.append(worker.pid)
+            for worker in multiprocessing.active_children():
+                if worker.name.startswith("vdsr-worker") and worker.pid is not None:
+                    os.kill(worker.pid, signal.SIGKILL)
+                    self.killed.append(worker.pid)
 
 
 @pytest.mark.slow
@@ -284,7 +285,7 @@ def test_workers_write_the_same_bytes_and_survive_a_killed_worker(tmp_path: Path
     """Issue 25, items 3 and 5: --workers 2 writes outputs byte-equal to one process; a worker
     killed mid-job (SIGKILL) is replaced and its image retried, the manifest ends complete and
     nothing is half-written; a bad file in the middle is a failed row and the rest go on."""
-    src = a_folder(tmp_path / "in", 8, size=64)
+    src = a_folder(tmp_path / "in", 8, size=96)
     (src / "03b.png").write_bytes(b"not an image")
     settings = batch.Settings(scale=2, weights=str(tiny_weights), precision="auto")
     one = batch.plan([src], tmp_path / "one", NamingRule(2))
@@ -298,10 +299,10 @@ def test_workers_write_the_same_bytes_and_survive_a_killed_worker(tmp_path: Path
     assert temp_files(tmp_path / "two") == []
     rows = batch.read_manifest(tmp_path / "two" / batch.MANIFEST)
     assert sorted(Path(r["input"]).name for r in rows) == sorted(p.name for p in src.iterdir())
-    assert [r["attempt"] for r in rows if r["status"] == "done"].count(2) == 1  # the retried image
+    assert [r["attempt"] for r in rows if r["status"] == "done"].count(2) >= 1  # the retried image(s)
     bad = next(r for r in rows if r["status"] == "failed")
     assert bad["input"].endswith("03b.png") and "not an image" in bad["error"]
-    assert len({r["worker"] for r in rows if r["status"] == "done"}) >= 2
+    assert all(not r["worker"].endswith(f":{os.getpid()}") for r in rows if r["status"] == "done")
 
 
 @pytest.mark.slow

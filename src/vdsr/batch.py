@@ -35,7 +35,7 @@ from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import Any, Protocol
 
 from vdsr.constants import DEFAULT_MAX_OUTPUT_PIXELS, DEFAULT_MAX_PIXELS, DEFAULT_TILE
 from vdsr.errors import (
@@ -58,7 +58,7 @@ from vdsr.outputs import (
     remove_leftovers,
 )
 
-__all__ = ["MANIFEST", "ROW_FIELDS", "SKIP_REASONS", "Events", "Job", "Plan", "Settings", "Summary", "job_row",
+__all__ = ["MANIFEST", "ROW_FIELDS", "SKIP_REASONS", "Events", "Job", "NoEvents", "Plan", "Settings", "Summary", "job_row",
            "check", "plan", "read_manifest", "run", "upscale_job"]
 
 MANIFEST = "vdsr-manifest.jsonl"
@@ -355,12 +355,22 @@ class _Manifest:
 # ----------------------------------------------------------------------------------------------
 
 
-class Events:
-    """What a caller hears while :func:`run` works (the CLI's progress bar); no-ops here.
+class Events(Protocol):
+    """What a caller hears while :func:`run` works (the CLI's progress bar).
 
     ``started(job)`` when an image is begun, ``tile(job, done, total)`` after each tile of a
     large one (not on Ray), ``finished(row)`` for every row, skipped and failed ones too.
     """
+
+    def started(self, job: Job) -> None: ...
+
+    def tile(self, job: Job, done: int, total: int) -> None: ...
+
+    def finished(self, row: dict[str, Any]) -> None: ...
+
+
+class NoEvents:
+    """:class:`Events` that hear nothing."""
 
     def started(self, job: Job) -> None:
         pass
@@ -452,7 +462,7 @@ def run(plan: Plan, settings: Settings, *, overwrite: bool = False, workers: int
     image in progress is not written, its temp file is removed, the rows so far are in the
     manifest, and the exception goes on (``events`` has heard every finished row).
     """
-    events = events or Events()
+    events = events or NoEvents()
     summary = Summary()
     start = time.perf_counter()
     manifest: _Manifest | None = None

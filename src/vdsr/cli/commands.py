@@ -97,8 +97,9 @@ class _Progress:
     """:class:`vdsr.batch.Events` as a progress bar over images (on a terminal only: logs and
     pipes get the summary alone), with the image in hand, its sizes and the tile of a large one."""
 
-    def __init__(self, total: int) -> None:
+    def __init__(self, total: int, scale: float) -> None:
         self.bar = _tqdm(total=total, desc="upscaling", unit="img")
+        self.scale = scale
         self.labels: dict[Any, str] = {}
         self.finished_rows = 0
 
@@ -125,8 +126,6 @@ class _Progress:
     def finished(self, row: dict[str, Any]) -> None:
         self.finished_rows += 1
         self.bar.update(1)
-
-    scale: float = 2.0
 
 
 def _upscale(args: argparse.Namespace) -> int:
@@ -156,12 +155,11 @@ def _upscale(args: argparse.Namespace) -> int:
                               precision=options["precision"], backend=options["backend"],
                               tile=options["tile"], ensemble=options["ensemble"], max_pixels=args.max_pixels,
                               max_output_pixels=args.max_output_pixels, quality=args.quality)
-    progress = _Progress(len(plan.jobs))
-    progress.scale = args.scale
+    progress = _Progress(len(plan.jobs), args.scale)
     try:
         summary = batch.run(plan, settings, overwrite=args.overwrite, workers=args.workers,
                             use_ray=args.ray is not None, ray_address=args.ray or None, model=model,
-                            events=progress)  # type: ignore[arg-type]
+                            events=progress)
     except (KeyboardInterrupt, StopRequested) as exc:
         progress.bar.close()
         name = exc.signal if isinstance(exc, StopRequested) else "SIGINT"
