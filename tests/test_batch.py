@@ -225,29 +225,55 @@ def test_sigterm_during_a_write_cleans_up_like_ctrl_c(tmp_path: Path, tiny_weigh
     assert not out.exists() and temp_files(tmp_path) == []
 
 
+def _alive(pid: int) -> bool:
+    """Running, not a zombie waiting for a parent (this machine's init may never reap it)."""
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            return False
+        if state == "Z":
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+
+
 @pytest.mark.slow
 @pytest.mark.subprocess
-def test_sigterm_in_a_folder_run_keeps_the_finished_and_a_rerun_does_the_rest(tmp_path: Path,
-                                                                             tiny_weights: Path) -> None:
+@pytest.mark.parametrize("workers", [1, 2])
+def test_sigterm_in_a_folder_run_keeps_the_finished_and_a_rerun_does_the_rest(
+        workers: int, tmp_path: Path, tiny_weights: Path) -> None:
     """A folder run stopped by SIGTERM (exit 143, one line) keeps what it finished, complete and
-    in the manifest; the same command again does the rest and nothing twice."""
-    src = a_folder(tmp_path / "in", 6, size=160)
+    in the manifest, and leaves no worker process behind; the same command again does the rest
+    and nothing twice."""
+    src = a_folder(tmp_path / "in", 6 * workers, size=160)
     out = tmp_path / "out"
     argv = [*vdsr_command(), "upscale", str(src), "-s", "3", "-o", str(out), "--weights", str(tiny_weights),
-            "--precision", "fp32"]
+            "--precision", "fp32", "--workers", str(workers)]
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     _wait_for(lambda: len(batch.read_manifest(out / batch.MANIFEST)) >= 2, proc)
+    workers_seen = _children(proc.pid)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 143, err
     assert err.decode().strip().splitlines()[-1].startswith("vdsr: error: stopped by SIGTERM after ")
+    assert not [p for p in workers_seen if _alive(p)]  # none left behind
     finished = images(out)
-    assert temp_files(out) == [] and 2 <= len(finished) < 6
+    total = 6 * workers
+    assert temp_files(out) == [] and 2 <= len(finished) < total
     assert len(batch.read_manifest(out / batch.MANIFEST)) == len(finished)
     again = subprocess.run(argv, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stderr
-    assert again.stdout.startswith(f"done {6 - len(finished)}, skipped {len(finished)}, failed 0")
-    assert all(images(out)[k] == v for k, v in finished.items()) and len(images(out)) == 6
+    assert again.stdout.startswith(f"done {total - len(finished)}, skipped {len(finished)}, failed 0")
+    assert all(images(out)[k] == v for k, v in finished.items()) and len(images(out)) == total
 
 
 # -- several processes (issue 25 item 3) ----------------------------------------------------------

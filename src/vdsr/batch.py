@@ -485,16 +485,21 @@ def run(plan: Plan, settings: Settings, *, overwrite: bool = False, workers: int
 
         for row in rows:
             emit(row)
-        if pending:
-            if use_ray:
+        try:
+            if pending and use_ray:
                 from vdsr.batch_ray import run_on_ray
 
                 local = _resolved(settings, model) if ray_address is None else settings
                 run_on_ray(pending, local, ray_address, workers, emit)
-            elif workers > 1:
+            elif pending and workers > 1:
                 _run_processes(pending, _resolved(settings, model), workers, events, emit)
-            else:
+            elif pending:
                 _run_here(pending, settings, model, events, emit, summary)
+        except BaseException:
+            # Stopped (Ctrl-C, SIGTERM) or failed as a whole: the workers are gone by now; what
+            # one of them was writing when it was ended is not left behind.
+            remove_leftovers(j.target for j in pending)
+            raise
     finally:
         summary.seconds = time.perf_counter() - start
         if manifest is not None:

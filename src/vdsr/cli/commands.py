@@ -140,14 +140,14 @@ def _upscale(args: argparse.Namespace) -> int:
         return 2
     plan = batch.plan(args.inputs, args.output, NamingRule(args.scale, args.suffix, args.format),
                       recursive=args.recursive)
-    if plan.skipped:
-        print(f"{PROG}: skipped {sum(map(len, plan.skipped.values()))} entries of the input folders: "
-              f"{one_line(batch.describe_skipped(plan.skipped))}", file=sys.stderr)
     batch.check(plan, overwrite=args.overwrite)  # before anything is loaded
     if args.compare:
         _check_compare(args, plan.jobs[0])
     if args.ray is not None:
         _check_ray()
+    if plan.skipped:
+        print(f"{PROG}: skipped {sum(map(len, plan.skipped.values()))} entries of the input folders: "
+              f"{one_line(batch.describe_skipped(plan.skipped))}", file=sys.stderr)
     model, meta = load_model(args.weights)
     check_scale(args.scale, meta.scales)
     options = _engine_options(args)
