@@ -424,7 +424,7 @@ def _triage(plan: Plan, overwrite: bool, known: dict[str, dict[str, Any]]
         try:
             check_target(job.target, overwrite=overwrite, inputs=[job.source], folder_exists=False)
         except OutputExists as exc:
-            if exc.link_to is not None:
+            if exc.link_to is not None or plan.single_file:  # a file asked for by name: not "resumed"
                 rows.append(job_row(job, "failed", **error_fields(exc)))
                 continue
             earlier = known.get(str(job.target))
