@@ -73,7 +73,7 @@ def _speed(model: Any, backend: str, size: int = 256, repeats: int = 5) -> float
 
     ``backend`` is ``torch`` (eager NCHW) or ``onnxruntime`` (the package's CPU default).
     """
-    from vdsr.inference import run_network
+    from vdsr.api import run_network
 
     x = np.random.default_rng(0).random((1, size, size)).astype(np.float32)
     with torch.inference_mode():

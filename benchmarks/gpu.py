@@ -14,7 +14,7 @@ Every number is written into ``FILE`` (atomically) as soon as it is measured, un
   dynamic shapes, max-autotune without CUDA graphs, as ``vdsr upscale --backend compile`` runs
   it), and a static-shape compile with CUDA graphs (``mode="max-autotune"``) of the same fp16
   forward, with their compile seconds and max |difference| to eager fp16.
-* ``e2e``: one 1024² RGB photo, x2, through ``vdsr.inference.upscale_pixels(Upscaler(...))`` in
+* ``e2e``: one 1024² RGB photo, x2, through ``vdsr.api.upscale_pixels(Upscaler(...))`` in
   fp16 (whole image, host copies and colour conversion included), eager and compiled.
 * ``accuracy``: Set5 Y-PSNR (rgb8 protocol, whole images) in fp32, tf32, fp16, bf16 for the shipped
   weights and, when ``--official`` names an existing file, the official ones (skipped otherwise).
@@ -190,8 +190,8 @@ def step_infer_compile(rec: Record, dev: torch.device, args: argparse.Namespace,
 
 
 def step_e2e(rec: Record, dev: torch.device, args: argparse.Namespace, sz: Sizes) -> None:
+    from vdsr.api import upscale_pixels
     from vdsr.engine import Upscaler
-    from vdsr.inference import upscale_pixels
     from vdsr.weights import load_model
 
     model, _ = load_model()

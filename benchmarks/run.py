@@ -49,7 +49,7 @@ def _images(workload: str) -> list[np.ndarray]:
 
 def case_inference(method: str, workload: str, repeats: int) -> dict[str, Any]:
     """Network + bicubic on Y: (a) baseline eager NCHW whole image; (b) our `upscale` path."""
-    from vdsr.inference import bicubic_upscale, run_network
+    from vdsr.api import bicubic_upscale, run_network
     from vdsr.model import flops_per_pixel
 
     model = _model()
@@ -84,7 +84,7 @@ def case_inference(method: str, workload: str, repeats: int) -> dict[str, Any]:
 
 def case_equal(workload: str) -> dict[str, Any]:
     """Max abs difference between our path and the eager whole-image reference (float, 0-1)."""
-    from vdsr.inference import run_network
+    from vdsr.api import run_network
 
     model = _model()
     diffs = []

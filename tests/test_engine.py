@@ -10,11 +10,11 @@ import pytest
 import torch
 
 from tests.conftest import tiny_model
+from vdsr.api import run_network, upscale
 from vdsr.backends import create_backend, pick_runtime
 from vdsr.color import rgb2ycbcr, ycbcr2rgb
 from vdsr.engine import Upscaler
 from vdsr.errors import BackendUnavailable, InvalidArgument, TooLarge, VDSRError
-from vdsr.inference import run_network, upscale
 from vdsr.resize import imresize
 from vdsr.transforms import dihedral, dihedral_inverse
 
@@ -231,7 +231,7 @@ def test_import_vdsr_and_cli_parser_do_not_import_torch() -> None:
 
 def test_bicubic_refuses_an_absurd_output_size() -> None:
     """Found by the fuzz test: the bicubic upscaler must check the size before allocating."""
-    from vdsr.inference import bicubic_upscale
+    from vdsr.api import bicubic_upscale
 
     with pytest.raises(VDSRError, match="too large"):
         bicubic_upscale(np.zeros((4, 9), np.uint8), 3299167961088.0)

@@ -30,10 +30,10 @@ def test_output_pixels_are_limited_before_any_work(tmp_path: Path, tiny_weights:
     def no_work(*_a: object, **_k: object) -> None:
         raise AssertionError("upscaled although the output is over the limit")
 
-    import vdsr.inference
+    import vdsr.api
 
     entry = "upscale_image"  # the CLI's one call into the library
-    monkeypatch.setattr(vdsr.inference, entry, no_work)
+    monkeypatch.setattr(vdsr.api, entry, no_work)
     code, _, err = run(["upscale", str(src), "-s", "4", "-o", str(out), "--weights", str(tiny_weights),
                         "--max-output-pixels", "79999"], capsys)
     assert code == 1 and not out.exists()

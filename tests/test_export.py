@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from tests.conftest import DATASETS, needs_shared, tiny_model
+from vdsr.api import run_network
 from vdsr.cli import main
-from vdsr.inference import run_network
 from vdsr.weights import load_model
 
 

@@ -12,10 +12,10 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from tests.conftest import random_rgb
+from vdsr.api import bicubic_upscale
 from vdsr.color import rgb2y, rgb2ycbcr, ycbcr2rgb
 from vdsr.errors import VDSRError
 from vdsr.images import load_image
-from vdsr.inference import bicubic_upscale
 from vdsr.resize import imresize, modcrop
 
 FUZZ = settings(max_examples=60, deadline=None,

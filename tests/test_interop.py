@@ -17,9 +17,9 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from tests.conftest import random_rgb, tiny_model
+from vdsr.api import upscale
 from vdsr.cli import main
 from vdsr.errors import BadScale
-from vdsr.inference import upscale
 from vdsr.resize import imresize
 from vdsr.rgb_onnx import (
     OPSET,

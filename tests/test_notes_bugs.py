@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from tests.conftest import random_rgb, tiny_model, write_png
+from vdsr.api import run_network
 from vdsr.errors import DataError
 from vdsr.images import load_image, save_image
-from vdsr.inference import run_network
 from vdsr.resize import degrade, modcrop
 from vdsr.train.data import collect_files, degraded_images
 

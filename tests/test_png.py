@@ -11,10 +11,10 @@ import pytest
 from PIL import Image
 
 from tests.conftest import tiny_model
+from vdsr.api import upscale_image, write_upscaled
 from vdsr.canvas import PngCanvas
 from vdsr.engine import Upscaler
 from vdsr.images import load_image, png_options
-from vdsr.inference import upscale_image, write_upscaled
 from vdsr.png import PngWriter
 
 

@@ -20,8 +20,8 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from tests.conftest import ROOT, random_rgb, write_png
+from vdsr.api import bicubic_clipped
 from vdsr.cli import main
-from vdsr.inference import bicubic_clipped
 from vdsr.server import Limits, create_app
 
 LOCAL = "http://127.0.0.1:8000"

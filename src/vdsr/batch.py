@@ -276,8 +276,8 @@ def upscale_job(up: Any, job: Job, settings: Settings,
     """Upscale one image with the :class:`~vdsr.engine.Upscaler` ``up`` and write it atomically;
     the manifest row of what happened. A problem with the file is a ``failed`` row, not an
     exception; the output is then not written (nor anything half-written)."""
+    from vdsr.api import write_upscaled
     from vdsr.images import load_image
-    from vdsr.inference import write_upscaled
 
     start = time.perf_counter()
     try:

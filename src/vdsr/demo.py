@@ -11,9 +11,9 @@ from pathlib import Path
 
 import numpy as np
 
+from vdsr.api import bicubic_upscale, upscale, upscaler_for
 from vdsr.color import rgb2y
 from vdsr.images import save_image
-from vdsr.inference import bicubic_upscale, upscale, upscaler_for
 from vdsr.metrics import psnr
 from vdsr.outputs import check_folder, check_target, make_folders
 from vdsr.plots import comparison

@@ -1,7 +1,7 @@
 """The inference engine: :class:`Upscaler` runs VDSR on tensors, tile by tile, on any backend and recipe.
 
 Everything that upscales goes through here: ``vdsr upscale``, ``vdsr serve``, ``vdsr evaluate``,
-the NumPy and file faces of :mod:`vdsr.inference`, the benchmarks.
+the NumPy and file faces of :mod:`vdsr.api`, the benchmarks.
 
 One image's path (:meth:`Upscaler.blocks`): the output is cut into tiles; for each, the engine
 reads the few low-resolution pixels the tile needs, makes their MATLAB bicubic upscale

@@ -53,6 +53,7 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.types import Receive
 
 from vdsr.access import Access, Guard
+from vdsr.api import bicubic_clipped, upscale_image
 from vdsr.backends import resolve_device
 from vdsr.constants import (
     DEFAULT_TILE,
@@ -73,7 +74,6 @@ from vdsr.errors import (
     VDSRError,
 )
 from vdsr.images import LoadedImage, decode_image, encode_png, probe_image
-from vdsr.inference import bicubic_clipped, upscale_image
 from vdsr.outputs import output_name
 from vdsr.sizes import check_output_pixels, check_scale
 from vdsr.uploads import BodyLimits, ClientGone, RequestRefused, display_name, read_upload

@@ -202,7 +202,7 @@ def shared_backend(model: VDSR, backend: str = "auto", device: str | torch.devic
                    precision: str = "fp32") -> Backend:
     """:func:`create_backend`, reused across calls for the same model while its weights are unchanged.
 
-    For callers that hand a model over and over (training validation, :func:`vdsr.inference.run_network`):
+    For callers that hand a model over and over (training validation, :func:`vdsr.api.run_network`):
     building an ONNX Runtime session costs a graph export each time. The cache is keyed weakly on
     the model object, so it goes away with the model.
     """

@@ -209,8 +209,8 @@ def _check_ray() -> None:
 def _write_compare(args: argparse.Namespace, src: Path, dst: Path) -> None:
     import numpy as np
 
+    from vdsr.api import bicubic_upscale
     from vdsr.images import load_image
-    from vdsr.inference import bicubic_upscale
     from vdsr.plots import comparison
 
     image, result = load_image(src).floats()[0], load_image(dst)

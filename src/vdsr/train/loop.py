@@ -28,6 +28,7 @@ import torch
 from numpy.typing import NDArray
 from torch import nn
 
+from vdsr.api import upscaler_for
 from vdsr.errors import (
     DataError,
     ImageError,
@@ -40,7 +41,6 @@ from vdsr.errors import (
 )
 from vdsr.evaluate import EvalConfig, evaluate_folder
 from vdsr.images import list_images
-from vdsr.inference import upscaler_for
 from vdsr.model import VDSR
 from vdsr.precision import torch_dtype
 from vdsr.train.config import TrainConfig, learning_rate_factor

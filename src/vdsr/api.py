@@ -1,4 +1,4 @@
-"""The NumPy and file faces of the engine (:class:`vdsr.engine.Upscaler`): thin, no pipeline of
+"""The NumPy and file API over the engine (:class:`vdsr.engine.Upscaler`): thin, no pipeline of
 their own.
 
 * :func:`upscale`: the Python API, a NumPy image in, the same dtype out;

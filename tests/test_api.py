@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from tests.conftest import random_rgb, tiny_model
+from vdsr.api import run_network, upscale
 from vdsr.engine import check_tile
 from vdsr.errors import VDSRError
-from vdsr.inference import run_network, upscale
 from vdsr.sizes import check_scale
 
 
@@ -66,7 +66,7 @@ def test_tiny_images_work() -> None:
 
 def test_identity_model_gives_bicubic_in_ycbcr() -> None:
     """With a zero residual, colour output equals bicubic RGB (YCbCr is linear)."""
-    from vdsr.inference import bicubic_upscale
+    from vdsr.api import bicubic_upscale
     from vdsr.model import VDSR, VDSRConfig
 
     model = VDSR(VDSRConfig(depth=3, width=4)).eval()  # zero output layer = identity
