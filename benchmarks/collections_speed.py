@@ -86,9 +86,14 @@ def child(mode: str, src: str, out: str) -> dict[str, Any]:
         ray.init(num_cpus=os.cpu_count(), include_dashboard=False, logging_level=logging.ERROR,
                  log_to_driver=False)
         result["ray_start_s"] = time.perf_counter() - start
+    remote = None
+    if mode == "ray":
+        from vdsr.batch_ray import OnRay
+
+        remote = OnRay()  # the cluster this process started
     start = time.perf_counter()
     summary = batch.run(plan, settings, overwrite=True, model=model,
-                        workers=2 if mode == "workers2" else 1, use_ray=mode == "ray")
+                        workers=2 if mode == "workers2" else 1, remote=remote)
     result["job_s"] = time.perf_counter() - start
     if mode == "ray":
         import ray

@@ -28,10 +28,10 @@ from onnxruntime.quantization import (
     quantize_static,
 )
 
-from vdsr.evaluate import make_pair
 from vdsr.export import calibration_inputs, onnx_bytes
 from vdsr.images import list_images, load_image
 from vdsr.metrics import psnr
+from vdsr.protocol import make_pair
 from vdsr.weights import load_model
 
 SCALES = (2, 4)

@@ -92,8 +92,8 @@ def upscaler(model: VDSR, precision: str, mode: str, device: str) -> Upscaler:
 
 def emulation_check(model: VDSR, crop: int, folder: Path) -> dict[str, Any]:
     """max |emulated - native| on a ``crop``² piece of the folder's first image (bicubic Y, x2)."""
-    from vdsr.evaluate import make_pair
     from vdsr.images import list_images, load_image
+    from vdsr.protocol import make_pair
 
     img = load_image(list_images(folder)[0])
     _, bic = make_pair(img.pixels, 2, "rgb8")

@@ -32,9 +32,10 @@ sys.path.insert(0, str(ROOT / "src"))
 from vdsr.backends import create_backend  # noqa: E402
 from vdsr.cpu import cpu_features, cpu_name  # noqa: E402
 from vdsr.engine import Upscaler  # noqa: E402
-from vdsr.evaluate import make_pair, super_resolve_y  # noqa: E402
+from vdsr.evaluate import super_resolve_y  # noqa: E402
 from vdsr.images import list_images, load_image  # noqa: E402
 from vdsr.metrics import psnr  # noqa: E402
+from vdsr.protocol import make_pair  # noqa: E402
 from vdsr.recipes import TOLERANCE_DB, check_recipe, machine_class  # noqa: E402
 from vdsr.weights import load_model  # noqa: E402
 

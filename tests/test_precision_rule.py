@@ -15,9 +15,10 @@ import torch
 
 from tests.conftest import DATASETS, needs_shared
 from vdsr.engine import Upscaler
-from vdsr.evaluate import make_pair, super_resolve_y
+from vdsr.evaluate import super_resolve_y
 from vdsr.images import load_image
 from vdsr.metrics import psnr
+from vdsr.protocol import make_pair
 from vdsr.recipes import CUDA_ORDER
 from vdsr.weights import load_model
 

@@ -10,7 +10,7 @@ import torch
 
 from tests.conftest import REFERENCE, needs_shared
 from vdsr.color import rgb2y, rgb2ycbcr, ycbcr2rgb
-from vdsr.evaluate import make_pair
+from vdsr.protocol import make_pair
 from vdsr.resize import axis_weights, imresize, imresize_tensor, matlab_size, modcrop, resize_tensor
 
 

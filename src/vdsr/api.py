@@ -182,7 +182,7 @@ def upscale_image(up: Upscaler, image: LoadedImage, scale: float, progress: Prog
     """
     out_h, out_w = check_output_pixels(str(image.path), image.height, image.width, scale, max_output_pixels)
     planes = image.planes()
-    channels, bit_depth = plan(planes.shape[0], image.bit_depth, fmt=fmt, path=None)
+    channels, bit_depth = plan(planes.shape[0], image.bit_depth, fmt)
     target: BinaryIO = stream if stream is not None else io.BytesIO()
     canvas: Canvas | PngCanvas
     if fmt == "PNG":
@@ -238,7 +238,8 @@ def write_upscaled(up: Upscaler, image: LoadedImage, target: str | Path, scale: 
     folder = target.parent if str(target.parent) else Path(".")
     if not folder.is_dir():
         raise ImageError(f"{target}: output folder {folder} does not exist")
-    plan(image.pixels.shape[2] if image.pixels.ndim == 3 else 1, image.bit_depth, path=target)  # warn early
+    channels = (image.pixels.shape[2] if image.pixels.ndim == 3 else 1) + (image.alpha is not None)
+    plan(channels, image.bit_depth, fmt, str(target))  # warn here, naming the file
     out_h, out_w = upscaled_size(image.height, image.width, scale)
     try:
         with atomic_path(target) as tmp, tmp.open("wb") as stream, warnings.catch_warnings():

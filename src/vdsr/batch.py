@@ -450,14 +450,22 @@ def _kept(earlier: dict[str, Any] | None) -> dict[str, Any]:
     return {k: earlier.get(k) for k in ("input_size", "output_size", "backend", "precision", "recipe", "device")}
 
 
+class Remote(Protocol):
+    """Runs pending jobs elsewhere (:class:`vdsr.batch_ray.OnRay`), handing each row to ``emit``;
+    ``local``: on this machine, so the settings' recipe is resolved here first, once."""
+
+    local: bool
+
+    def __call__(self, pending: list[Job], settings: Settings, emit: Callable[[dict[str, Any]], None]) -> None: ...
+
+
 def run(plan: Plan, settings: Settings, *, overwrite: bool = False, workers: int = 1,
-        ray_address: str | None = None, use_ray: bool = False, model: Any = None,
-        events: Events | None = None) -> Summary:
+        remote: Remote | None = None, model: Any = None, events: Events | None = None) -> Summary:
     """Do the jobs of ``plan`` (after :func:`check`): see the module's docstring.
 
     ``workers`` > 1 runs that many processes on this machine (threads split between them,
-    outputs byte-equal to one process); ``use_ray`` runs on a Ray cluster (``ray_address``, or
-    a local one), with :mod:`vdsr.batch_ray`. ``model``: the network for this process (loaded
+    outputs byte-equal to one process); ``remote`` runs them on a cluster instead
+    (:mod:`vdsr.batch_ray`). ``model``: the network for this process (loaded
     from ``settings.weights`` when ``None``). On a stop (Ctrl-C, :class:`StopRequested`) the
     image in progress is not written, its temp file is removed, the rows so far are in the
     manifest, and the exception goes on (``events`` has heard every finished row).
@@ -486,11 +494,8 @@ def run(plan: Plan, settings: Settings, *, overwrite: bool = False, workers: int
         for row in rows:
             emit(row)
         try:
-            if pending and use_ray:
-                from vdsr.batch_ray import run_on_ray
-
-                local = _resolved(settings, model) if ray_address is None else settings
-                run_on_ray(pending, local, ray_address, workers, emit)
+            if pending and remote is not None:
+                remote(pending, _resolved(settings, model) if remote.local else settings, emit)
             elif pending and workers > 1:
                 _run_processes(pending, _resolved(settings, model), workers, events, emit)
             elif pending:

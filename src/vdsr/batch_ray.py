@@ -96,6 +96,17 @@ def _pool(settings: Settings, workers: int) -> tuple[int, dict[str, Any], Settin
     return size, {"num_cpus": threads}, replace(settings, threads=threads)
 
 
+class OnRay:
+    """:class:`vdsr.batch.Remote` on Ray: the cluster at ``address``, or a local one-node cluster
+    (``None``); ``workers`` > 1 sets the number of actors."""
+
+    def __init__(self, address: str | None = None, workers: int = 1) -> None:
+        self.address, self.workers, self.local = address, workers, address is None
+
+    def __call__(self, pending: list[Job], settings: Settings, emit: Callable[[dict[str, Any]], None]) -> None:
+        run_on_ray(pending, settings, self.address, self.workers, emit)
+
+
 def run_on_ray(pending: list[Job], settings: Settings, address: str | None, workers: int,
                emit: Callable[[dict[str, Any]], None]) -> None:
     """Upscale ``pending`` on Ray (the cluster at ``address``, or a local one-node cluster for

@@ -11,7 +11,6 @@ TIFF), a NumPy array for 16-bit colour (written through tifffile).
 from __future__ import annotations
 
 import warnings
-from pathlib import Path
 from typing import Any, BinaryIO
 
 import numpy as np
@@ -117,14 +116,10 @@ class PngCanvas:
         self._writer.close()
 
 
-def plan(channels: int, bit_depth: int, path: Path | None = None, fmt: str | None = None) -> tuple[int, int]:
-    """The ``(channels, bit depth)`` an output of ``path``'s format (or ``fmt``; default PNG) holds.
-    Warns when the format cannot hold alpha (JPEG, BMP: dropped) or 16-bit colour (all but TIFF:
-    written with 8 bits)."""
-    from vdsr.images import output_format
-
-    name = str(path) if path is not None else "output"
-    fmt = fmt or (output_format(path) if path is not None else "PNG")
+def plan(channels: int, bit_depth: int, fmt: str = "PNG", name: str = "output") -> tuple[int, int]:
+    """The ``(channels, bit depth)`` an output in ``fmt`` (Pillow's format name) holds. Warns,
+    naming ``name``, when the format cannot hold alpha (JPEG, BMP: dropped) or 16-bit colour (all
+    but TIFF: written with 8 bits)."""
     alpha = channels in (2, 4)
     if alpha and fmt in ("JPEG", "BMP"):
         warnings.warn(f"{name}: {fmt} has no alpha channel; the transparency is dropped "

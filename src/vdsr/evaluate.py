@@ -24,17 +24,15 @@ import numpy as np
 import torch
 from numpy.typing import NDArray
 
-from vdsr.color import rgb2y, rgb2ycbcr
 from vdsr.constants import DEFAULT_SCALES
 from vdsr.errors import InvalidArgument
 from vdsr.images import list_images, load_image
 from vdsr.metrics import psnr, ssim
-from vdsr.resize import downscale_8bit, imresize, modcrop
+from vdsr.protocol import PROTOCOLS, make_pair
 
 if TYPE_CHECKING:
     from vdsr.engine import Upscaler
 
-PROTOCOLS = ("rgb8", "ydouble")
 
 # Table 3 of the paper: (PSNR, SSIM) for bicubic and VDSR.
 PAPER: dict[tuple[str, int], dict[str, tuple[float, float]]] = {
@@ -67,27 +65,6 @@ class Result:
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)
-
-
-def make_pair(
-    hr: NDArray[np.float64], scale: int, protocol: str = "rgb8"
-) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
-    """Ground-truth Y and bicubic Y (both ``(H, W)``, 0-255 float) for an HR image in [0, 1].
-
-    ``hr`` is ``(H, W, 3)`` RGB or ``(H, W)`` grey, 8-bit values divided by 255.
-    """
-    if protocol not in PROTOCOLS:
-        raise InvalidArgument(f"unknown protocol {protocol!r}; choose from {PROTOCOLS}")
-    hr = modcrop(hr, scale)
-    gray = hr.ndim == 2
-    gt_y = (hr if gray else rgb2y(hr)) * 255.0
-    if protocol == "ydouble":
-        lr_y = imresize(gt_y, 1.0 / scale)
-    else:
-        lr_image = downscale_8bit(hr, scale)
-        lr_y = lr_image if gray else rgb2ycbcr(lr_image / 255.0)[..., 0] * 255.0
-    bicubic_y = imresize(lr_y, scale)
-    return gt_y, bicubic_y
 
 
 def super_resolve_y(up: Upscaler, bicubic_y: NDArray[np.float64]) -> NDArray[np.float64]:

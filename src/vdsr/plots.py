@@ -116,3 +116,19 @@ def comparison(panels: list[tuple[str, NDArray[np.floating]]], out: str | os.Pat
     with atomic_path(Path(out)) as tmp:
         canvas.save(tmp, format=output_format(Path(out)))  # the format its extension names
     return top, left, side if crop else 0, zoom
+
+
+def compare_files(source: str | os.PathLike[str], upscaled: str | os.PathLike[str], scale: float,
+                  out: str | os.PathLike[str]) -> None:
+    """``vdsr upscale --compare``: bicubic of ``source`` beside the written ``upscaled`` file,
+    full-resolution crops where they differ most (the whole image when it is small), to ``out``."""
+    from pathlib import Path
+
+    from vdsr.api import bicubic_upscale
+    from vdsr.images import load_image
+
+    image, result = load_image(source).floats()[0], load_image(upscaled).floats()[0]
+    big = min(result.shape[0], result.shape[1]) > 256
+    comparison([(f"bicubic x{scale:g}", bicubic_upscale(image, scale)), (f"VDSR x{scale:g}", result)], out,
+               title=f"{Path(source).name}: the {'region where they differ most' if big else 'whole image'}, "
+                     "at full resolution")

@@ -161,7 +161,7 @@ def _check_pairs(channels: int, scales: tuple[int, ...]) -> Pairs:
     evaluation protocol (``rgb8``) for 1-channel models, the training degradation on RGB else."""
     from skimage import data
 
-    from vdsr.evaluate import make_pair
+    from vdsr.protocol import make_pair
     from vdsr.resize import degrade
 
     pairs = []

@@ -158,7 +158,7 @@ def _upscale(args: argparse.Namespace) -> int:
     progress = _Progress(len(plan.jobs), args.scale)
     try:
         summary = batch.run(plan, settings, overwrite=args.overwrite, workers=args.workers,
-                            use_ray=args.ray is not None, ray_address=args.ray or None, model=model,
+                            remote=_ray(args), model=model,
                             events=progress)
     except (KeyboardInterrupt, StopRequested) as exc:
         progress.bar.close()
@@ -197,6 +197,15 @@ def _check_compare(args: argparse.Namespace, job: Any) -> None:
     check_target(args.compare, overwrite=args.overwrite, inputs=[job.source])
 
 
+def _ray(args: argparse.Namespace) -> Any:
+    """``--ray [ADDRESS]``: the Ray runner (None without the flag)."""
+    if args.ray is None:
+        return None
+    from vdsr.batch_ray import OnRay
+
+    return OnRay(args.ray or None, args.workers)
+
+
 def _check_ray() -> None:
     from vdsr.errors import VDSRError
 
@@ -207,19 +216,9 @@ def _check_ray() -> None:
 
 
 def _write_compare(args: argparse.Namespace, src: Path, dst: Path) -> None:
-    import numpy as np
+    from vdsr.plots import compare_files
 
-    from vdsr.api import bicubic_upscale
-    from vdsr.images import load_image
-    from vdsr.plots import comparison
-
-    image, result = load_image(src).floats()[0], load_image(dst)
-    sr = result.floats()[0]
-    big = min(sr.shape[0], sr.shape[1]) > 256
-    comparison([(f"bicubic x{args.scale:g}", bicubic_upscale(image, args.scale)),
-                (f"VDSR x{args.scale:g}", np.asarray(sr))], args.compare,
-               title=f"{src.name}: the {'region where they differ most' if big else 'whole image'}, "
-                     "at full resolution")
+    compare_files(src, dst, args.scale, args.compare)
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
