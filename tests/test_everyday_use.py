@@ -183,7 +183,7 @@ def test_format_quality_suffix_and_metadata(tmp_path: Path, tiny_weights: Path,
     """What users of other upscalers ask for: --format/--quality/--suffix, EXIF/ICC/DPI kept."""
     from PIL import Image
 
-    from tests.test_image_files import SRGB, photo_with_metadata
+    from tests.test_images import SRGB, photo_with_metadata
 
     folder = tmp_path / "in"
     folder.mkdir()
