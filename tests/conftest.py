@@ -1,5 +1,6 @@
-"""Shared fixtures. Data from ``../shared`` (relative to the repo root) is used where present;
-tests that need it are skipped, with the reason, only when it is absent (CI has it)."""
+"""Shared fixtures and helpers (test files import the helpers from here). Data from
+``../shared`` (relative to the repo root) is used where present; tests that need it are skipped,
+with the reason, only when it is absent (CI has it)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from PIL import Image, ImageCms
+from safetensors.torch import load_file
 
+from vdsr.cli import main
 from vdsr.cpu import CPU_FEATURES_ENV, cpu_features, parse_features
 from vdsr.errors import InvalidArgument
 from vdsr.model import VDSR, VDSRConfig
@@ -139,3 +145,124 @@ def receptive_span(model: VDSR) -> tuple[int, int]:
         diff = (model(x2) - model(x) - (x2 - x)).abs()[0, 0] > 0
     rows, cols = diff.any(1).nonzero(), diff.any(0).nonzero()
     return int(rows.max() - rows.min()) + 1, int(cols.max() - cols.min()) + 1
+
+
+# -- the command line, in-process: its exit code, stdout and one error line ------------------------
+
+def run(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    code = main(args)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def check_one_line_error(capsys: pytest.CaptureFixture[str], code: int, *needles: str) -> str:
+    out, err = capsys.readouterr()
+    assert code == 1, (out, err)
+    lines = [line for line in err.strip().splitlines() if not line.startswith("vdsr: warning")]
+    assert len(lines) >= 1 and lines[0].startswith("vdsr: error: "), err
+    assert "Traceback" not in err
+    for n in needles:
+        assert n in err, (n, err)
+    return err
+
+
+# -- image files -----------------------------------------------------------------------------------
+
+SRGB = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+
+
+def photo_with_metadata(path: Path) -> Path:
+    """A JPEG as a camera writes it: EXIF (make, pixel size, orientation 6), ICC profile, 300 dpi."""
+    exif = Image.Exif()
+    exif[0x010F] = "TestCam"
+    exif[0x0112] = 6  # rotate 90° clockwise to display
+    ifd = exif.get_ifd(0x8769)
+    ifd[0xA002], ifd[0xA003] = 20, 12
+    Image.fromarray(random_rgb(12, 20)).save(path, "JPEG", exif=exif.tobytes(), icc_profile=SRGB,
+                                             dpi=(300, 300), quality=95)
+    return path
+
+
+# -- tensors ---------------------------------------------------------------------------------------
+
+def _input(h: int = 45, w: int = 61, seed: int = 0) -> torch.Tensor:
+    return torch.from_numpy(np.random.default_rng(seed).random((1, 1, h, w)).astype(np.float32))
+
+
+# -- folder jobs (vdsr.batch, vdsr.batch_ray) ------------------------------------------------------
+
+def temp_files(folder: Path) -> list[Path]:
+    return [p for p in folder.rglob("*") if p.name.endswith(".tmp")]
+
+
+def images(folder: Path) -> dict[str, bytes]:
+    """The outputs under ``folder`` by relative path, each checked to decode completely."""
+    found = {}
+    for p in sorted(folder.rglob("*.png")):
+        with Image.open(p) as im:
+            im.load()
+        found[str(p.relative_to(folder))] = p.read_bytes()
+    return found
+
+
+def a_folder(root: Path, n: int, size: int = 24) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        write_png(root / f"{i:02d}.png", random_rgb(size, size + i, seed=i))
+    return root
+
+
+# -- training runs (vdsr.train) --------------------------------------------------------------------
+
+@pytest.fixture
+def train_dir(tmp_path: Path) -> Path:
+    d = tmp_path / "hr"
+    d.mkdir()
+    for i in range(3):
+        write_png(d / f"{i}.png", random_rgb(60 + 7 * i, 64, seed=i))
+    return d
+
+
+def tiny_args(train_dir: Path, run: Path, steps: int, every: int = 5) -> list[str]:
+    return ["train", "--run-dir", str(run), "--train-dirs", str(train_dir), "--val-dir", "none",
+            "--depth", "4", "--width", "8", "--batch-size", "8", "--steps", str(steps),
+            "--patch", "21", "--downscales", "1.0", "--learning-rate", "1e-3",
+            "--checkpoint-every", str(every), "--log-every", str(every), "--threads", "1",
+            "--seed", "3"]
+
+
+def _weights_equal(a: Path, b: Path) -> float:
+    sa, sb = load_file(str(a)), load_file(str(b))
+    assert sa.keys() == sb.keys()
+    return max(float((sa[k] - sb[k]).abs().max()) for k in sa)
+
+
+def _tree(folder: Path) -> dict[str, tuple[int, bytes]]:
+    return {str(p.relative_to(folder)): (p.stat().st_mtime_ns, p.read_bytes())
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def _one_error_line(capsys: pytest.CaptureFixture[str], code: int, *needles: str) -> None:
+    out, err = capsys.readouterr()
+    assert code == 1, (out, err)
+    assert len(err.strip().splitlines()) == 1 and err.startswith("vdsr: error: "), err
+    for needle in needles:
+        assert needle in err, (needle, err)
+
+
+# -- property tests (hypothesis) -------------------------------------------------------------------
+
+FUZZ = settings(max_examples=60, deadline=None,
+                suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+
+
+def _mutated(data: bytes, edits: list[tuple[int, int]], cut: int | None) -> bytes:
+    out = bytearray(data)
+    for pos, value in edits:
+        out[pos % len(out)] = value
+    return bytes(out if cut is None else out[: cut % len(out)])
+
+
+_FUZZ = settings(max_examples=int(os.environ.get("VDSR_FUZZ_EXAMPLES", "60")), deadline=None,
+                 suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+_EDITS = st.lists(st.tuples(st.integers(0, 4000), st.integers(0, 255)), min_size=1, max_size=12)

@@ -17,37 +17,9 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from tests.conftest import random_rgb, write_png
+from tests.conftest import a_folder, images, random_rgb, run, temp_files, write_png
 from vdsr import batch
-from vdsr.cli import main
 from vdsr.outputs import NamingRule
-
-
-def run(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    code = main(args)
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def temp_files(folder: Path) -> list[Path]:
-    return [p for p in folder.rglob("*") if p.name.endswith(".tmp")]
-
-
-def images(folder: Path) -> dict[str, bytes]:
-    """The outputs under ``folder`` by relative path, each checked to decode completely."""
-    found = {}
-    for p in sorted(folder.rglob("*.png")):
-        with Image.open(p) as im:
-            im.load()
-        found[str(p.relative_to(folder))] = p.read_bytes()
-    return found
-
-
-def a_folder(root: Path, n: int, size: int = 24) -> Path:
-    root.mkdir(parents=True, exist_ok=True)
-    for i in range(n):
-        write_png(root / f"{i:02d}.png", random_rgb(size, size + i, seed=i))
-    return root
 
 
 def vdsr_command() -> list[str]:

@@ -19,8 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import random_rgb, write_png
-from tests.test_batch import a_folder, images, temp_files
+from tests.conftest import a_folder, images, random_rgb, temp_files, write_png
 from vdsr import batch
 from vdsr.cli import main
 

@@ -12,15 +12,9 @@ import pytest
 import torch
 from PIL import Image
 
-from tests.conftest import DATASETS, needs_shared, random_rgb, write_png
+from tests.conftest import DATASETS, needs_shared, random_rgb, run, write_png
 from vdsr.cli import main
 from vdsr.weights import load_weights
-
-
-def run(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    code = main(args)
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def test_upscale_file_and_folder(tmp_path: Path, tiny_weights: Path, capsys: pytest.CaptureFixture[str]) -> None:

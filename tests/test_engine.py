@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.conftest import tiny_model
+from tests.conftest import _input, tiny_model
 from vdsr.api import run_network, upscale
 from vdsr.backends import create_backend, pick_runtime
 from vdsr.color import rgb2ycbcr, ycbcr2rgb
@@ -17,10 +17,6 @@ from vdsr.engine import Upscaler
 from vdsr.errors import BackendUnavailable, InvalidArgument, TooLarge, VDSRError
 from vdsr.resize import imresize
 from vdsr.transforms import dihedral, dihedral_inverse
-
-
-def _input(h: int = 45, w: int = 61, seed: int = 0) -> torch.Tensor:
-    return torch.from_numpy(np.random.default_rng(seed).random((1, 1, h, w)).astype(np.float32))
 
 
 @pytest.mark.parametrize("k", range(8))

@@ -7,15 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.conftest import random_rgb, write_png
+from tests.conftest import random_rgb, run, write_png
 from vdsr.cli import main
 from vdsr.constants import DEFAULT_TILE
-
-
-def run(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    code = main(args)
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def test_output_pixels_are_limited_before_any_work(tmp_path: Path, tiny_weights: Path,
@@ -183,7 +177,7 @@ def test_format_quality_suffix_and_metadata(tmp_path: Path, tiny_weights: Path,
     """What users of other upscalers ask for: --format/--quality/--suffix, EXIF/ICC/DPI kept."""
     from PIL import Image
 
-    from tests.test_images import SRGB, photo_with_metadata
+    from tests.conftest import SRGB, photo_with_metadata
 
     folder = tmp_path / "in"
     folder.mkdir()

@@ -7,19 +7,16 @@ import io
 from pathlib import Path
 
 import numpy as np
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 from PIL import Image
 
-from tests.conftest import random_rgb
+from tests.conftest import FUZZ, random_rgb
 from vdsr.api import bicubic_upscale
 from vdsr.color import rgb2y, rgb2ycbcr, ycbcr2rgb
 from vdsr.errors import VDSRError
 from vdsr.images import load_image
 from vdsr.resize import imresize, modcrop
-
-FUZZ = settings(max_examples=60, deadline=None,
-                suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 
 
 def _valid(fmt: str) -> bytes:

@@ -12,25 +12,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image, ImageCms
+from PIL import Image
 
-from tests.conftest import random_rgb
+from tests.conftest import SRGB, photo_with_metadata, random_rgb
 from vdsr.errors import ImageError
 from vdsr.images import decode_image, load_image, save_image
-
-SRGB = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
-
-
-def photo_with_metadata(path: Path) -> Path:
-    """A JPEG as a camera writes it: EXIF (make, pixel size, orientation 6), ICC profile, 300 dpi."""
-    exif = Image.Exif()
-    exif[0x010F] = "TestCam"
-    exif[0x0112] = 6  # rotate 90° clockwise to display
-    ifd = exif.get_ifd(0x8769)
-    ifd[0xA002], ifd[0xA003] = 20, 12
-    Image.fromarray(random_rgb(12, 20)).save(path, "JPEG", exif=exif.tobytes(), icc_profile=SRGB,
-                                             dpi=(300, 300), quality=95)
-    return path
 
 
 @pytest.mark.parametrize("ext", [".png", ".jpg", ".webp", ".tif"])

@@ -80,8 +80,7 @@ def test_bodies_keep_receptive_field_and_parameter_budget(body: str) -> None:
 
 
 def test_body_trains_and_is_stored_in_metadata(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    from tests.conftest import random_rgb, write_png
-    from tests.test_train_loop import tiny_args
+    from tests.conftest import random_rgb, tiny_args, write_png
     from vdsr.weights import read_metadata
 
     data = tmp_path / "hr"

@@ -13,9 +13,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from tests.conftest import random_rgb, write_png
+from tests.conftest import random_rgb, run, write_png
 from vdsr import outputs
-from vdsr.cli import main
 from vdsr.errors import (
     OutputCollision,
     OutputExists,
@@ -23,12 +22,6 @@ from vdsr.errors import (
     OutputNameRefused,
     OutputUnwritable,
 )
-
-
-def run(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    code = main(args)
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def one_line(code: int, err: str, *needles: str, exit_code: int = 1) -> str:

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.conftest import random_rgb, write_png
+from tests.conftest import check_one_line_error, random_rgb, write_png
 from vdsr.cli import main
 from vdsr.images import load_image
 
@@ -61,17 +61,6 @@ def argv_for(command: str, target: Path, tmp: Path, weights: Path) -> list[str]:
         return ["prepare", "--data", str(target), "-o", str(tmp / "t.h5"), "--scales", "2"]
     return ["train", "--train-dirs", str(target), "--run-dir", str(tmp / "run"), "--val-dir", "none",
             "--steps", "1", "--depth", "3", "--width", "4", "--scales", "2", "--patch", "21"]
-
-
-def check_one_line_error(capsys: pytest.CaptureFixture[str], code: int, *needles: str) -> str:
-    out, err = capsys.readouterr()
-    assert code == 1, (out, err)
-    lines = [line for line in err.strip().splitlines() if not line.startswith("vdsr: warning")]
-    assert len(lines) >= 1 and lines[0].startswith("vdsr: error: "), err
-    assert "Traceback" not in err
-    for n in needles:
-        assert n in err, (n, err)
-    return err
 
 
 def no_outputs(tmp: Path) -> None:

@@ -318,7 +318,7 @@ def _wait_for(condition, timeout: float = 20.0) -> None:  # type: ignore[no-unty
 
 def test_download_keeps_the_photo_metadata(client: TestClient, tmp_path: Path) -> None:
     """What users ask for: the PNG from the web app keeps EXIF, ICC profile and DPI."""
-    from tests.test_images import SRGB, photo_with_metadata
+    from tests.conftest import SRGB, photo_with_metadata
 
     data = photo_with_metadata(tmp_path / "cam.jpg").read_bytes()
     r = client.post("/api/upscale?scale=2", files={"file": ("cam.jpg", data)})

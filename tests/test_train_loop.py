@@ -13,38 +13,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from safetensors.torch import load_file
 
-from tests.conftest import random_rgb, write_png
+from tests.conftest import _one_error_line, _tree, _weights_equal, random_rgb, tiny_args, write_png
 from vdsr.cli import main
 from vdsr.errors import DataError, TrainingError
 from vdsr.train import TrainConfig, Trainer
 from vdsr.train.config import learning_rate_factor
 from vdsr.train.loop import clip_gradients
 from vdsr.train.runfolder import load_checkpoint
-
-
-@pytest.fixture
-def train_dir(tmp_path: Path) -> Path:
-    d = tmp_path / "hr"
-    d.mkdir()
-    for i in range(3):
-        write_png(d / f"{i}.png", random_rgb(60 + 7 * i, 64, seed=i))
-    return d
-
-
-def tiny_args(train_dir: Path, run: Path, steps: int, every: int = 5) -> list[str]:
-    return ["train", "--run-dir", str(run), "--train-dirs", str(train_dir), "--val-dir", "none",
-            "--depth", "4", "--width", "8", "--batch-size", "8", "--steps", str(steps),
-            "--patch", "21", "--downscales", "1.0", "--learning-rate", "1e-3",
-            "--checkpoint-every", str(every), "--log-every", str(every), "--threads", "1",
-            "--seed", "3"]
-
-
-def _weights_equal(a: Path, b: Path) -> float:
-    sa, sb = load_file(str(a)), load_file(str(b))
-    assert sa.keys() == sb.keys()
-    return max(float((sa[k] - sb[k]).abs().max()) for k in sa)
 
 
 def test_lr_schedules() -> None:
@@ -208,19 +184,6 @@ def test_stop_request_is_acknowledged_and_cuts_validation_short(tmp_path: Path, 
     assert int(load_checkpoint(tmp_path / "r" / "checkpoint.pt")["step"]) == 4
     assert not (tmp_path / "r" / "best.safetensors").exists()
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored
-
-
-def _tree(folder: Path) -> dict[str, tuple[int, bytes]]:
-    return {str(p.relative_to(folder)): (p.stat().st_mtime_ns, p.read_bytes())
-            for p in sorted(folder.rglob("*")) if p.is_file()}
-
-
-def _one_error_line(capsys: pytest.CaptureFixture[str], code: int, *needles: str) -> None:
-    out, err = capsys.readouterr()
-    assert code == 1, (out, err)
-    assert len(err.strip().splitlines()) == 1 and err.startswith("vdsr: error: "), err
-    for needle in needles:
-        assert needle in err, (needle, err)
 
 
 def test_resume_refuses_a_missing_corrupt_or_mismatched_checkpoint_and_writes_nothing(

@@ -15,11 +15,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 from safetensors.torch import load_file, save_file
 
-from tests.conftest import DATASETS, REFERENCE, needs_shared, tiny_model
+from tests.conftest import _EDITS, _FUZZ, DATASETS, REFERENCE, _mutated, needs_shared, tiny_model
 from vdsr.engine import Upscaler
 from vdsr.errors import TrainingError, WeightsError
 from vdsr.evaluate import PAPER, EvalConfig, evaluate_folder
@@ -618,18 +618,6 @@ def test_expected_shapes_are_the_models_own(body: str) -> None:
     config = VDSRConfig(depth=8, width=16, channels=3, bias=body != "dense", body=body)
     real = {k: tuple(v.shape) for k, v in VDSR(config).state_dict().items()}
     assert dict(expected_shapes(config)) == real
-
-
-def _mutated(data: bytes, edits: list[tuple[int, int]], cut: int | None) -> bytes:
-    out = bytearray(data)
-    for pos, value in edits:
-        out[pos % len(out)] = value
-    return bytes(out if cut is None else out[: cut % len(out)])
-
-
-_FUZZ = settings(max_examples=int(os.environ.get("VDSR_FUZZ_EXAMPLES", "60")), deadline=None,
-                 suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
-_EDITS = st.lists(st.tuples(st.integers(0, 4000), st.integers(0, 255)), min_size=1, max_size=12)
 
 
 @_FUZZ
