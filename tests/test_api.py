@@ -109,3 +109,13 @@ def test_inference_mode_no_grad() -> None:
     run_network(model, x)
     assert all(p.grad is None for p in model.parameters())
     assert torch.is_grad_enabled()
+
+
+def test_6_whole_image_inference_keeps_borders() -> None:
+    """Test-time sub-images were merged and borders lost; ours runs the whole image (or exact
+    tiles) and returns every pixel."""
+    model = tiny_model(depth=5)
+    x = np.random.default_rng(0).random((1, 45, 50)).astype(np.float32)
+    out = run_network(model, x, tile=None)
+    assert out.shape == x.shape
+    assert np.abs(out - run_network(model, x, tile=11)).max() < 1e-5

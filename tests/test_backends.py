@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import tiny_model
+from tests.conftest import random_rgb, run, tiny_model, write_png
 from vdsr import cpu
 from vdsr.backends import create_backend, pick_runtime
 from vdsr.cpu import CPU_FEATURES_ENV, CpuFeatures, cpu_features
@@ -253,3 +253,18 @@ def test_mixed_keeps_the_last_three_convolutions_fp32(monkeypatch: pytest.Monkey
     dequantised = {o for n in graph.node if n.op_type == "DequantizeLinear" for o in n.output}
     quantised = [n.input[1] in dequantised for n in graph.node if n.op_type == "Conv"]
     assert quantised == [False] * 3 + [True] * 2 + [False] * 3  # 8 convs: 3 fp32, 2 int8, 3 fp32
+
+
+def test_int8_first_use_says_it_is_calibrating(tmp_path: Path, tiny_weights: Path,
+                                               capsys: pytest.CaptureFixture[str],
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """Rough edge: the int8 backend's first-use calibration took seconds without a word."""
+    pytest.importorskip("onnxruntime")
+    monkeypatch.setenv("VDSR_CACHE_DIR", str(tmp_path / "cache"))
+    src = write_png(tmp_path / "a.png", random_rgb(12, 12))
+    argv = ["upscale", str(src), "-s", "2", "-o", str(tmp_path / "o.png"), "--backend", "int8",
+            "--weights", str(tiny_weights), "--overwrite"]
+    code, _, err = run(argv, capsys)
+    assert code == 0 and "vdsr: calibrating the int8 model once for these weights" in err
+    code, _, err = run(argv, capsys)
+    assert code == 0 and "calibrating" not in err  # cached: nothing to say

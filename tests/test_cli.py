@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import io
 import json
+import struct
 import subprocess
 import sys
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -12,8 +15,9 @@ import pytest
 import torch
 from PIL import Image
 
-from tests.conftest import DATASETS, needs_shared, random_rgb, run, write_png
+from tests.conftest import DATASETS, check_one_line_error, needs_shared, random_rgb, run, write_png
 from vdsr.cli import main
+from vdsr.constants import DEFAULT_TILE
 from vdsr.weights import load_weights
 
 
@@ -256,3 +260,238 @@ def test_a_device_that_is_not_here_is_one_line(device: str, tmp_path: Path, tiny
         assert code == 1 and err.startswith(f"vdsr: error: device '{device}' cannot be used: ")
         assert err.count("\n") == 1, err
     assert not (tmp_path / "out.png").exists()
+
+
+# -- help, usage errors, scales and limits ---------------------------------------------------------
+
+def test_help_has_descriptions_examples_and_defaults(capsys: pytest.CaptureFixture[str]) -> None:
+    """Rough edge: no examples or descriptions, flags without help or shown defaults, --tile
+    differing between upscale and evaluate, and 'the notes' in user-facing text."""
+    import argparse
+
+    from vdsr.cli import build_parser
+
+    parser = build_parser()
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+    for name, sub in commands.items():
+        assert sub.description, name
+        for action in sub._actions:
+            assert action.help, f"vdsr {name} {action.option_strings or action.dest}: no help"
+        text = sub.format_help()
+        assert "the notes" not in text, name
+        assert "(default: None)" not in text and "(default: False)" not in text
+    for name in ("upscale", "train", "prepare", "evaluate", "serve", "convert"):
+        assert "examples:\n  vdsr " + name in commands[name].format_help(), name
+    assert "--tile TILE" in commands["upscale"].format_help()
+    tiles = {commands[n].parse_args(["--data", "d"] if n == "evaluate" else ["a", "-s", "2", "-o", "b"]).tile
+             for n in ("upscale", "evaluate")}
+    assert tiles == {DEFAULT_TILE}
+    assert "(default: 64000000)" in commands["upscale"].format_help().replace("\n", " ").replace("  ", " ")
+    assert "examples:" in parser.format_help()
+
+
+@pytest.mark.parametrize("scale", ["1", "0.5", "abc", "nan", "100", "16.5"])
+def test_every_bad_scale_is_a_usage_error(scale: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """Bug 7: ``-s 100`` exited 1 (a run-time error) where ``-s 1/0.5/abc`` exit 2 (usage)."""
+    with pytest.raises(SystemExit) as exc:
+        main(["upscale", "x.png", "-s", scale, "-o", "y.png"])
+    assert exc.value.code == 2
+    assert "argument --scale/-s" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("scale", ["1", "0.5", "-3", "nan", "inf", "abc"])
+def test_bad_scales_are_usage_errors(scale: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["upscale", "x.png", "-s", scale, "-o", "o.png"])
+    assert exc.value.code == 2
+    assert "scale" in capsys.readouterr().err
+
+
+def test_scale_cap_is_in_help(capsys: pytest.CaptureFixture[str]) -> None:
+    """Bug 7: the 16x cap was not in ``--help``."""
+    with pytest.raises(SystemExit):
+        main(["upscale", "--help"])
+    assert "S <= 16" in " ".join(capsys.readouterr().out.split())
+
+
+def test_absurd_scale_and_small_tile(tmp_path: Path, tiny_weights: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    src = write_png(tmp_path / "a.png", random_rgb(10, 10))
+    with pytest.raises(SystemExit) as exc:  # a usage error, like -s 1 (issue 18, bug 7)
+        main(["upscale", str(src), "-s", "1000", "-o", str(tmp_path / "o.png"), "--weights", str(tiny_weights)])
+    assert exc.value.code == 2 and "too large (at most 16)" in capsys.readouterr().err
+    code = main(["upscale", str(src), "-s", "2", "-o", str(tmp_path / "o.png"), "--weights", str(tiny_weights),
+                 "--tile", "5"])
+    check_one_line_error(capsys, code, "smaller than the receptive field (9x9)")
+    assert not (tmp_path / "o.png").exists()
+
+
+def test_output_pixels_are_limited_before_any_work(tmp_path: Path, tiny_weights: Path,
+                                                   capsys: pytest.CaptureFixture[str],
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """Bug 3: the output (input x scale²) has its own limit, checked before upscaling."""
+    import vdsr.cli
+
+    src = write_png(tmp_path / "grey.png", np.full((100, 50), 128, np.uint8))
+    out = tmp_path / "o.png"
+
+    def no_work(*_a: object, **_k: object) -> None:
+        raise AssertionError("upscaled although the output is over the limit")
+
+    import vdsr.api
+
+    entry = "upscale_image"  # the CLI's one call into the library
+    monkeypatch.setattr(vdsr.api, entry, no_work)
+    code, _, err = run(["upscale", str(src), "-s", "4", "-o", str(out), "--weights", str(tiny_weights),
+                        "--max-output-pixels", "79999"], capsys)
+    assert code == 1 and not out.exists()
+    assert err.strip() == (f"vdsr: error: {src}: output of 200x400 = 80,000 pixels is over the limit "
+                           "of 79,999 (raise it with --max-output-pixels)")
+    assert vdsr.cli.build_parser().parse_args(["upscale", "a", "-s", "2", "-o", "b"]).max_output_pixels \
+        == 256_000_000  # vdsr.constants.DEFAULT_MAX_OUTPUT_PIXELS
+    monkeypatch.undo()
+    code, _, err = run(["upscale", str(src), "-s", "4", "-o", str(out), "--weights", str(tiny_weights),
+                        "--max-output-pixels", "80000"], capsys)
+    assert code == 0, err
+    assert random_rgb  # shared helper import kept for the tests below
+
+
+# -- progress and summaries ------------------------------------------------------------------------
+
+class _Terminal:
+    """A stderr that says it is a terminal, keeping what is written."""
+
+    def __init__(self) -> None:
+        import io
+
+        self.buffer = io.StringIO()
+
+    def isatty(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        return self.buffer.write(text)
+
+    def flush(self) -> None:
+        pass
+
+
+def test_progress_on_a_terminal_and_quiet_in_a_pipe(tmp_path: Path, tiny_weights: Path,
+                                                    capsys: pytest.CaptureFixture[str],
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """Rough edge: ``vdsr upscale`` showed no progress, and folders printed no summary (now
+    'done N, skipped S, failed F, in T s', issue 25)."""
+    import sys
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    write_png(folder / "a.png", random_rgb(8, 10))
+    write_png(folder / "b.png", random_rgb(8, 8))
+    w = ["--weights", str(tiny_weights)]
+    code, out, err = run(["upscale", str(folder), "-s", "2", "-o", str(tmp_path / "o"), *w], capsys)
+    assert code == 0 and err == ""  # piped: nothing but the summary
+    assert out.strip().startswith("done 2, skipped 0, failed 0, in ")  # (+ seconds, where, how it ran)
+    assert f"s: {tmp_path / 'o'} (" in out
+    (folder / "c.png").write_bytes(b"not an image")
+    code, out, err = run(["upscale", str(folder), "-s", "2", "-o", str(tmp_path / "o2"), *w], capsys)
+    assert code == 1 and out.strip().startswith("done 2, skipped 0, failed 1, in ")
+    terminal = _Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    code = main(["upscale", str(folder / "a.png"), "-s", "2", "-o", str(tmp_path / "one.png"), *w])
+    assert code == 0
+    shown = terminal.buffer.getvalue()
+    assert "upscaling" in shown and "a.png 10x8 -> 20x16" in shown and "1/1" in shown
+
+
+def test_info_is_a_readable_summary(tiny_weights: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Rough edge: ``vdsr info`` dumped 152 lines of raw JSON; the JSON is now behind --json."""
+    import json
+
+    code, text, _ = run(["info"], capsys)  # the shipped model
+    assert code == 0 and len(text.splitlines()) < 25
+    assert "20 layers of width 64" in text and "trained for x2, x3, x4" in text
+    assert "Set5     x4  31.22/0.8826  (28.43/0.8113)" in text and "{" not in text
+    code, text, _ = run(["info", str(tiny_weights)], capsys)
+    assert code == 0 and "4 layers of width 8" in text and "source      test" in text
+    code, text, _ = run(["info", "--json"], capsys)
+    assert json.loads(text)["receptive_field"] == 41
+
+
+# -- bad inputs: one line from every command that reads images -------------------------------------
+
+COMMANDS = ("upscale", "evaluate", "prepare", "train")
+
+
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def zero_size_png() -> bytes:
+    ihdr = struct.pack(">IIBBBBB", 0, 0, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", ihdr) + _png_chunk(b"IEND", b"")
+
+
+def truncated(path: Path, fmt: str) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(random_rgb(64, 64)).save(buf, format=fmt)
+    data = buf.getvalue()
+    return data[: len(data) // 2]
+
+
+BAD_FILES = {
+    "not_image.png": lambda p: b"this is a text file, not an image\n" * 10,
+    "zero_byte.png": lambda p: b"",
+    "truncated.png": lambda p: truncated(p, "PNG"),
+    "truncated.jpg": lambda p: truncated(p, "JPEG"),
+    "zero_size.png": lambda p: zero_size_png(),
+}
+EXPECTED = {
+    "not_image.png": "not an image",
+    "zero_byte.png": "empty file",
+    "truncated.png": "truncated or corrupt",
+    "truncated.jpg": "truncated or corrupt",
+    "zero_size.png": "",  # Pillow refuses it at open or we do: either message names the file
+}
+
+
+def argv_for(command: str, target: Path, tmp: Path, weights: Path) -> list[str]:
+    if command == "upscale":
+        return ["upscale", str(target), "-s", "2", "-o", str(tmp / "out.png"), "--weights", str(weights)]
+    if command == "evaluate":
+        return ["evaluate", "--data", str(target), "--scales", "2", "--weights", str(weights)]
+    if command == "prepare":
+        return ["prepare", "--data", str(target), "-o", str(tmp / "t.h5"), "--scales", "2"]
+    return ["train", "--train-dirs", str(target), "--run-dir", str(tmp / "run"), "--val-dir", "none",
+            "--steps", "1", "--depth", "3", "--width", "4", "--scales", "2", "--patch", "21"]
+
+
+def no_outputs(tmp: Path) -> None:
+    leftovers = [p.name for p in tmp.rglob("*") if p.is_file() and (p.suffix in (".h5", ".tmp")
+                 or p.name in ("out.png", "checkpoint.pt", "last.safetensors"))]
+    assert leftovers == []
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+@pytest.mark.parametrize("name", sorted(BAD_FILES))
+def test_bad_file_matrix(command: str, name: str, tmp_path: Path, tiny_weights: Path,
+                         capsys: pytest.CaptureFixture[str]) -> None:
+    folder = tmp_path / "in"
+    folder.mkdir()
+    bad = folder / name
+    bad.write_bytes(BAD_FILES[name](bad))
+    target = bad if command == "upscale" else folder
+    code = main(argv_for(command, target, tmp_path, tiny_weights))
+    check_one_line_error(capsys, code, name, EXPECTED[name])
+    no_outputs(tmp_path)
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_missing_and_empty_paths(command: str, tmp_path: Path, tiny_weights: Path,
+                                 capsys: pytest.CaptureFixture[str]) -> None:
+    missing = tmp_path / "does not exist"
+    code = main(argv_for(command, missing, tmp_path, tiny_weights))
+    check_one_line_error(capsys, code, str(missing), "no such file")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    code = main(argv_for(command, empty, tmp_path, tiny_weights))
+    check_one_line_error(capsys, code, f"no images found in {empty}")
+    no_outputs(tmp_path)

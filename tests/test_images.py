@@ -14,7 +14,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.conftest import SRGB, photo_with_metadata, random_rgb
+from tests.conftest import (
+    SRGB,
+    check_one_line_error,
+    photo_with_metadata,
+    random_rgb,
+    run,
+    write_png,
+)
+from vdsr.cli import main
 from vdsr.errors import ImageError
 from vdsr.images import decode_image, load_image, save_image
 
@@ -100,6 +108,137 @@ def test_16bit_colour_png_says_it_becomes_8bit() -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # 16-bit grey is kept at 16 bits: no warning
         assert decode_image(gray16.getvalue(), "g.png").bit_depth == 16
+
+
+def test_format_quality_suffix_and_metadata(tmp_path: Path, tiny_weights: Path,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    """What users of other upscalers ask for: --format/--quality/--suffix, EXIF/ICC/DPI kept."""
+    from PIL import Image
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    photo_with_metadata(folder / "cam.jpg")
+    w = ["--weights", str(tiny_weights)]
+    sizes = {}
+    for quality in ("30", "95"):
+        out = tmp_path / f"q{quality}"
+        code, _, err = run(["upscale", str(folder), "-s", "2", "-o", str(out), "--format", "jpg",
+                            "--quality", quality, "--suffix=-big", *w], capsys)
+        assert code == 0, err
+        assert [p.name for p in out.glob("*.jpg")] == ["cam-big.jpg"]
+        sizes[quality] = (out / "cam-big.jpg").stat().st_size
+        with Image.open(out / "cam-big.jpg") as got:
+            assert got.format == "JPEG" and got.size == (24, 40)
+            assert got.info.get("icc_profile") == SRGB and got.getexif().get(0x010F) == "TestCam"
+            assert got.info["dpi"] == (300, 300)
+    assert sizes["30"] < sizes["95"]
+    code, _, err = run(["upscale", str(folder / "cam.jpg"), "-s", "2", "-o", str(tmp_path / "x.png"),
+                        "--format", "webp", *w], capsys)
+    assert code == 1 and "does not match" in err
+    for bad in (["--quality", "0"], ["--quality", "101"], ["--format", "gif"]):
+        with pytest.raises(SystemExit) as exc:
+            main(["upscale", "a.png", "-s", "2", "-o", "o/", *bad])
+        assert exc.value.code == 2
+    capsys.readouterr()
+
+
+def test_upscale_keeps_16bit_colour_tiff(tmp_path: Path, tiny_weights: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Rough edge: 16-bit RGB was silently written with 8 bits; a .tif output keeps 16."""
+    import tifffile
+
+    src = tmp_path / "deep.tif"
+    tifffile.imwrite(src, (random_rgb(12, 14).astype(np.uint16) * 257 + 100), photometric="rgb")
+    code, _, err = run(["upscale", str(src), "-s", "2", "-o", str(tmp_path / "out.tif"),
+                        "--weights", str(tiny_weights)], capsys)
+    assert code == 0 and err == ""
+    out = tifffile.imread(tmp_path / "out.tif")
+    assert out.dtype == np.uint16 and out.shape == (24, 28, 3)
+    assert len(np.unique(out % 257)) > 1  # values between the 8-bit steps: real 16-bit data
+    code, _, err = run(["upscale", str(src), "-s", "2", "-o", str(tmp_path / "out.png"),
+                        "--weights", str(tiny_weights)], capsys)
+    assert code == 0 and "16-bit colour is written with 8 bits per channel" in err
+
+
+def test_5_save_writes_the_file_not_the_directory(tmp_path: Path) -> None:
+    """`imsave` wrote to the result directory path instead of the file."""
+    out = tmp_path / "result" / "result.png"
+    out.parent.mkdir()
+    save_image(out, np.full((4, 5, 3), 0.5))
+    assert out.is_file() and load_image(out).pixels.shape == (4, 5, 3)
+
+
+def _formats(tmp: Path) -> dict[str, tuple[Path, tuple[int, int]]]:
+    rgb = random_rgb(12, 10)
+    out: dict[str, tuple[Path, tuple[int, int]]] = {}
+
+    def save(name: str, img: Image.Image, **kw: object) -> None:
+        img.save(tmp / name, **kw)
+        out[name] = (tmp / name, (img.size[0], img.size[1]))
+
+    save("gray16.png", Image.fromarray(np.ascontiguousarray(rgb[..., 0].astype(np.uint16) * 257)))
+    save("float32.tif", Image.fromarray(np.ascontiguousarray(rgb[..., 0].astype(np.float32) / 255)))
+    save("palette.png", Image.fromarray(rgb).convert("P"))
+    save("cmyk.jpg", Image.fromarray(rgb).convert("CMYK"))
+    save("la.png", Image.fromarray(rgb).convert("LA"))
+    save("rgba.png", Image.fromarray(np.dstack([rgb, np.full(rgb.shape[:2], 128, np.uint8)])))
+    save("one_bit.png", Image.fromarray(rgb).convert("1"))
+    save("bmp.bmp", Image.fromarray(rgb))
+    save("webp.webp", Image.fromarray(rgb), lossless=True)
+    save("name with spaces ünïcödé.png", Image.fromarray(rgb))
+    save("tiny_1x1.png", Image.fromarray(rgb[:1, :1]))
+    save("tiny_2x3.png", Image.fromarray(rgb[:2, :3]))
+    return out
+
+
+def test_formats_are_handled(tmp_path: Path, tiny_weights: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    formats = _formats(src)
+    outdir = tmp_path / "out"
+    code = main(["upscale", str(src), "-s", "2", "-o", str(outdir), "--weights", str(tiny_weights)])
+    _, err = capsys.readouterr()
+    assert code == 0, err
+    for name, (path, (w, h)) in formats.items():
+        result = Image.open(outdir / f"{path.stem}_x2.png")
+        assert result.size == (2 * w, 2 * h), name
+    assert Image.open(outdir / "rgba_x2.png").mode == "RGBA"
+    assert Image.open(outdir / "la_x2.png").mode == "LA"
+    assert Image.open(outdir / "gray16_x2.png").mode in ("I;16", "I")
+    assert load_image(formats["gray16.png"][0]).bit_depth == 16
+
+
+def test_exif_orientation_and_animated_gif(tmp_path: Path, tiny_weights: Path,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    img = Image.fromarray(random_rgb(10, 30))  # 30 wide, 10 tall
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise on display
+    img.save(tmp_path / "rotated.jpg", exif=exif.tobytes())
+    loaded = load_image(tmp_path / "rotated.jpg")
+    assert (loaded.height, loaded.width) == (30, 10)
+    frames = [Image.fromarray(random_rgb(8, 9, seed=s)) for s in range(3)]
+    frames[0].save(tmp_path / "anim.gif", save_all=True, append_images=frames[1:])
+    code = main(["upscale", str(tmp_path / "anim.gif"), "-s", "2", "-o", str(tmp_path / "o.png"),
+                 "--weights", str(tiny_weights)])
+    _, err = capsys.readouterr()
+    assert code == 0 and "animated image, using the first frame only" in err
+    assert Image.open(tmp_path / "o.png").size == (18, 16)
+
+
+def test_decompression_bomb_and_max_pixels(tmp_path: Path, tiny_weights: Path,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    # A 20000x20000 greyscale PNG compresses to a few hundred KB but would decode to 400 MP.
+    bomb = tmp_path / "bomb.png"
+    Image.new("L", (20000, 20000)).save(bomb, optimize=False)
+    assert bomb.stat().st_size < 2_000_000
+    code = main(["upscale", str(bomb), "-s", "2", "-o", str(tmp_path / "out.png"), "--weights", str(tiny_weights)])
+    check_one_line_error(capsys, code, "bomb.png", "over the limit", "--max-pixels")
+    small = write_png(tmp_path / "small.png", random_rgb(20, 20))
+    code = main(["upscale", str(small), "-s", "2", "-o", str(tmp_path / "out.png"), "--weights", str(tiny_weights),
+                 "--max-pixels", "100"])
+    check_one_line_error(capsys, code, "small.png", "400 pixels is over the limit of 100")
+    code = main(["upscale", str(small), "-s", "2", "-o", str(tmp_path / "out.png"), "--weights", str(tiny_weights),
+                 "--max-pixels", "400"])
+    assert code == 0
 
 
 # ------------------------------------------------------------------------------------------------

@@ -13,8 +13,9 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from tests.conftest import random_rgb, run, write_png
+from tests.conftest import check_one_line_error, random_rgb, run, write_png
 from vdsr import outputs
+from vdsr.cli import main
 from vdsr.errors import (
     OutputCollision,
     OutputExists,
@@ -304,3 +305,70 @@ def test_demo_does_not_replace_its_files_without_overwrite(tmp_path: Path, tiny_
     code, stdout, err = run(["demo", "-o", str(out), "--weights", str(tiny_weights), "--overwrite"], capsys)
     assert code == 0, err
     assert mine.read_bytes() != before and "compare.png" in stdout
+
+
+def test_output_problems(tmp_path: Path, tiny_weights: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    src = write_png(tmp_path / "a.png", random_rgb(10, 10))
+    code = main(["upscale", str(src), "-s", "2", "-o", str(src), "--weights", str(tiny_weights), "--overwrite"])
+    check_one_line_error(capsys, code, "a.png", "overwrite its own input")
+    code = main(["upscale", str(src), "-s", "2", "-o", str(tmp_path / "no" / "dir" / "o.png"),
+                 "--weights", str(tiny_weights)])
+    check_one_line_error(capsys, code, "does not exist")
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        if os.access(locked, os.W_OK):
+            pytest.skip("running as a user who can write anywhere (root ignores permissions)")
+        code = main(["upscale", str(src), "-s", "2", "-o", str(locked / "o.png"), "--weights", str(tiny_weights)])
+        check_one_line_error(capsys, code, "not writable")
+    finally:
+        locked.chmod(0o700)
+
+
+def test_uncreatable_output_folder_is_one_line(tmp_path: Path, tiny_weights: Path,
+                                               capsys: pytest.CaptureFixture[str],
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """Bug 4: ``-o RO/sub`` gave a raw OSError traceback from ``out.mkdir``."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    write_png(folder / "a.png", random_rgb(8, 8))
+    blocker = tmp_path / "file"
+    blocker.write_text("a file where a folder should go")
+    code, _, err = run(["upscale", str(folder), "-s", "2", "-o", str(blocker / "sub"),
+                        "--weights", str(tiny_weights)], capsys)
+    assert code == 1 and err.startswith(f"vdsr: error: {blocker / 'sub'}: cannot create the output folder")
+    assert len(err.strip().splitlines()) == 1
+
+    def read_only(*_a: object, **_k: object) -> None:  # as root, chmod cannot make a folder read-only
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(Path, "mkdir", read_only)
+    code, _, err = run(["upscale", str(folder), "-s", "2", "-o", str(tmp_path / "ro" / "sub"),
+                        "--weights", str(tiny_weights)], capsys)
+    assert code == 1
+    assert err.strip() == f"vdsr: error: {tmp_path / 'ro' / 'sub'}: cannot create the output folder (Permission denied)"
+    assert not (tmp_path / "ro").exists()
+
+
+def test_output_rule_refuses_the_ambiguous_cases(tmp_path: Path, tiny_weights: Path,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    """Rough edge: ``-o out/x.foo`` and ``-o out/name`` silently made folders for one input, and
+    ``-o file.png`` with several inputs made a folder named ``file.png``."""
+    src = write_png(tmp_path / "a.png", random_rgb(8, 8))
+    write_png(tmp_path / "b.png", random_rgb(8, 8))
+    w = ["--weights", str(tiny_weights)]
+    cases = [([str(src)], "out/x.foo", "cannot write '.foo' images"),
+             ([str(src)], "out/name", "no file extension; name a file"),
+             ([str(src), str(tmp_path / "b.png")], "file.png", "several inputs need an output folder")]
+    for inputs, target, needle in cases:
+        code, _, err = run(["upscale", *inputs, "-s", "2", "-o", str(tmp_path / target), *w], capsys)
+        assert code == 1 and needle in err, (target, err)
+        assert not (tmp_path / target).exists() and not (tmp_path / "out").exists()
+    # The explicit forms work: a trailing '/' is a folder, even for one input or a dotted name.
+    code, _, err = run(["upscale", str(src), "-s", "2", "-o", f"{tmp_path / 'out' / 'name'}/", *w], capsys)
+    assert code == 0, err
+    assert [p.name for p in (tmp_path / "out" / "name").glob("*.png")] == ["a_x2.png"]
+    code, _, err = run(["upscale", str(src), str(tmp_path / "b.png"), "-s", "2", "-o",
+                        f"{tmp_path / 'set.png'}/", *w], capsys)
+    assert code == 0 and (tmp_path / "set.png" / "b_x2.png").is_file()

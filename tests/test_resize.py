@@ -11,7 +11,15 @@ import torch
 from tests.conftest import REFERENCE, needs_shared
 from vdsr.color import rgb2y, rgb2ycbcr, ycbcr2rgb
 from vdsr.protocol import make_pair
-from vdsr.resize import axis_weights, imresize, imresize_tensor, matlab_size, modcrop, resize_tensor
+from vdsr.resize import (
+    axis_weights,
+    degrade,
+    imresize,
+    imresize_tensor,
+    matlab_size,
+    modcrop,
+    resize_tensor,
+)
 
 
 @needs_shared
@@ -52,6 +60,20 @@ def test_modcrop_uses_integer_indices() -> None:
     assert modcrop(img[..., 0], 4).shape == (256, 128)
     with pytest.raises(ValueError):
         modcrop(img, 2.5)  # type: ignore[arg-type]
+
+
+def test_2_preprocess_returns_input_and_label() -> None:
+    """`preprocess` used `label_` before assigning it; ours returns (hr, bicubic) of one size."""
+    img = np.random.default_rng(0).random((50, 47))
+    hr, bicubic = degrade(img, 3)
+    assert hr.shape == bicubic.shape == (48, 45)
+    assert np.array_equal(hr, modcrop(img, 3))
+    assert not np.allclose(hr, bicubic)
+
+
+def test_3_modcrop_integer_division() -> None:
+    """`modcrop` used `/` (float indices in Python 3)."""
+    assert modcrop(np.zeros((41, 43)), 3).shape == (39, 42)
 
 
 def test_output_size_matches_matlab_ceil() -> None:

@@ -566,6 +566,24 @@ def test_serve_flags_allow_origins_and_check_them_first(capsys: pytest.CaptureFi
     assert "origin 'app.example' is not scheme://host[:port]" in capsys.readouterr().err
 
 
+@pytest.mark.subprocess
+def test_serve_on_a_port_in_use_is_one_line_and_exit_1(tiny_weights: Path) -> None:
+    """Bug 6: uvicorn printed a multi-line log and exited 3; the README promises one line, exit 1."""
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        proc = subprocess.run([sys.executable, "-m", "vdsr", "serve", "--port", str(port),
+                               "--weights", str(tiny_weights)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1, proc.stderr
+    assert proc.stderr.strip() == (f"vdsr: error: cannot listen on 127.0.0.1:{port}: address already in use "
+                                   "(choose another with --port or --host)")
+
+
 def test_uploads_are_never_spooled_to_disk(tiny_weights: Path, tmp_path: Path,
                                            monkeypatch: pytest.MonkeyPatch) -> None:
     """Item 18: uploads over 1 MB were spooled to a temporary file (the README says they are

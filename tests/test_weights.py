@@ -19,7 +19,19 @@ from hypothesis import given
 from hypothesis import strategies as st
 from safetensors.torch import load_file, save_file
 
-from tests.conftest import _EDITS, _FUZZ, DATASETS, REFERENCE, _mutated, needs_shared, tiny_model
+from tests.conftest import (
+    _EDITS,
+    _FUZZ,
+    DATASETS,
+    REFERENCE,
+    _mutated,
+    check_one_line_error,
+    needs_shared,
+    random_rgb,
+    tiny_model,
+    write_png,
+)
+from vdsr.cli import main
 from vdsr.engine import Upscaler
 from vdsr.errors import TrainingError, WeightsError
 from vdsr.evaluate import PAPER, EvalConfig, evaluate_folder
@@ -53,6 +65,16 @@ def test_refuses_truncated(tmp_path: Path, tiny_weights: Path) -> None:
     bad.write_bytes(data[:5])
     with pytest.raises(WeightsError, match="too short"):
         load_weights(bad)
+
+
+def test_bad_weights_via_cli(tmp_path: Path, tiny_weights: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    src = write_png(tmp_path / "a.png", random_rgb(10, 10))
+    trunc = tmp_path / "trunc.safetensors"
+    trunc.write_bytes(tiny_weights.read_bytes()[:300])
+    for weights, needle in ((trunc, "trunc.safetensors"), (tmp_path / "none.safetensors", "no such weights file")):
+        code = main(["upscale", str(src), "-s", "2", "-o", str(tmp_path / "o.png"), "--weights", str(weights)])
+        check_one_line_error(capsys, code, needle)
+    assert not (tmp_path / "o.png").exists()
 
 
 def _write(path: Path, state: dict[str, torch.Tensor], meta_json: str | None) -> Path:
