@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import struct
 import subprocess
 import sys
@@ -495,3 +496,15 @@ def test_missing_and_empty_paths(command: str, tmp_path: Path, tiny_weights: Pat
     code = main(argv_for(command, empty, tmp_path, tiny_weights))
     check_one_line_error(capsys, code, f"no images found in {empty}")
     no_outputs(tmp_path)
+
+
+# -- train -----------------------------------------------------------------------------------------
+
+def test_train_cli_errors(tmp_path: Path, train_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["train", "--resume", str(tmp_path / "nowhere")])
+    assert code == 1 and "not a training run folder" in capsys.readouterr().err
+    empty = tmp_path / "e"
+    empty.mkdir()
+    code = main(["train", "--run-dir", str(tmp_path / "r"), "--train-dirs", str(empty), "--val-dir", "none"])
+    assert code == 1 and "no images found" in capsys.readouterr().err
+    assert os.environ.get("WORLD_SIZE") in (None, "1")

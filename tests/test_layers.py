@@ -77,17 +77,3 @@ def test_bodies_keep_receptive_field_and_parameter_budget(body: str) -> None:
     model.train()
     model(torch.rand(2, 1, 16, 16)).square().mean().backward()
     assert all(p.grad is not None for p in model.parameters())
-
-
-def test_body_trains_and_is_stored_in_metadata(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    from tests.conftest import random_rgb, tiny_args, write_png
-    from vdsr.weights import read_metadata
-
-    data = tmp_path / "hr"
-    data.mkdir()
-    write_png(data / "a.png", random_rgb(48, 48))
-    run = tmp_path / "run"
-    args = tiny_args(data, run, 2, every=2)
-    args[args.index("--depth") + 1] = "5"  # 3 inner layers: a dense body of one block
-    assert main([*args, "--body", "dense"]) == 0
-    assert read_metadata(run / "last.safetensors").config.body == "dense"

@@ -1,17 +1,26 @@
-"""The run folder: where a training run may write (issue 23: a new run never replaces files it did
-not write), and what it leaves when a write fails."""
+"""vdsr.train.runfolder: the run folder: where a training run may write (issue 23: a new run never
+replaces files it did not write), what it leaves when a write fails or the process is killed,
+and the checkpoints and configs a resume refuses."""
 
 from __future__ import annotations
 
 import contextlib
+import os
+import signal
 import subprocess
+import sys
+import textwrap
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 
-from tests.conftest import random_rgb, write_png
+from tests.conftest import _one_error_line, _tree, random_rgb, tiny_args, write_png
 from vdsr.cli import main
+from vdsr.train import TrainConfig, Trainer
+from vdsr.train.runfolder import load_checkpoint
 
 
 @pytest.fixture
@@ -120,6 +129,41 @@ def test_a_folder_holding_a_run_is_resumed_or_overwritten_not_replaced(
     capsys.readouterr()
 
 
+class _FailingSampler:
+    """Serves ``good`` batches, then fails: a run that dies before its first checkpoint."""
+
+    state: dict = {}
+
+    def __init__(self, good: int) -> None:
+        self.left = good
+
+    def batch(self, size: int, part: slice | None = None) -> tuple[np.ndarray, np.ndarray]:
+        if self.left == 0:
+            raise RuntimeError("died")
+        self.left -= 1
+        x = np.random.rand(size, 1, 21, 21).astype(np.float32)
+        return x, x
+
+
+def test_a_replacing_run_drops_the_old_runs_state(tmp_path: Path, train_dir: Path,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    """`--overwrite` (a fresh run in a used folder): the old checkpoint, weights and log rows go
+    at the start, so dying before the first checkpoint leaves nothing to resume wrongly."""
+    run = tmp_path / "run"
+    assert main(tiny_args(train_dir, run, 10, every=5)) == 0
+    assert (run / "checkpoint.pt").exists() and (run / "last.safetensors").exists()
+    cfg = TrainConfig(run_dir=str(run), depth=4, width=8, patch=21, batch_size=2, steps=20,
+                      log_every=1, checkpoint_every=10, val_dir=None, scales=[2], threads=1)
+    with pytest.raises(RuntimeError, match="died"):
+        Trainer(cfg, overwrite=True, sampler=_FailingSampler(good=3)).fit()
+    assert not (run / "checkpoint.pt").exists() and not (run / "last.safetensors").exists()
+    steps = [int(r.split(",")[0]) for r in (run / "metrics.csv").read_text().splitlines()[1:]]
+    assert steps == [1, 2, 3]
+    capsys.readouterr()
+    assert main(["train", "--resume", str(run)]) == 1
+    assert "no checkpoint.pt to resume from" in capsys.readouterr().err
+
+
 def test_unusable_run_folders_are_one_line(tmp_path: Path, data: tuple[Path, Path],
                                            capsys: pytest.CaptureFixture[str]) -> None:
     """Issue 23, item 6: a --run-dir that is a file, under a file or unwritable gave
@@ -208,6 +252,61 @@ def test_disk_full_while_training_keeps_the_last_checkpoint_and_nothing_half_wri
     capsys.readouterr()
 
 
+def test_disk_full_while_checkpointing_keeps_last_good(tmp_path: Path, train_dir: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """The write refused as a full disk refuses it (the real fault, on a small tmpfs, is the
+    test above; this one runs where mounting is not permitted)."""
+    from pathlib import Path as RealPath
+
+    from vdsr.errors import RunWriteError
+
+    cfg = TrainConfig(run_dir=str(tmp_path / "r"), train_dirs=[str(train_dir)], depth=3, width=4,
+                      patch=21, batch_size=2, steps=4, checkpoint_every=2, val_dir=None,
+                      downscales=[1.0], threads=1)
+    trainer = Trainer(cfg)
+    trainer.config.steps = 2  # the trainer keeps its own copy (precision resolved)
+    trainer.fit()
+    good = (tmp_path / "r" / "checkpoint.pt").read_bytes()
+    real_write = RealPath.write_bytes
+
+    def full_disk(self: RealPath, data: bytes) -> int:
+        if self.name.startswith(".checkpoint.pt."):
+            raise OSError(28, "No space left on device")
+        return real_write(self, data)
+
+    monkeypatch.setattr(RealPath, "write_bytes", full_disk)
+    trainer.config.steps = 4
+    with pytest.raises(RunWriteError, match="No space left on device.*previous checkpoint is kept \\(step 2\\)"):
+        trainer.fit()
+    assert (tmp_path / "r" / "checkpoint.pt").read_bytes() == good
+    assert not [p for p in (tmp_path / "r").iterdir() if p.name.endswith(".tmp")]
+
+
+@pytest.mark.subprocess
+def test_sigkill_while_writing_checkpoint_keeps_previous(tmp_path: Path, train_dir: Path) -> None:
+    run = tmp_path / "run"
+    script = textwrap.dedent(f"""
+        import os, pathlib, signal, sys
+        from vdsr.cli import main
+        real_write = pathlib.Path.write_bytes
+        calls = []
+        def dying_write(self, data):
+            if self.name.startswith(".checkpoint.pt."):
+                calls.append(1)
+                if len(calls) == 2:  # second checkpoint: write half, then die mid-write
+                    real_write(self, bytes(data)[: len(data) // 2])
+                    os.kill(os.getpid(), signal.SIGKILL)
+            return real_write(self, data)
+        pathlib.Path.write_bytes = dying_write
+        sys.exit(main({tiny_args(train_dir, run, 40, every=10)!r}))
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, timeout=120)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    assert int(load_checkpoint(run / "checkpoint.pt")["step"]) == 10
+    assert main(["train", "--resume", str(run)]) == 0
+    assert int(load_checkpoint(run / "checkpoint.pt")["step"]) == 40
+
+
 def test_a_log_row_that_does_not_fit_is_cut_off_again(tmp_path: Path) -> None:
     """A full disk takes what fits of a write, then refuses: the row is undone, not left half."""
     from vdsr.train.runfolder import append_whole
@@ -292,3 +391,53 @@ def test_resume_refuses_an_edited_config_and_what_it_cannot_change(
     (run / "config.json").write_text(json.dumps(config))
     assert main(["train", "--resume", str(run), "--steps", "4"]) == 0
     capsys.readouterr()
+
+
+def test_resume_refuses_a_missing_corrupt_or_mismatched_checkpoint_and_writes_nothing(
+        tmp_path: Path, train_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Issue 14: each bad resume stops with one line and leaves the run folder byte-identical
+    (no config.json rewrite with the new --steps, no metrics cut, no new files)."""
+    import json
+    import pickle
+
+    from vdsr.model import VDSR, VDSRConfig
+
+    run = tmp_path / "run"
+    assert main(tiny_args(train_dir, run, 10, every=5)) == 0
+    capsys.readouterr()
+    good = (run / "checkpoint.pt").read_bytes()
+    config_text = (run / "config.json").read_text()
+    marker = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self) -> tuple[object, tuple[str]]:
+            return (os.system, (f"touch {marker}",))
+
+    def other_model_state(path: Path) -> None:
+        state = load_checkpoint(path)
+        state["model"] = VDSR(VDSRConfig(depth=5, width=8)).state_dict()
+        torch.save(state, path)
+
+    cases = [
+        ("no checkpoint.pt to resume from", lambda p: p.unlink()),
+        ("unreadable checkpoint (truncated", lambda p: p.write_bytes(good[: len(good) // 2])),
+        ("unreadable checkpoint (truncated", lambda p: p.write_bytes(b"half a checkpoint")),
+        ("unsafe checkpoint refused", lambda p: p.write_bytes(pickle.dumps(Evil(), protocol=2))),
+        ("unsafe checkpoint refused", lambda p: p.write_bytes(pickle.dumps(Evil()))),
+        ("not a training checkpoint (missing", lambda p: torch.save({"step": 3}, p)),
+        ("weights do not match the architecture", other_model_state),
+    ]
+    for needle, spoil in cases:
+        (run / "checkpoint.pt").write_bytes(good)
+        spoil(run / "checkpoint.pt")
+        before = _tree(run)
+        _one_error_line(capsys, main(["train", "--resume", str(run), "--steps", "30"]), str(run), needle)
+        assert _tree(run) == before, needle
+    assert not marker.exists()
+    # config.json describing another architecture than the checkpoint's
+    (run / "checkpoint.pt").write_bytes(good)
+    (run / "config.json").write_text(json.dumps(json.loads(config_text) | {"depth": 6}))
+    before = _tree(run)
+    _one_error_line(capsys, main(["train", "--resume", str(run), "--steps", "30"]),
+                    "holds a model with depth 4, but config.json describes depth 6")
+    assert _tree(run) == before
