@@ -1,16 +1,20 @@
-"""Inference: exact tiling, sizes, colour handling, dtypes."""
+"""vdsr.api: the NumPy and file API over the engine: exact tiling, sizes, colour handling, alpha
+and dtypes, the limits it checks, the file and bytes faces."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from tests.conftest import random_rgb, tiny_model
-from vdsr.api import run_network, upscale
-from vdsr.engine import check_tile
-from vdsr.errors import VDSRError
-from vdsr.sizes import check_scale
+from vdsr.api import run_network, upscale, upscale_image, write_upscaled
+from vdsr.engine import Upscaler
+from vdsr.errors import InvalidArgument, TooLarge, VDSRError
+from vdsr.images import load_image
 
 
 @pytest.mark.parametrize("tile", [13, 16, 29, 50])
@@ -31,13 +35,6 @@ def test_tiled_equals_whole_default_depth() -> None:
     for tile in (41, 64):
         assert np.abs(whole - run_network(model, x, tile=tile)).max() < 1e-5
     assert np.abs(whole - x).max() > 1e-3  # the model does something
-
-
-def test_tile_smaller_than_receptive_field_is_refused() -> None:
-    model = tiny_model(depth=20)
-    with pytest.raises(VDSRError, match="receptive field"):
-        check_tile(40, model.config.receptive_field)
-    assert check_tile(0, model.config.receptive_field) is None
 
 
 @pytest.mark.parametrize("scale", [2, 3, 4, 2.5, 1.3])
@@ -97,12 +94,6 @@ def test_three_channel_model() -> None:
     assert out.shape == (18, 22, 3)
 
 
-@pytest.mark.parametrize("bad", [1.0, 0.5, -2, float("nan"), float("inf"), 1000])
-def test_bad_scales_are_refused(bad: float) -> None:
-    with pytest.raises(VDSRError, match="scale"):
-        check_scale(bad)
-
-
 def test_inference_mode_no_grad() -> None:
     model = tiny_model()
     x = np.zeros((1, 8, 8), np.float32)
@@ -119,3 +110,29 @@ def test_6_whole_image_inference_keeps_borders() -> None:
     out = run_network(model, x, tile=None)
     assert out.shape == x.shape
     assert np.abs(out - run_network(model, x, tile=11)).max() < 1e-5
+
+
+def test_python_api_refuses_float_images_on_another_scale_and_huge_outputs() -> None:
+    model = tiny_model()
+    with pytest.raises(InvalidArgument, match=r"must be in \[0, 1\].*255"):
+        upscale(np.full((8, 8, 3), 200.0), 2, model=model, precision="fp32")
+    with pytest.raises(TooLarge) as info:
+        upscale(np.zeros((100, 100), np.uint8), 4, model=model, max_output_pixels=100_000, precision="fp32")
+    assert (info.value.what, info.value.pixels, info.value.limit) == ("output", 160_000, 100_000)
+
+
+def test_bicubic_refuses_an_absurd_output_size() -> None:
+    """Found by the fuzz test: the bicubic upscaler must check the size before allocating."""
+    from vdsr.api import bicubic_upscale
+
+    with pytest.raises(VDSRError, match="too large"):
+        bicubic_upscale(np.zeros((4, 9), np.uint8), 3299167961088.0)
+
+
+def test_the_file_and_the_bytes_faces_agree(tmp_path: Path) -> None:
+    src = tmp_path / "in.png"
+    Image.fromarray(np.random.default_rng(1).integers(0, 256, (30, 40, 3), dtype=np.uint8)).save(src)
+    image = load_image(src)
+    up = Upscaler(tiny_model(), device="cpu", precision="fp32", backend="torch", tile=48)
+    write_upscaled(up, image, tmp_path / "out.png", 3)
+    assert upscale_image(up, image, 3) == (tmp_path / "out.png").read_bytes()

@@ -126,6 +126,14 @@ def test_python_dash_m_and_console_script(tmp_path: Path) -> None:
     assert len(proc.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.subprocess
+def test_import_vdsr_and_cli_parser_do_not_import_torch() -> None:
+    code = ("import sys, vdsr, vdsr.cli; vdsr.cli.build_parser(); "
+            "print('torch' in sys.modules, vdsr.__version__)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split()[0] == "False"
+
+
 def test_no_partial_output_on_failure(tmp_path: Path, tiny_weights: Path, capsys: pytest.CaptureFixture[str]) -> None:
     trunc = tmp_path / "t.png"
     data = (write_png(tmp_path / "full.png", random_rgb(64, 64))).read_bytes()

@@ -1,9 +1,7 @@
-"""The tensor engine: ensembles, tiling, precision, backends, out-of-memory retry, lazy imports."""
+"""vdsr.engine: the Upscaler: ensembles, tiling and its receptive-field check, progress and
+cancelling, out-of-memory retry, reduced precision, the colour pipeline tile by tile."""
 
 from __future__ import annotations
-
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -11,19 +9,11 @@ import torch
 
 from tests.conftest import _input, tiny_model
 from vdsr.api import run_network, upscale
-from vdsr.backends import create_backend, pick_runtime
 from vdsr.color import rgb2ycbcr, ycbcr2rgb
-from vdsr.engine import Upscaler
-from vdsr.errors import BackendUnavailable, InvalidArgument, TooLarge, VDSRError
+from vdsr.engine import Upscaler, check_tile
+from vdsr.errors import VDSRError
 from vdsr.resize import imresize
 from vdsr.transforms import dihedral, dihedral_inverse
-
-
-@pytest.mark.parametrize("k", range(8))
-def test_dihedral_inverse_is_exact(k: int) -> None:
-    x = _input()
-    assert torch.equal(dihedral_inverse(dihedral(x, k), k), x)
-    assert len({tuple(dihedral(x, j).flatten()[:40].tolist()) for j in range(8)}) == 8
 
 
 def test_ensemble_equals_the_mean_of_eight_transformed_runs() -> None:
@@ -103,32 +93,11 @@ def test_out_of_memory_below_the_receptive_field_is_an_error() -> None:
         up.network(_input(40, 40))
 
 
-def test_runtime_rule_for_each_recipe() -> None:
-    """Which runtime runs a recipe; features handed in, so no machine's CPU or optional packages
-    decide the answer (openvino is hidden here as if it were not installed)."""
-    import vdsr.backends as backends
-
-    cpu, cuda = torch.device("cpu"), torch.device("cuda")
-    plain = backends.CpuFeatures(avx2=True, avx512=True, vnni=True, bf16=True)
-    real = backends._available
-    try:
-        backends._available = lambda module: module != "openvino" and real(module)  # type: ignore[assignment]
-        assert pick_runtime("auto", cpu, "fp32", features=plain) == "onnxruntime"
-        assert pick_runtime("auto", cpu, "int8", features=plain) == "onnxruntime"
-        assert pick_runtime("auto", cpu, "bf16", features=plain) == "torch"
-        assert pick_runtime("auto", cuda, "fp16", features=plain) == "torch"
-        with pytest.raises(InvalidArgument, match="CUDA"):
-            pick_runtime("auto", cpu, "tf32", features=plain)
-        with pytest.raises(InvalidArgument, match="does not run fp16"):
-            pick_runtime("onnxruntime", cpu, "fp16", features=plain)
-        with pytest.raises(InvalidArgument, match="unknown precision"):
-            pick_runtime("auto", cpu, "fp8", features=plain)
-        with pytest.raises(BackendUnavailable, match="CPU only"):
-            pick_runtime("auto", cuda, "int8", features=plain)
-        with pytest.raises(BackendUnavailable, match="CPU only"):
-            pick_runtime("onnxruntime", cuda, "fp32", features=plain)
-    finally:
-        backends._available = real  # type: ignore[assignment]
+def test_tile_smaller_than_receptive_field_is_refused() -> None:
+    model = tiny_model(depth=20)
+    with pytest.raises(VDSRError, match="receptive field"):
+        check_tile(40, model.config.receptive_field)
+    assert check_tile(0, model.config.receptive_field) is None
 
 
 def test_reduced_precision_keeps_the_input_path_exact() -> None:
@@ -196,38 +165,3 @@ def test_integer_output_equals_rounded_float_output() -> None:
     up.upscale_into(torch.from_numpy(rgb.transpose(2, 0, 1).copy()), 3, out)
     assert np.array_equal(out.numpy().transpose(1, 2, 0),
                           np.clip(np.round(as_float * 255), 0, 255).astype(np.uint8))
-
-
-def test_python_api_refuses_float_images_on_another_scale_and_huge_outputs() -> None:
-    model = tiny_model()
-    with pytest.raises(InvalidArgument, match=r"must be in \[0, 1\].*255"):
-        upscale(np.full((8, 8, 3), 200.0), 2, model=model, precision="fp32")
-    with pytest.raises(TooLarge) as info:
-        upscale(np.zeros((100, 100), np.uint8), 4, model=model, max_output_pixels=100_000, precision="fp32")
-    assert (info.value.what, info.value.pixels, info.value.limit) == ("output", 160_000, 100_000)
-
-
-def test_backends_share_one_protocol() -> None:
-    model = tiny_model()
-    x = _input()
-    ref = create_backend(model, "torch")(x)
-    for name, precision in (("onnxruntime", "fp32"), ("onnxruntime", "int8")):
-        backend = create_backend(model, name, precision=precision)
-        assert (backend.name, backend.precision, backend.device.type) == (name, precision, "cpu")
-        assert backend(x).shape == ref.shape
-
-
-@pytest.mark.subprocess
-def test_import_vdsr_and_cli_parser_do_not_import_torch() -> None:
-    code = ("import sys, vdsr, vdsr.cli; vdsr.cli.build_parser(); "
-            "print('torch' in sys.modules, vdsr.__version__)")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.split()[0] == "False"
-
-
-def test_bicubic_refuses_an_absurd_output_size() -> None:
-    """Found by the fuzz test: the bicubic upscaler must check the size before allocating."""
-    from vdsr.api import bicubic_upscale
-
-    with pytest.raises(VDSRError, match="too large"):
-        bicubic_upscale(np.zeros((4, 9), np.uint8), 3299167961088.0)

@@ -1,4 +1,5 @@
-"""The streaming PNG writer: what Pillow reads back, the metadata, and memory that stays at a band."""
+"""vdsr.png: the streaming PNG writer: what Pillow reads back, the metadata, and memory that stays
+at a band."""
 
 from __future__ import annotations
 
@@ -11,8 +12,7 @@ import pytest
 from PIL import Image
 
 from tests.conftest import tiny_model
-from vdsr.api import upscale_image, write_upscaled
-from vdsr.canvas import PngCanvas
+from vdsr.api import write_upscaled
 from vdsr.engine import Upscaler
 from vdsr.images import load_image, png_options
 from vdsr.png import PngWriter
@@ -55,22 +55,6 @@ def test_metadata_is_written_and_rows_are_checked() -> None:
         PngWriter(io.BytesIO(), 4, 3, 3).close()
 
 
-def test_a_restarted_image_starts_the_stream_again() -> None:
-    """The engine halves its tile on out-of-memory and starts the image over: the canvas starts
-    the file over too, and the result is that of the second pass alone."""
-    buf = io.BytesIO(b"keep")
-    buf.seek(4)
-    canvas = PngCanvas(buf, 4, 6, 1, 8, {})
-    canvas.write(0, 0, np.full((2, 6, 1), 9, np.uint8))  # the first band of the first pass
-    canvas.write(0, 0, np.full((2, 3, 1), 1, np.uint8))  # a new pass, with smaller tiles
-    canvas.write(0, 3, np.full((2, 3, 1), 2, np.uint8))
-    canvas.write(2, 0, np.full((2, 6, 1), 3, np.uint8))
-    canvas.finish()
-    assert buf.getvalue()[:4] == b"keep"
-    back = np.asarray(Image.open(io.BytesIO(buf.getvalue()[4:])))
-    assert back.tolist() == [[1, 1, 1, 2, 2, 2]] * 2 + [[3] * 6] * 2
-
-
 @pytest.mark.slow  # tracemalloc slows every NumPy allocation: ~9 s on 2 loaded cores
 def test_the_result_never_exists_whole(tmp_path: Path) -> None:
     """A 1600x1600 RGB result (7.7 MB) is written with the NumPy memory of a band of tiles (the
@@ -89,12 +73,3 @@ def test_the_result_never_exists_whole(tmp_path: Path) -> None:
     assert Image.open(tmp_path / "out.png").size == (1600, 1600)
     assert peak < 0.5 * 1600 * 1600 * 3, f"{peak / 1e6:.1f} MB of NumPy memory at the peak"
     assert png_options(image.metadata, (1600, 1600)) == {}
-
-
-def test_the_file_and_the_bytes_faces_agree(tmp_path: Path) -> None:
-    src = tmp_path / "in.png"
-    Image.fromarray(np.random.default_rng(1).integers(0, 256, (30, 40, 3), dtype=np.uint8)).save(src)
-    image = load_image(src)
-    up = Upscaler(tiny_model(), device="cpu", precision="fp32", backend="torch", tile=48)
-    write_upscaled(up, image, tmp_path / "out.png", 3)
-    assert upscale_image(up, image, 3) == (tmp_path / "out.png").read_bytes()
