@@ -71,3 +71,16 @@ def test_crash_mid_batch_leaves_finished_outputs_whole(tmp_path: Path, tiny_weig
         with Image.open(out / name) as im:
             im.load()
             assert im.size == (32, 32)
+
+
+def test_outputs_get_normal_permissions(tmp_path: Path, tiny_weights: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import os
+    import stat
+
+    src = write_png(tmp_path / "a.png", random_rgb(8, 8))
+    out = tmp_path / "o.png"
+    assert main(["upscale", str(src), "-s", "2", "-o", str(out), "--weights", str(tiny_weights)]) == 0
+    mask = os.umask(0)
+    os.umask(mask)
+    assert stat.S_IMODE(out.stat().st_mode) == 0o666 & ~mask
+    capsys.readouterr()

@@ -1,5 +1,6 @@
-"""Image files in and out: metadata (EXIF, ICC profile, DPI) carried to the output, colour-managed
-input handled knowingly, and the 16-bit colour limitation said out loud (issue 18)."""
+"""vdsr.images: image files in and out: formats, orientation, the pixel limits (checked from the
+header), metadata (EXIF, ICC profile, DPI) carried to the output, damaged metadata, 16-bit
+colour, what a format cannot hold said out loud, and the loader on random bytes."""
 
 from __future__ import annotations
 
@@ -12,9 +13,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from PIL import Image
 
 from tests.conftest import (
+    FUZZ,
     SRGB,
     check_one_line_error,
     photo_with_metadata,
@@ -23,7 +27,7 @@ from tests.conftest import (
     write_png,
 )
 from vdsr.cli import main
-from vdsr.errors import ImageError
+from vdsr.errors import ImageError, VDSRError
 from vdsr.images import decode_image, load_image, save_image
 
 
@@ -398,3 +402,45 @@ def test_dropping_alpha_is_said(ext: str, tmp_path: Path) -> None:
         save_image(out, rgb, alpha)
     with Image.open(out) as got:
         assert got.mode == "RGB"
+
+
+# -- property tests (hypothesis): the loader on random and mutated bytes ---------------------------
+
+def _valid(fmt: str) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(random_rgb(16, 12)).save(buf, format=fmt)
+    return buf.getvalue()
+
+
+VALID = {"PNG": _valid("PNG"), "JPEG": _valid("JPEG")}
+
+
+def _load_bytes(tmp: Path, data: bytes, suffix: str) -> None:
+    path = tmp / f"fuzz{suffix}"
+    path.write_bytes(data)
+    try:
+        img = load_image(path, max_pixels=4_000_000)
+    except VDSRError:
+        return
+    assert img.pixels.ndim in (2, 3) and img.height > 0 and img.width > 0
+    pixels = img.floats()[0]
+    assert np.isfinite(pixels).all() and 0 <= pixels.min() and pixels.max() <= 1
+
+
+@FUZZ
+@given(data=st.binary(max_size=2048), suffix=st.sampled_from([".png", ".jpg", ".gif", ".bin"]))
+def test_loader_on_random_bytes(tmp_path: Path, data: bytes, suffix: str) -> None:
+    _load_bytes(tmp_path, data, suffix)
+
+
+@FUZZ
+@given(fmt=st.sampled_from(sorted(VALID)),
+       edits=st.lists(st.tuples(st.integers(0, 10_000), st.integers(0, 255)), min_size=1, max_size=12),
+       cut=st.one_of(st.none(), st.integers(0, 10_000)))
+def test_loader_on_mutated_images(tmp_path: Path, fmt: str, edits: list[tuple[int, int]], cut: int | None) -> None:
+    data = bytearray(VALID[fmt])
+    for pos, value in edits:
+        data[pos % len(data)] = value
+    if cut is not None:
+        data = data[: cut % len(data)]
+    _load_bytes(tmp_path, bytes(data), ".png" if fmt == "PNG" else ".jpg")

@@ -1,4 +1,5 @@
-"""The VDSR network: size, parameter count, receptive field, residual, gradients."""
+"""vdsr.model: the VDSR network: size, parameter count, receptive field, residual, gradients,
+and the other bodies (the same receptive field, parameters within 5%)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import pytest
 import torch
 
 from tests.conftest import receptive_span
-from vdsr.model import VDSR, VDSRConfig, count_parameters, flops_per_pixel
+from vdsr.model import BODIES, VDSR, VDSRConfig, count_parameters, flops_per_pixel
 
 
 def test_default_vdsr_matches_paper() -> None:
@@ -47,3 +48,14 @@ def test_config_round_trip_and_validation() -> None:
         VDSRConfig(depth=1)
     with pytest.raises(ValueError):
         VDSRConfig.from_dict({"depth": 3, "colour": 1})
+
+
+@pytest.mark.parametrize("body", BODIES)
+def test_bodies_keep_receptive_field_and_parameter_budget(body: str) -> None:
+    plain = count_parameters(VDSR(VDSRConfig()))
+    model = VDSR(VDSRConfig(body=body))
+    assert abs(count_parameters(model) / plain - 1) <= 0.05
+    assert receptive_span(model) == (41, 41), body
+    model.train()
+    model(torch.rand(2, 1, 16, 16)).square().mean().backward()
+    assert all(p.grad is not None for p in model.parameters())

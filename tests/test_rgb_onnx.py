@@ -1,20 +1,16 @@
-"""Interchange with other tools: spandrel (chaiNNer's model loader) and the RGB ONNX export."""
+"""vdsr.rgb_onnx: the self-contained RGB ONNX graph (``vdsr export --rgb-onnx``): MATLAB's
+bicubic as convolutions, ``vdsr upscale``'s result in ONNX Runtime, the fp16 variant, the
+files the command writes."""
 
 from __future__ import annotations
 
-import enum
-import importlib
-import importlib.util
 import json
-import sys
-import types
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
 
 from tests.conftest import random_rgb, tiny_model
 from vdsr.api import upscale
@@ -28,86 +24,7 @@ from vdsr.rgb_onnx import (
     rgb_onnx_bytes,
     symmetric_pad,
 )
-from vdsr.weights import WeightsMetadata, default_weights_path, load_model, save_weights
-
-
-def _torchvision_stub() -> dict[str, types.ModuleType]:
-    """Stand-ins for the three torchvision names spandrel imports (LaMa: ``rotate``,
-    ``InterpolationMode``; RestoreFormer: ``normalize``), used by those networks' forward passes
-    only, never by the architecture detection tested here."""
-
-    def unavailable(*args: Any, **kwargs: Any) -> Any:
-        raise RuntimeError("torchvision stub: not available in this test")
-
-    functional = types.ModuleType("torchvision.transforms.functional")
-    functional.normalize = functional.rotate = unavailable  # type: ignore[attr-defined]
-    functional.InterpolationMode = enum.Enum("InterpolationMode", "NEAREST BILINEAR")  # type: ignore[attr-defined]
-    transforms = types.ModuleType("torchvision.transforms")
-    transforms.functional = functional  # type: ignore[attr-defined]
-    root = types.ModuleType("torchvision")
-    root.transforms = transforms  # type: ignore[attr-defined]
-    return {"torchvision": root, "torchvision.transforms": transforms,
-            "torchvision.transforms.functional": functional}
-
-
-@pytest.fixture
-def spandrel(monkeypatch: pytest.MonkeyPatch) -> Any:
-    """The spandrel package (chaiNNer's model loader); the test is skipped where it is absent.
-
-    PyPI's torchvision does not import beside the CPU build of torch 2.13 that CI installs
-    ("operator torchvision::nms does not exist"), and spandrel imports it at import time for two
-    unrelated architectures; then a stub (:func:`_torchvision_stub`) stands in for it.
-    """
-    if importlib.util.find_spec("spandrel") is None:
-        pytest.skip("spandrel is not installed (pip install -e '.[dev]')")
-    try:
-        import torchvision  # noqa: F401
-    except Exception:  # noqa: BLE001 - a broken install raises RuntimeError, not ImportError
-        for name, module in _torchvision_stub().items():
-            monkeypatch.setitem(sys.modules, name, module)
-    return importlib.import_module("spandrel")
-
-
-def _spandrel_loads_correctly_or_refuses(spandrel: Any, path: Path) -> str:
-    """``"unsupported"`` if spandrel refuses ``path``, ``"loaded"`` if it builds a network that
-    computes what ours does; any other outcome (a wrong architecture, a state_dict error) fails."""
-    try:
-        descriptor = spandrel.ModelLoader().load_from_file(str(path))
-    except spandrel.UnsupportedModelError:
-        return "unsupported"
-    ours, _ = load_model(path)
-    x = torch.rand(1, ours.config.channels, 24, 24)
-    with torch.no_grad():
-        theirs = descriptor.model.eval()(x)
-        assert torch.allclose(theirs, ours(x), atol=1e-5), descriptor.architecture.name
-    return "loaded"
-
-
-def test_spandrel_refuses_our_files(spandrel: Any, tmp_path: Path, tiny_weights: Path) -> None:
-    """chaiNNer must not mistake our weights for Real-ESRGAN's SRVGGNetCompact (its detector
-    matches ``body.0.weight`` and ``body.1.weight``), as it did before the ``vdsr.`` prefix."""
-    assert _spandrel_loads_correctly_or_refuses(spandrel, default_weights_path()) == "unsupported"
-    assert _spandrel_loads_correctly_or_refuses(spandrel, tiny_weights) == "unsupported"
-    # Without biases the old layout crashed spandrel's SRVGGNetCompact loader with a KeyError.
-    model = tiny_model(channels=3, bias=False)
-    path = tmp_path / "rgb_nobias.safetensors"
-    save_weights(path, model.state_dict(), WeightsMetadata(config=model.config))
-    assert _spandrel_loads_correctly_or_refuses(spandrel, path) == "unsupported"
-
-
-def test_spandrel_mistook_the_old_key_layout(spandrel: Any, tmp_path: Path,
-                                             tiny_weights: Path) -> None:
-    """The bug the prefix fixes: the unprefixed layout is taken for another architecture."""
-    old = {k.removeprefix("vdsr."): v for k, v in load_file(str(tiny_weights)).items()}
-    path = tmp_path / "old.safetensors"
-    save_file(old, str(path))
-    with pytest.raises(RuntimeError, match="SRVGGNetCompact"):
-        spandrel.ModelLoader().load_from_file(str(path))
-
-
-# --------------------------------------------------------------------------------------------
-# RGB ONNX (vdsr export --rgb-onnx)
-# --------------------------------------------------------------------------------------------
+from vdsr.weights import load_model
 
 # The operators README's 'Use in other tools' lists for TensorRT (plain body).
 DOCUMENTED_OPS = {"Conv", "Slice", "Concat", "DepthToSpace", "Relu", "Add", "Clip", "Cast",
