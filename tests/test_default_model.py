@@ -1,4 +1,6 @@
-"""The shipped default model: its recorded numbers are the ones our evaluate measures today."""
+"""End to end, the shipped default model (``src/vdsr/weights/vdsr_x234.safetensors``): the Set5
+numbers recorded in its metadata are the ones ``vdsr.evaluate`` measures today, and they meet the
+training issue's first bar."""
 
 from __future__ import annotations
 

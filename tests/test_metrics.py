@@ -1,4 +1,5 @@
-"""PSNR and SSIM: the border shave, and SSIM equal to a direct transcription of ssim_index.m."""
+"""vdsr.metrics: PSNR and SSIM: the border shave, and SSIM equal to a direct transcription of
+ssim_index.m."""
 
 from __future__ import annotations
 

@@ -1,5 +1,7 @@
-"""`vdsr serve`: the API (in-process) and an end-to-end test in headless Chromium (Playwright
-driving Debian's /usr/bin/chromium; no browser download)."""
+"""vdsr.server, with vdsr.access and vdsr.uploads (the server's middleware and upload reader, tested
+through the app): `vdsr serve`'s API (in-process), bad requests, other sites' pages, slow clients,
+Ctrl-C, and end-to-end tests in headless Chromium (Playwright driving Debian's /usr/bin/chromium;
+no browser download)."""
 
 from __future__ import annotations
 

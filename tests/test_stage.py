@@ -1,6 +1,6 @@
-"""scripts/gpu_stage.sh on a tiny CPU run: it trains into $OUT, stops at its budget with a
-checkpoint, resumes on the next run instead of starting over, and refuses bad state without
-writing anything (issue 14)."""
+"""scripts/gpu_stage.sh (a script, not a module of src/vdsr) on a tiny CPU run: it trains into
+$OUT, stops at its budget with a checkpoint, resumes on the next run instead of starting over,
+and refuses bad state without writing anything (issue 14)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
-"""DDP via torchrun, gloo on CPU, 2 processes on loopback: the weights equal single-process
-training with the same global batch and data order."""
+"""vdsr.train.distributed: DDP via torchrun, gloo on CPU, 2 processes on loopback: the weights
+equal single-process training with the same global batch and data order."""
 
 from __future__ import annotations
 
