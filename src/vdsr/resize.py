@@ -12,7 +12,7 @@ region of the output) sum the taps in the same order with separate multiplies an
 they give the same bits, whole image or region by region. That is what lets the upscaler build
 each tile's bicubic input straight from the low-resolution image (:mod:`vdsr.engine`).
 
-``tests/test_resize.py`` proves the result against MATLAB's own output for Set5 butterfly
+``tests/test_protocol.py`` proves the result against MATLAB's own output for Set5 butterfly
 (< 1e-6 on the 0-255 scale) and bit for bit against the ``resize-right`` package (Shocher et al.,
 2020; ``pad_mode="symmetric"``), whose arithmetic this follows and which it replaced.
 """
