@@ -279,21 +279,13 @@ def test_help_has_descriptions_examples_and_defaults(capsys: pytest.CaptureFixtu
     assert "examples:" in parser.format_help()
 
 
-@pytest.mark.parametrize("scale", ["1", "0.5", "abc", "nan", "100", "16.5"])
+@pytest.mark.parametrize("scale", ["1", "0.5", "-3", "abc", "nan", "inf", "100", "16.5"])
 def test_every_bad_scale_is_a_usage_error(scale: str, capsys: pytest.CaptureFixture[str]) -> None:
     """Bug 7: ``-s 100`` exited 1 (a run-time error) where ``-s 1/0.5/abc`` exit 2 (usage)."""
     with pytest.raises(SystemExit) as exc:
         main(["upscale", "x.png", "-s", scale, "-o", "y.png"])
     assert exc.value.code == 2
     assert "argument --scale/-s" in capsys.readouterr().err
-
-
-@pytest.mark.parametrize("scale", ["1", "0.5", "-3", "nan", "inf", "abc"])
-def test_bad_scales_are_usage_errors(scale: str, capsys: pytest.CaptureFixture[str]) -> None:
-    with pytest.raises(SystemExit) as exc:
-        main(["upscale", "x.png", "-s", scale, "-o", "o.png"])
-    assert exc.value.code == 2
-    assert "scale" in capsys.readouterr().err
 
 
 def test_scale_cap_is_in_help(capsys: pytest.CaptureFixture[str]) -> None:
@@ -341,7 +333,7 @@ def test_output_pixels_are_limited_before_any_work(tmp_path: Path, tiny_weights:
     code, _, err = run(["upscale", str(src), "-s", "4", "-o", str(out), "--weights", str(tiny_weights),
                         "--max-output-pixels", "80000"], capsys)
     assert code == 0, err
-    assert random_rgb  # shared helper import kept for the tests below
+    assert out.exists() and Image.open(out).size == (200, 400)
 
 
 # -- progress and summaries ------------------------------------------------------------------------
