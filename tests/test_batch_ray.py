@@ -178,3 +178,20 @@ def test_a_rerun_after_the_run_is_killed_does_only_the_rest(tmp_path: Path, tiny
     assert stdout.startswith(f"done {13 - len(finished)}, skipped {len(finished)}, failed 0, in "), stdout
     assert all(images(out)[k] == v for k, v in finished.items()) and len(images(out)) == 13
     assert temp_files(out) == []
+
+
+def test_actors_get_a_gpu_each_where_the_cluster_has_them() -> None:
+    """The pool's shape from the cluster's resources (no cluster needed): one GPU an actor on a GPU
+    cluster (the device then CUDA), the CPUs shared out as threads elsewhere or with --device cpu.
+    (Running the actors on real GPUs was not possible here: no GPU machine has Ray.)"""
+    from vdsr.batch import Settings
+    from vdsr.batch_ray import pool_for
+
+    settings = Settings(scale=2.0, device="auto")
+    size, options, actor = pool_for({"CPU": 16.0, "GPU": 2.0}, settings, 1)
+    assert (size, options, actor.device, actor.threads) == (2, {"num_gpus": 1, "num_cpus": 1}, "cuda", None)
+    assert pool_for({"CPU": 16.0, "GPU": 2.0}, settings, 4)[0] == 4
+    size, options, actor = pool_for({"CPU": 16.0, "GPU": 2.0}, Settings(scale=2.0, device="cpu"), 1)
+    assert (size, options, actor.threads) == (16, {"num_cpus": 1}, 1)
+    size, options, actor = pool_for({"CPU": 8.0}, settings, 2)
+    assert (size, options, actor.threads) == (2, {"num_cpus": 4}, 4)

@@ -85,7 +85,13 @@ def _pool(settings: Settings, workers: int) -> tuple[int, dict[str, Any], Settin
     """The pool's size, each actor's resources, and the settings an actor runs with."""
     import ray
 
-    resources = ray.cluster_resources()
+    return pool_for(ray.cluster_resources(), settings, workers)
+
+
+def pool_for(resources: dict[str, float], settings: Settings, workers: int) -> tuple[int, dict[str, Any], Settings]:
+    """:func:`_pool` for a cluster's ``resources`` (Ray's ``cluster_resources()``): one GPU per
+    actor where there are GPUs and the device is not ``cpu`` (one actor per GPU unless ``workers``
+    says otherwise), else the CPUs shared out as the actors' threads."""
     gpus = int(resources.get("GPU", 0))
     if gpus and not settings.device.startswith("cpu"):
         size = workers if workers > 1 else gpus
