@@ -172,17 +172,18 @@ def upscale(
 
 def upscale_image(up: Upscaler, image: LoadedImage, scale: float, progress: Progress | None = None,
                   max_output_pixels: int | None = None, fmt: str = "PNG", stream: BinaryIO | None = None,
-                  quality: int = 95) -> bytes | None:
+                  quality: int = 95, name: str | None = None) -> bytes | None:
     """Upscale a decoded image and encode it as ``fmt`` (``"PNG"``, ``"JPEG"``, ``"WEBP"``,
     ``"TIFF"``, ``"BMP"``), with its metadata, into ``stream``; without one, return the bytes.
 
     Raises :class:`TooLarge` before any work when the output would be over ``max_output_pixels``.
-    The output keeps the input's bit depth where the format can hold it. A PNG is encoded band by
-    band as the engine finishes them (:class:`vdsr.canvas.PngCanvas`): memory stays at one band.
+    The output keeps the input's bit depth where the format can hold it (a warning naming ``name``
+    says what it cannot hold). A PNG is encoded band by band as the engine finishes them
+    (:class:`vdsr.canvas.PngCanvas`): memory stays at one band.
     """
     out_h, out_w = check_output_pixels(str(image.path), image.height, image.width, scale, max_output_pixels)
     planes = image.planes()
-    channels, bit_depth = plan(planes.shape[0], image.bit_depth, fmt)
+    channels, bit_depth = plan(planes.shape[0], image.bit_depth, fmt, name or str(image.path))
     target: BinaryIO = stream if stream is not None else io.BytesIO()
     canvas: Canvas | PngCanvas
     if fmt == "PNG":
@@ -238,14 +239,11 @@ def write_upscaled(up: Upscaler, image: LoadedImage, target: str | Path, scale: 
     folder = target.parent if str(target.parent) else Path(".")
     if not folder.is_dir():
         raise ImageError(f"{target}: output folder {folder} does not exist")
-    channels = (image.pixels.shape[2] if image.pixels.ndim == 3 else 1) + (image.alpha is not None)
-    plan(channels, image.bit_depth, fmt, str(target))  # warn here, naming the file
     out_h, out_w = upscaled_size(image.height, image.width, scale)
     try:
-        with atomic_path(target) as tmp, tmp.open("wb") as stream, warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # said above, once
+        with atomic_path(target) as tmp, tmp.open("wb") as stream:
             upscale_image(up, image, scale, progress, max_output_pixels, fmt=fmt, stream=stream,
-                          quality=quality)
+                          quality=quality, name=str(target))
     except OSError as exc:
         raise ImageError(f"{target}: cannot write ({exc.strerror or exc})") from None
     return FileResult(image.path, target, (image.width, image.height), (out_w, out_h),
