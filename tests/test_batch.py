@@ -19,6 +19,7 @@ from PIL import Image
 
 from tests.conftest import a_folder, images, random_rgb, run, temp_files, write_png
 from vdsr import batch
+from vdsr.errors import StopRequested
 from vdsr.outputs import NamingRule
 
 
@@ -249,6 +250,42 @@ def test_sigterm_in_a_folder_run_keeps_the_finished_and_a_rerun_does_the_rest(
 
 
 # -- several processes (issue 25 item 3) ----------------------------------------------------------
+
+
+class _StopAfterBoth(batch.NoEvents):
+    """Stops the run (as SIGTERM does) on hearing the first row, but only once the other
+    worker's image is written too: its row is then in the pipe, not yet read."""
+
+    def __init__(self, out: Path) -> None:
+        self.out, self.rows, self.stopped = out, [], False
+
+    def finished(self, row: dict[str, Any]) -> None:
+        self.rows.append(row)
+        if not self.stopped:
+            self.stopped = True
+            deadline = time.monotonic() + 120
+            while len(images(self.out)) < 2 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            time.sleep(1.0)  # the worker sends its row right after the rename
+            raise StopRequested("SIGTERM")
+
+
+@pytest.mark.slow
+@pytest.mark.subprocess
+def test_a_stop_records_the_rows_already_sent(tmp_path: Path, tiny_weights: Path) -> None:
+    """CI caught it: a stop that came while a finished image's row was still in its pipe left
+    that image out of the manifest (2 rows, 3 images). Now every written image is recorded."""
+    src = a_folder(tmp_path / "in", 4, size=96)
+    out = tmp_path / "out"
+    events = _StopAfterBoth(out)
+    settings = batch.Settings(scale=2, weights=str(tiny_weights), precision="fp32")
+    with pytest.raises(StopRequested):
+        batch.run(batch.plan([src], out, NamingRule(2)), settings, workers=2, events=events)
+    written = images(out)
+    rows = batch.read_manifest(out / batch.MANIFEST)
+    assert len(written) == 2 and temp_files(out) == []
+    assert sorted(Path(r["output"]).name for r in rows) == sorted(written) and len(events.rows) == 2
+
 
 
 class _Recorder(batch.NoEvents):

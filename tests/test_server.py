@@ -902,6 +902,38 @@ def test_ctrl_c_stops_the_jobs_and_shuts_down_cleanly(tmp_path: Path, signals: i
     assert seconds < 30, f"{seconds:.0f} s to stop"
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
+def test_ctrl_c_while_the_program_ends_changes_nothing() -> None:
+    """CI caught it: a second Ctrl-C that came after "interrupted" was said, while Python was
+    exiting, killed it (exit status -2, not 130). Now Ctrl-C is ignored once the command ends."""
+    import signal
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-m", "vdsr", "serve", "--port", str(_free_port()), "--device", "cpu"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None and proc.stderr is not None
+        assert "serving on" in proc.stdout.readline()
+        time.sleep(0.5)
+        proc.send_signal(signal.SIGINT)
+        said = []
+        for line in proc.stderr:
+            said.append(line)
+            if line.startswith("vdsr: error: interrupted"):
+                proc.send_signal(signal.SIGINT)  # at once: the process is on its way out
+                break
+        code = proc.wait(timeout=60)
+        rest = proc.stderr.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert code == 130, "".join(said) + rest
+    assert "Traceback" not in rest and "KeyboardInterrupt" not in rest
+
+
 def _reachable(url: str) -> bool:
     import httpx
 

@@ -1,7 +1,5 @@
 """``python -m vdsr``."""
 
-import sys
+from vdsr.cli import entry
 
-from vdsr.cli import main
-
-sys.exit(main())
+entry()

@@ -721,7 +721,26 @@ def _run_processes(pending: list[Job], settings: Settings, workers: int, events:
                 elif kind == "fatal":
                     raise VDSRError(message[1])
     finally:
+        # A stop can come while a finished image's row is still in its pipe: the image is written,
+        # so its row goes to the manifest before the workers are ended.
+        for index, row in _rows_sent(conns, busy):
+            row["attempt"] = attempts[index]
+            emit(row)
         _stop_workers(procs, conns, [pending[i].target for i in busy.values()])
+
+
+def _rows_sent(conns: dict[int, Any], busy: dict[int, int]) -> Iterator[tuple[int, dict[str, Any]]]:
+    """The rows the workers have sent and the main process has not read yet, as
+    ``(slot, index, row)``; each slot's job is taken off ``busy``."""
+    for slot, conn in list(conns.items()):
+        try:
+            while conn.poll(0):
+                message = conn.recv()
+                if message[0] == "row" and busy.get(slot) == message[1]:
+                    del busy[slot]
+                    yield message[1], message[2]
+        except (EOFError, OSError):
+            continue
 
 
 def _stop_workers(procs: dict[int, Any], conns: dict[int, Any], in_flight: list[Path]) -> None:

@@ -9,14 +9,15 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import sys
 import warnings
 from collections.abc import Sequence
 
 from vdsr.cli.parser import build_parser
-from vdsr.cli.words import describe, err, show_warning
+from vdsr.cli.words import describe, ending, err, show_warning
 
-__all__ = ["build_parser", "main"]
+__all__ = ["build_parser", "entry", "main"]
 
 
 def _return_freed_memory() -> None:
@@ -31,11 +32,16 @@ def _return_freed_memory() -> None:
         pass
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point: returns the exit code (0 ok, 1 error, 2 bad usage, 130 interrupted, 141 when
-    the reader of stdout has gone, as for a tool that SIGPIPE ends)."""
+def main(argv: Sequence[str] | None = None, *, program: bool = False) -> int:
+    """Run one ``vdsr`` command: returns the exit code (0 ok, 1 error, 2 bad usage, 130
+    interrupted, 141 when the reader of stdout has gone, as for a tool that SIGPIPE ends).
+
+    ``program``: the process ends when this returns (:func:`entry`), so Ctrl-C stays ignored
+    once the command has been interrupted; otherwise the caller gets its SIGINT handler back.
+    """
     from vdsr.errors import TrainingInterrupted, VDSRError
 
+    handler = signal.getsignal(signal.SIGINT)
     try:
         try:
             parser = build_parser()
@@ -44,18 +50,23 @@ def main(argv: Sequence[str] | None = None) -> int:
             warnings.showwarning = show_warning
             return int(args.func(args))
         except TrainingInterrupted as exc:
+            ending()
             err(f"{exc}: continue with --resume {exc.run_dir}")
             return 130
         except VDSRError as exc:
             err(describe(exc))
             return 1
         except KeyboardInterrupt:
+            ending()
             err("interrupted")
             return 130
         except MemoryError:
             err("out of memory (try a smaller --tile or --batch-size)")
             return 1
         finally:
+            if not program and signal.getsignal(signal.SIGINT) is not handler:
+                with contextlib.suppress(ValueError, TypeError):
+                    signal.signal(signal.SIGINT, handler)
             sys.stdout.flush()  # a closed pipe shows here, not as a traceback when Python exits
     except BrokenPipeError:  # `vdsr info --json | head -c 100`: stop quietly, as Unix tools do
         with contextlib.suppress(OSError, ValueError, AttributeError):
@@ -64,5 +75,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 128 + 13  # SIGPIPE
 
 
+def entry() -> None:
+    """The ``vdsr`` program (its console script, and ``python -m vdsr``): :func:`main`, then exit
+    with its code."""
+    sys.exit(main(program=True))
+
+
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    entry()

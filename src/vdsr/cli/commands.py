@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from vdsr import constants as C
-from vdsr.cli.words import PROG, describe_row, err, one_line
+from vdsr.cli.words import PROG, describe_row, ending, err, one_line
 
 
 def _tqdm(**kwargs: Any) -> Any:
@@ -161,6 +161,7 @@ def _upscale(args: argparse.Namespace) -> int:
                             remote=_ray(args), model=model,
                             events=progress)
     except (KeyboardInterrupt, StopRequested) as exc:
+        ending()
         progress.bar.close()
         name = exc.signal if isinstance(exc, StopRequested) else "SIGINT"
         err(f"stopped by {name} after {progress.finished_rows} of {len(plan.jobs)} images; nothing is "
