@@ -488,3 +488,27 @@ def test_train_cli_errors(tmp_path: Path, train_dir: Path, capsys: pytest.Captur
     code = main(["train", "--run-dir", str(tmp_path / "r"), "--train-dirs", str(empty), "--val-dir", "none"])
     assert code == 1 and "no images found" in capsys.readouterr().err
     assert os.environ.get("WORLD_SIZE") in (None, "1")
+
+
+def test_a_library_note_is_said_once_when_the_root_logger_has_a_handler(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """A user saw every note twice after the first int8 calibration ("vdsr: checking ..." and
+    "INFO:vdsr.recipes:checking ..."): ONNX Runtime's quantiser logs at the root, which gives the
+    root logger a handler, and our notes went to it too. Now the CLI's notes stop at its handler."""
+    import logging
+
+    from vdsr.cli.console import library_notes_shown
+
+    root = logging.getLogger()
+    handler = logging.StreamHandler(sys.stderr)  # what logging.basicConfig() adds
+    handler.setFormatter(logging.Formatter(logging.BASIC_FORMAT))
+    level = root.level
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    try:
+        with library_notes_shown():
+            logging.getLogger("vdsr.recipes").info("checking the int8 recipe")
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(level)
+    assert capsys.readouterr().err.splitlines() == ["vdsr: checking the int8 recipe"]

@@ -677,7 +677,7 @@ def test_jobs_of_departed_clients_are_dropped_or_stopped(tiny_weights: Path, liv
     calls = _slow_tiles(monkeypatch, 0.25)
     url = live_factory(create_app(tiny_weights, Limits(max_jobs=1)))
     port = _port(url)
-    body = _multipart([("file", "big.png", png_bytes(random_rgb(400, 400)))])  # x2: 3x3 tiles of 384
+    body = _multipart([("file", "big.png", png_bytes(random_rgb(400, 400)))])  # x2: several tiles (DEFAULT_TILE)
     clients = []
     for ticket in ("a", "b"):
         sock = socket.create_connection(("127.0.0.1", port), timeout=10)

@@ -14,8 +14,9 @@ import sys
 import warnings
 from collections.abc import Sequence
 
+from vdsr.cli.console import ending
 from vdsr.cli.parser import build_parser
-from vdsr.cli.words import describe, ending, err, show_warning
+from vdsr.cli.words import describe, err, show_warning
 
 __all__ = ["build_parser", "entry", "main"]
 

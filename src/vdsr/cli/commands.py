@@ -4,81 +4,30 @@ Library modules are imported inside the commands, so parsing needs no torch."""
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import logging
-import os
 import sys
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
 from vdsr import constants as C
-from vdsr.cli.words import PROG, describe_row, ending, err, one_line
-
-
-def _tqdm(**kwargs: Any) -> Any:
-    """A progress bar on stderr, shown only on a terminal (logs and pipes stay clean)."""
-    from tqdm import tqdm
-
-    kwargs.setdefault("disable", None)
-    return tqdm(file=sys.stderr, dynamic_ncols=True, **kwargs)
-
-
-@contextlib.contextmanager
-def _library_notes_shown() -> Iterator[None]:
-    """Show the library's INFO notes (a recipe being checked, int8 calibrating) as ``vdsr: ...``
-    lines while the block runs; the library stays silent for callers of ``main`` afterwards."""
-    logger = logging.getLogger("vdsr")
-    handler = logging.StreamHandler(_Stderr())
-    handler.setFormatter(logging.Formatter(f"{PROG}: %(message)s"))
-    level = logger.level
-    logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
-    try:
-        yield
-    finally:
-        logger.removeHandler(handler)
-        logger.setLevel(level)
-
-
-class _Stderr:
-    """Writes to whatever ``sys.stderr`` is at the time (tests and tools replace it)."""
-
-    def write(self, text: str) -> int:
-        return sys.stderr.write(text)
-
-    def flush(self) -> None:
-        sys.stderr.flush()
+from vdsr.cli.console import (
+    ImageProgress,
+    ending,
+    library_notes_shown,
+    progress_bar,
+    sigterm_stops,
+    stop_acknowledged,
+)
+from vdsr.cli.words import PROG, describe_row, err, one_line
 
 
 def cmd_upscale(args: argparse.Namespace) -> int:
-    with _library_notes_shown(), _sigterm_stops():
+    with library_notes_shown(), sigterm_stops():
         return _upscale(args)
-
-
-@contextlib.contextmanager
-def _sigterm_stops() -> Iterator[None]:
-    """SIGTERM stops the command the way Ctrl-C does (an exception where the program is, so that
-    what is in progress is undone), instead of ending the process with a temp file left."""
-    import signal
-
-    from vdsr.errors import StopRequested
-
-    def stop(signum: int, _frame: Any) -> None:
-        raise StopRequested(signal.Signals(signum).name)
-
-    try:
-        previous = signal.signal(signal.SIGTERM, stop)
-    except ValueError:  # not the main thread: leave signals alone
-        yield
-        return
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 def _engine_options(args: argparse.Namespace) -> dict[str, Any]:
@@ -91,41 +40,6 @@ def _engine_options(args: argparse.Namespace) -> dict[str, Any]:
         backend, precision = "auto", backend
     return {"device": args.device, "precision": precision, "backend": backend,
             "tile": getattr(args, "tile", C.DEFAULT_TILE), "ensemble": getattr(args, "ensemble", False)}
-
-
-class _Progress:
-    """:class:`vdsr.batch.Events` as a progress bar over images (on a terminal only: logs and
-    pipes get the summary alone), with the image in hand, its sizes and the tile of a large one."""
-
-    def __init__(self, total: int, scale: float) -> None:
-        self.bar = _tqdm(total=total, desc="upscaling", unit="img")
-        self.scale = scale
-        self.labels: dict[Any, str] = {}
-        self.finished_rows = 0
-
-    def started(self, job: Any) -> None:
-        from vdsr.errors import VDSRError
-        from vdsr.images import probe
-        from vdsr.outputs import display
-
-        label = display(job.name)
-        if not self.bar.disable:
-            with contextlib.suppress(VDSRError):
-                from vdsr.sizes import upscaled_size
-
-                h, w = probe(job.source)
-                out_h, out_w = upscaled_size(h, w, self.scale)
-                label += f" {w}x{h} -> {out_w}x{out_h}"
-        self.labels[job] = label
-        self.bar.set_postfix_str(label, refresh=True)
-
-    def tile(self, job: Any, done: int, total: int) -> None:
-        if total > 1:
-            self.bar.set_postfix_str(f"{self.labels.get(job, job.name)}, tile {done}/{total}", refresh=True)
-
-    def finished(self, row: dict[str, Any]) -> None:
-        self.finished_rows += 1
-        self.bar.update(1)
 
 
 def _upscale(args: argparse.Namespace) -> int:
@@ -155,7 +69,7 @@ def _upscale(args: argparse.Namespace) -> int:
                               precision=options["precision"], backend=options["backend"],
                               tile=options["tile"], ensemble=options["ensemble"], max_pixels=args.max_pixels,
                               max_output_pixels=args.max_output_pixels, quality=args.quality)
-    progress = _Progress(len(plan.jobs), args.scale)
+    progress = ImageProgress(len(plan.jobs), args.scale)
     try:
         summary = batch.run(plan, settings, overwrite=args.overwrite, workers=args.workers,
                             remote=_ray(args), model=model,
@@ -241,11 +155,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     upscaler = None
     if not args.bicubic_only:
         model, _ = load_model(args.weights)
-        with _library_notes_shown():
+        with library_notes_shown():
             upscaler = Upscaler(model, **_engine_options(args))
     config = EvalConfig(scales=tuple(args.scales), protocol=args.protocol, max_pixels=args.max_pixels)
     results = []
-    with _tqdm(total=sum(len(list_images(d)) for d in args.data) * len(args.scales), desc="evaluating",
+    with progress_bar(total=sum(len(list_images(d)) for d in args.data) * len(args.scales), desc="evaluating",
                unit="img") as bar:
         for folder in args.data:
             results += evaluate_folder(upscaler, folder, config, progress=lambda _d: bar.update(1))
@@ -301,7 +215,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     _refuse_existing(args.output, overwrite=args.overwrite)
     files = collect_files(args.data)
     stride = args.stride or args.patch
-    with _tqdm(total=len(files), desc="preparing", unit="img") as bar:
+    with progress_bar(total=len(files), desc="preparing", unit="img") as bar:
         images = degraded_images(files, args.scales, args.channels, args.downscales, args.patch,
                                  on_image=lambda _p: bar.update(1))
         n = write_hdf5(Path(args.output), images, patch=args.patch, stride=stride,
@@ -352,7 +266,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"{PROG}: warning: serving on {args.host}: reachable from other machines", file=sys.stderr)
     options = _engine_options(args)
-    with _library_notes_shown():
+    with library_notes_shown():
         serve(args.host, args.port, args.weights,
               Limits(max_upload_bytes=args.max_upload_mb * 1024 * 1024, max_pixels=args.max_pixels,
                      max_output_pixels=args.max_output_pixels, max_jobs=args.max_jobs,
@@ -384,29 +298,7 @@ def _train_config(args: argparse.Namespace) -> Any:
     return TrainConfig(**_train_flags(args))
 
 
-def _stop_acknowledged(bar: Any) -> Callable[[str], None]:
-    """Trainer's ``on_stop_requested``: say at once that the signal was heard.
-
-    It runs inside the signal handler, which may have interrupted a write to stderr, so it
-    writes to the file descriptor directly rather than through the (locked) text stream.
-    """
-
-    def acknowledge(signal_name: str) -> None:
-        what = ("(Ctrl-C again to stop at once)" if signal_name == "SIGINT"
-                else f"({signal_name}; Ctrl-C to stop at once)")
-        text = f"{PROG}: stopping at the end of this step... {what}\n"
-        if not bar.disable:
-            text = "\n" + text  # below the progress bar's line
-        try:
-            os.write(sys.stderr.fileno(), text.encode())
-        except (OSError, ValueError, AttributeError):  # stderr replaced by one without a descriptor
-            sys.stderr.write(text)
-
-    return acknowledge
-
-
 def cmd_train(args: argparse.Namespace) -> int:
-    import logging
 
     from vdsr.errors import InvalidArgument
     from vdsr.train import Trainer, configure_process
@@ -424,7 +316,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         else:
             config = _train_config(args)
         configure_process(config, state)
-        bar = _tqdm(total=config.steps, desc="training", unit="step",
+        bar = progress_bar(total=config.steps, desc="training", unit="step",
                     disable=True if not dist.is_main else None)
 
         def progress(step: int, row: dict[str, float]) -> None:
@@ -444,7 +336,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
         try:
             trainer = Trainer(config, state=state, overwrite=args.overwrite, progress=progress,
-                              dist=dist, on_stop_requested=_stop_acknowledged(bar))
+                              dist=dist, on_stop_requested=stop_acknowledged(bar))
             bar.n = trainer.step
             best = trainer.fit()  # writes config.json, then trains
         finally:

@@ -3,9 +3,7 @@ one does (the library's typed errors carry the fields; only the CLI speaks in fl
 
 from __future__ import annotations
 
-import contextlib
 import shlex
-import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -26,14 +24,6 @@ def one_line(text: str) -> str:
 
 def err(msg: str) -> None:
     print(f"{PROG}: error: {one_line(msg)}", file=sys.stderr)
-
-
-def ending() -> None:
-    """The command is ending after an interrupt: from here on Ctrl-C is ignored. A second press
-    while it stops would otherwise kill Python on its way out (exit status -2 instead of 130, and
-    perhaps a traceback). Only the main thread can do this; elsewhere it does nothing."""
-    with contextlib.suppress(ValueError):
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def hint(kind: str, fields: dict[str, Any]) -> str:
