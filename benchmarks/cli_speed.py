@@ -35,6 +35,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from vdsr.constants import DEFAULT_TILE
+
 ROOT = Path(__file__).resolve().parents[1]
 SET5 = ROOT.parent / "shared" / "datasets" / "Set5"
 OFFICIAL_MAT = ROOT.parent / "shared" / "reference" / "vdsr_official_matconvnet.mat"
@@ -49,6 +51,8 @@ ROWS: dict[str, list[str]] = {
     "bf16-edge": ["--precision", "bf16-edge"],
     "bf16": ["--precision", "bf16"],
     "torch fp32": ["--precision", "fp32", "--backend", "torch"],
+    # what `auto` takes without OpenVINO (the README's plain install): ONNX Runtime's recipes only
+    "auto, onnxruntime": ["--backend", "onnxruntime"],
 }
 
 
@@ -188,6 +192,7 @@ def main() -> None:
     a = parser.parse_args()
     results: dict[str, Any] = {"machine": cpu_info(), "command": " ".join(["python", *sys.argv]),
                                "peaks": matmul_peaks(), "memory_bound": "450 MB + 3 B per output pixel",
+                               "default_tile": DEFAULT_TILE,
                                "rows": {}}
     print(json.dumps(results["peaks"]), flush=True)
     with tempfile.TemporaryDirectory(prefix="vdsr-bench-") as tmp_name:

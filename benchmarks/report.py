@@ -19,7 +19,8 @@ def cli_table(r: dict) -> None:
         print(f"Matmul rates in the same run: fp32 {peaks['fp32_matmul_gflops']:.0f} GFLOP/s, "
               f"bf16 {peaks['bf16_matmul_gflops']:.0f} GFLOP/s (PyTorch, 4096²), int8 "
               f"{peaks['int8_matmul_gops']:.0f} GOP/s (ONNX Runtime MatMulInteger, 2048²).\n")
-    print(f"Command: `{r['command']}`\n")
+    tile = f" (default tile {r['default_tile']})" if "default_tile" in r else ""
+    print(f"Command: `{r['command']}`{tile}\n")
     print("| weights | workload | `vdsr upscale` | what it ran | median s (runs) | × baseline | effective GFLOP/s "
           "| peak RSS MB (bound) | Y-PSNR dB | dB vs baseline |")
     print("|---|---|---|---|---|---|---|---|---|---|")
