@@ -29,8 +29,9 @@ def cli_table(r: dict) -> None:
         if len(parts) != 3:
             continue
         wname, workload, method = parts
-        name = "eager fp32 baseline" if method == "baseline" else ("defaults" if method == "default"
-                                                                   else f"`--precision {method}`")
+        name = {"baseline": "eager fp32 baseline", "default": "defaults",
+                "auto, onnxruntime": "`--backend onnxruntime` (defaults without OpenVINO)",
+                "torch fp32": "`--precision fp32 --backend torch`"}.get(method, f"`--precision {method}`")
         said = row.get("said", "")
         ran = said[said.find("(") + 1:said.rfind(")")] if "(" in said else "-"
         speed = f"{row['x_baseline']:.2f}" if "x_baseline" in row else "-"
