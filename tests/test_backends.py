@@ -4,7 +4,6 @@ against PyTorch; the cached graphs; signals in a process that made and freed Ope
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import textwrap
@@ -27,7 +26,7 @@ from tests.conftest import (
 from vdsr.api import run_network
 from vdsr.backends import create_backend, pick_runtime
 from vdsr.cli import main
-from vdsr.cpu import CPU_FEATURES_ENV, CpuFeatures
+from vdsr.cpu import CPU_FEATURES_ENV, CpuFeatures, usable_cpus
 from vdsr.engine import Upscaler
 from vdsr.errors import BackendUnavailable, InvalidArgument
 from vdsr.weights import load_model
@@ -170,7 +169,7 @@ def test_openvino_fp32_equals_torch_any_size_and_tiled(monkeypatch: pytest.Monke
 
 
 @needs_openvino
-@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs 2 CPUs: one thread is then a share")
+@pytest.mark.skipif(usable_cpus() < 2, reason="needs 2 CPUs: one thread is then a share")
 def test_openvino_with_a_share_of_the_cpus_does_not_pin_its_threads() -> None:
     """--workers 2 with OpenVINO used 1.08 cores of 2 and ran 1.6x slower than one process
     (measured: 20.3 s against 12.8 s): OpenVINO pins its threads to the first CPUs, so every

@@ -19,9 +19,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import a_folder, images, random_rgb, temp_files, write_png
+from tests.conftest import TEST_CPU_FEATURES, a_folder, images, random_rgb, temp_files, write_png
 from vdsr import batch
 from vdsr.cli import main
+from vdsr.cpu import CPU_FEATURES_ENV
 
 pytest.importorskip("ray.data", reason="Ray Data is not installed (pip install 'vdsr[ray]')")
 
@@ -41,7 +42,10 @@ ray.shutdown()
 def cluster() -> Iterator[tuple[str, int, dict[str, str]]]:
     """``(address, pid of the process that holds the cluster, environment for its clients)``.
     Token authentication stays on: the clients find the token in ~/.ray and are told to use it."""
-    env = {**os.environ, "RAY_AUTH_MODE": "token", "OMP_NUM_THREADS": "1"}
+    # The CPU class the tests see (conftest's autouse fixture sets it per test, after this
+    # module-scoped fixture has run): without it the actors saw this machine's own features and
+    # took another runtime for int8 (OpenVINO with VNNI) than the one-process run beside them.
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "OMP_NUM_THREADS": "1", CPU_FEATURES_ENV: TEST_CPU_FEATURES}
     holder = subprocess.Popen([sys.executable, "-c", _CLUSTER], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                               env=env, text=True)
     assert holder.stdout is not None and holder.stdin is not None

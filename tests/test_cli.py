@@ -512,3 +512,29 @@ def test_a_library_note_is_said_once_when_the_root_logger_has_a_handler(
         root.removeHandler(handler)
         root.setLevel(level)
     assert capsys.readouterr().err.splitlines() == ["vdsr: checking the int8 recipe"]
+
+
+def test_sigterm_while_planning_a_run_is_one_line_and_143(tmp_path: Path, tiny_weights: Path,
+                                                           monkeypatch: pytest.MonkeyPatch,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    """CI caught it: a SIGTERM that came outside `batch.run` (here while the run is planned; in
+    CI, just after the output was renamed) escaped as a StopRequested traceback, exit 1. Now it is
+    one line and exit 143, wherever the command is (a real signal, to this process)."""
+    import signal
+
+    from vdsr import batch
+
+    src = write_png(tmp_path / "a.png", random_rgb(8, 8))
+    planned = batch.plan
+
+    def plan_then_sigterm(*args: object, **kwargs: object) -> object:
+        result = planned(*args, **kwargs)  # type: ignore[arg-type]
+        os.kill(os.getpid(), signal.SIGTERM)  # the command's handler raises StopRequested here
+        return result
+
+    monkeypatch.setattr(batch, "plan", plan_then_sigterm)
+    code, out, err = run(["upscale", str(src), "-s", "2", "-o", str(tmp_path / "o.png"), "--weights",
+                          str(tiny_weights)], capsys)
+    assert code == 143
+    assert err.splitlines() == ["vdsr: error: stopped by SIGTERM"]
+    assert not (tmp_path / "o.png").exists()

@@ -731,7 +731,7 @@ def _run_processes(pending: list[Job], settings: Settings, workers: int, events:
 
 def _rows_sent(conns: dict[int, Any], busy: dict[int, int]) -> Iterator[tuple[int, dict[str, Any]]]:
     """The rows the workers have sent and the main process has not read yet, as
-    ``(slot, index, row)``; each slot's job is taken off ``busy``."""
+    ``(index, row)``; each slot's job is taken off ``busy``."""
     for slot, conn in list(conns.items()):
         try:
             while conn.poll(0):

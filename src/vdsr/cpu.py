@@ -21,7 +21,7 @@ from pathlib import Path
 
 from vdsr.errors import InvalidArgument
 
-__all__ = ["CPU_FEATURES_ENV", "CpuFeatures", "cpu_features", "cpu_name", "parse_features"]
+__all__ = ["CPU_FEATURES_ENV", "CpuFeatures", "cpu_features", "cpu_name", "parse_features", "usable_cpus"]
 
 # The classes of CPU that the inference recipes tell apart, from most capable to least.
 FEATURE_CLASSES = ("amx", "avx512_bf16", "vnni", "avx2", "baseline")
@@ -154,3 +154,10 @@ def cpu_name() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine() or "unknown"
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity mask where the OS has one, else all)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1

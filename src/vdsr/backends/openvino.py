@@ -21,7 +21,6 @@ compiled file that could go stale.
 
 from __future__ import annotations
 
-import os
 import threading
 from typing import Any
 
@@ -29,6 +28,7 @@ import numpy as np
 import torch
 
 from vdsr.backends.ort import cached_graph_bytes
+from vdsr.cpu import usable_cpus
 from vdsr.errors import BackendUnavailable, InvalidArgument
 from vdsr.model import VDSR
 
@@ -131,7 +131,7 @@ class OpenVinoBackend:
             # One image at a time, tiles in sequence: latency, not throughput streams.
             "PERFORMANCE_HINT": "LATENCY",
         }
-        if self.threads < len(os.sched_getaffinity(0)):
+        if self.threads < usable_cpus():
             # Fewer threads than CPUs: the process shares the machine (`--workers`, Ray actors).
             # OpenVINO pins its threads to the first CPUs, so every such process ran on the same
             # core: 2 one-thread workers used 1.08 cores and were 1.6x slower than one process.

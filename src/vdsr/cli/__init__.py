@@ -40,7 +40,7 @@ def main(argv: Sequence[str] | None = None, *, program: bool = False) -> int:
     ``program``: the process ends when this returns (:func:`entry`), so Ctrl-C stays ignored
     once the command has been interrupted; otherwise the caller gets its SIGINT handler back.
     """
-    from vdsr.errors import TrainingInterrupted, VDSRError
+    from vdsr.errors import StopRequested, TrainingInterrupted, VDSRError
 
     handler = signal.getsignal(signal.SIGINT)
     try:
@@ -61,6 +61,10 @@ def main(argv: Sequence[str] | None = None, *, program: bool = False) -> int:
             ending()
             err("interrupted")
             return 130
+        except StopRequested as exc:  # SIGTERM outside the part of a command that says more
+            ending()
+            err(str(exc))
+            return 128 + 15 if exc.signal == "SIGTERM" else 130
         except MemoryError:
             err("out of memory (try a smaller --tile or --batch-size)")
             return 1
