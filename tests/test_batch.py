@@ -279,16 +279,33 @@ class _StopAfterBoth(batch.NoEvents):
 def test_a_stop_records_the_rows_already_sent(tmp_path: Path, tiny_weights: Path) -> None:
     """CI caught it: a stop that came while a finished image's row was still in its pipe left
     that image out of the manifest (2 rows, 3 images). Now every written image is recorded."""
-    src = a_folder(tmp_path / "in", 4, size=96)
+    src = a_folder(tmp_path / "in", 16, size=160)
     out = tmp_path / "out"
     events = _StopAfterBoth(out)
     settings = batch.Settings(scale=2, weights=str(tiny_weights), precision="fp32")
-    with pytest.raises(StopRequested):
+    try:
         batch.run(batch.plan([src], out, NamingRule(2)), settings, workers=2, events=events)
+    except StopRequested:
+        pass
+    if not events.stopped:  # the second worker came up after the first had done every image
+        pytest.skip("no moment with two jobs in progress on this machine")
     written = images(out)
     rows = batch.read_manifest(out / batch.MANIFEST)
-    assert events.stopped and 2 <= len(written) < 4 and temp_files(out) == []
+    assert 2 <= len(written) < 16 and temp_files(out) == []
     assert sorted(Path(r["output"]).name for r in rows) == sorted(written) and len(events.rows) == len(written)
+
+
+def test_rows_already_in_the_pipes_are_read_for_the_jobs_in_progress() -> None:
+    """The part of the fix above that needs no timing: rows sent on real pipes and not yet read
+    come back for the jobs in progress, which leave ``busy``; other messages are passed over."""
+    a_ours, a_theirs = multiprocessing.Pipe()
+    b_ours, b_theirs = multiprocessing.Pipe()
+    a_theirs.send(("tile", 4, 1, 2))
+    a_theirs.send(("row", 4, {"status": "done", "output": "4.png"}))
+    b_theirs.close()  # a worker that is gone
+    busy = {0: 4, 1: 7}
+    assert list(batch._rows_sent({0: a_ours, 1: b_ours}, busy)) == [(4, {"status": "done", "output": "4.png"})]
+    assert busy == {1: 7}
 
 
 
