@@ -4,9 +4,11 @@ with the reason, only when it is absent (CI has it)."""
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import signal
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -242,12 +244,29 @@ def _tree(folder: Path) -> dict[str, tuple[int, bytes]]:
             for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
-def _one_error_line(capsys: pytest.CaptureFixture[str], code: int, *needles: str) -> None:
+def one_error_line(capsys: pytest.CaptureFixture[str], code: int, *needles: str) -> str:
+    """Exit code 1 and exactly one line on stderr, ``vdsr: error: ...``, holding every needle."""
     out, err = capsys.readouterr()
     assert code == 1, (out, err)
     assert len(err.strip().splitlines()) == 1 and err.startswith("vdsr: error: "), err
     for needle in needles:
         assert needle in err, (needle, err)
+    return err
+
+
+@contextlib.contextmanager
+def tmpfs(path: Path, options: str) -> Iterator[Path]:
+    """A real tmpfs mounted at ``path`` (``options``: e.g. ``size=64k`` or ``ro``); skips the test
+    where mounting is not permitted (not root, no CAP_SYS_ADMIN, no tmpfs)."""
+    path.mkdir(parents=True, exist_ok=True)
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)],
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({done.stderr.strip() or 'mount failed'})")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False)
 
 
 # -- property tests (hypothesis) -------------------------------------------------------------------

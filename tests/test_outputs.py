@@ -6,14 +6,13 @@ from __future__ import annotations
 
 import contextlib
 import os
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
-from tests.conftest import check_one_line_error, random_rgb, run, write_png
+from tests.conftest import check_one_line_error, random_rgb, run, tmpfs, write_png
 from vdsr import outputs
 from vdsr.cli import main
 from vdsr.errors import (
@@ -40,16 +39,8 @@ def one_line(code: int, err: str, *needles: str, exit_code: int = 1) -> str:
 def read_only_place(tmp_path: Path) -> Iterator[Path]:
     """A real read-only place: a read-only tmpfs (root ignores permission bits, not a read-only
     mount); skipped where mounting is not permitted."""
-    place = tmp_path / "ro"
-    place.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(place)],
-                          capture_output=True, text=True)
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here ({done.stderr.strip() or 'mount failed'})")
-    try:
+    with tmpfs(tmp_path / "ro", "ro,size=64k") as place:
         yield place
-    finally:
-        subprocess.run(["umount", "-l", str(place)], check=False)
 
 
 def in_the_way(tmp_path: Path) -> Path:

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.conftest import _one_error_line, _weights_equal, random_rgb, tiny_args, write_png
+from tests.conftest import _weights_equal, one_error_line, random_rgb, tiny_args, write_png
 from vdsr.cli import main
 from vdsr.errors import TrainingError
 from vdsr.train import TrainConfig, Trainer
@@ -186,7 +186,7 @@ def test_init_weights_of_another_architecture_stop_before_writing(
     weights = tmp_path / "d3.safetensors"
     save_weights(weights, model.state_dict(), WeightsMetadata(config=model.config, source="test"))
     run = tmp_path / "run"
-    _one_error_line(capsys, main([*tiny_args(train_dir, run, 10), "--init-weights", str(weights)]),
+    one_error_line(capsys, main([*tiny_args(train_dir, run, 10), "--init-weights", str(weights)]),
                     str(weights), "weights of a model with depth 3; this run trains depth 4")
     assert not run.exists()
 
@@ -318,17 +318,17 @@ def test_inputs_are_checked_before_any_data_is_loaded(tmp_path: Path, train_dir:
     run = tmp_path / "run"
     args = tiny_args(train_dir, run, 4)
     args[args.index("--val-dir") + 1] = str(tmp_path / "nowhere")
-    _one_error_line(capsys, main(args), "nowhere: no such file or directory", "--val-dir DIR", "--val-dir none")
+    one_error_line(capsys, main(args), "nowhere: no such file or directory", "--val-dir DIR", "--val-dir none")
     assert not run.exists()
     empty = tmp_path / "empty"
     empty.mkdir()
     args[args.index("--val-dir") + 1] = str(empty)
-    _one_error_line(capsys, main(args), f"no images found in {empty}", "--val-dir")
+    one_error_line(capsys, main(args), f"no images found in {empty}", "--val-dir")
     args[args.index("--train-dirs") + 1] = str(empty)
-    _one_error_line(capsys, main(args), f"no images found in {empty}", "--train-dirs")
+    one_error_line(capsys, main(args), f"no images found in {empty}", "--train-dirs")
     assert not run.exists()
     monkeypatch.chdir(tmp_path)  # outside the repository: ../shared is not there
-    _one_error_line(capsys, main(["train", "--run-dir", str(run)]),
+    one_error_line(capsys, main(["train", "--run-dir", str(run)]),
                     "../shared/datasets/T91: no such file or directory (the default, relative to the "
                     "current folder): choose the training images with --train-dirs")
     assert not run.exists()

@@ -4,20 +4,18 @@ and the checkpoints and configs a resume refuses."""
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 import subprocess
 import sys
 import textwrap
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from tests.conftest import _one_error_line, _tree, random_rgb, tiny_args, write_png
+from tests.conftest import _tree, one_error_line, random_rgb, tiny_args, tmpfs, write_png
 from vdsr.cli import main
 from vdsr.train import TrainConfig, Trainer
 from vdsr.train.runfolder import load_checkpoint
@@ -45,15 +43,6 @@ def tree(folder: Path) -> dict[str, bytes]:
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
-def one_error_line(capsys: pytest.CaptureFixture[str], code: int, *needles: str) -> str:
-    out, err = capsys.readouterr()
-    assert code == 1, (out, err)
-    assert len(err.strip().splitlines()) == 1 and err.startswith("vdsr: error: "), err
-    for needle in needles:
-        assert needle in err, (needle, err)
-    return err
-
-
 def error_after_training(capsys: pytest.CaptureFixture[str], code: int, *needles: str) -> str:
     """A run that fails while training: its progress lines, then one error line, no traceback."""
     out, err = capsys.readouterr()
@@ -63,21 +52,6 @@ def error_after_training(capsys: pytest.CaptureFixture[str], code: int, *needles
     for needle in needles:
         assert needle in last, (needle, last)
     return last
-
-
-@contextlib.contextmanager
-def tmpfs(path: Path, options: str) -> Iterator[Path]:
-    """A real tmpfs mounted at ``path`` (``options``: e.g. ``size=64k`` or ``ro``); skips the test
-    where mounting is not permitted (not root, no CAP_SYS_ADMIN, no tmpfs)."""
-    path.mkdir(parents=True, exist_ok=True)
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)],
-                          capture_output=True, text=True)
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here ({done.stderr.strip() or 'mount failed'})")
-    try:
-        yield path
-    finally:
-        subprocess.run(["umount", "-l", str(path)], check=False)
 
 
 def test_a_new_run_never_replaces_files_it_did_not_write(tmp_path: Path, data: tuple[Path, Path],
@@ -431,13 +405,13 @@ def test_resume_refuses_a_missing_corrupt_or_mismatched_checkpoint_and_writes_no
         (run / "checkpoint.pt").write_bytes(good)
         spoil(run / "checkpoint.pt")
         before = _tree(run)
-        _one_error_line(capsys, main(["train", "--resume", str(run), "--steps", "30"]), str(run), needle)
+        one_error_line(capsys, main(["train", "--resume", str(run), "--steps", "30"]), str(run), needle)
         assert _tree(run) == before, needle
     assert not marker.exists()
     # config.json describing another architecture than the checkpoint's
     (run / "checkpoint.pt").write_bytes(good)
     (run / "config.json").write_text(json.dumps(json.loads(config_text) | {"depth": 6}))
     before = _tree(run)
-    _one_error_line(capsys, main(["train", "--resume", str(run), "--steps", "30"]),
+    one_error_line(capsys, main(["train", "--resume", str(run), "--steps", "30"]),
                     "holds a model with depth 4, but config.json describes depth 6")
     assert _tree(run) == before
