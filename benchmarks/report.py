@@ -61,9 +61,31 @@ def recipe_speed_table(r: dict) -> None:
         print(f"| {key.split('/')[0]} | {key.split('/')[1]} | not run: {why} | |")
 
 
+def first_run_table(r: dict) -> None:
+    """The empty-cache table of benchmarks/first_run.py."""
+    m = r["machine"]
+    print(f"Machine: {m['cpu']}, {m['cores']} cores, CPU class `{m['class']}` (features: "
+          f"{', '.join(m['features']) or 'none'}); torch {m['torch']}, onnxruntime {m['onnxruntime']}, "
+          f"openvino {m.get('openvino') or 'not installed'}. Command: `{r['command']}`.\n")
+    print("| weights | `vdsr upscale` 1024² → 2048² | what it ran | first run s | first run peak RSS MB "
+          "| cached s | cached peak RSS MB | bound MB |")
+    print("|---|---|---|---|---|---|---|---|")
+    for key, row in r["rows"].items():
+        wname, method = key.split("/")
+        name = {"default": "defaults", "auto, onnxruntime": "`--backend onnxruntime`"}.get(method, method)
+        said = row["first"]["said"]
+        ran = said[said.find("(") + 1:said.rfind(")")] if "(" in said else "-"
+        f, w = row["first"], row["warm"]
+        print(f"| {wname} | {name} | {ran} | {f['seconds']:.2f} ({len(f['times'])}) | {f['peak_rss_mb']:.0f} | "
+              f"{w['seconds']:.2f} | {w['peak_rss_mb']:.0f} | {row['memory_bound_mb']:.0f} |")
+
+
 def main() -> None:
     path = sys.argv[1] if len(sys.argv) > 1 else "benchmarks/results.json"
     r = json.load(open(path))
+    if r.get("kind") == "first_run":
+        first_run_table(r)
+        return
     if "tile" in r and "rows" in r:
         recipe_speed_table(r)
         return

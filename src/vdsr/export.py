@@ -6,6 +6,12 @@ The int8 model is statically quantised (QDQ, per-channel int8 weights, uint8 act
 min/max calibration) on bicubic-degraded crops of scikit-image's bundled photos. The first three
 convolutions, the last one and the global residual addition stay fp32: quantising them cost up to
 1 dB (measured, see BENCHMARKS.md).
+
+The activations' ranges are what ONNX Runtime's MinMax calibration measures, but computed here
+(:func:`activation_ranges`), one layer at a time in torch, and handed to ``quantize_static``
+through its calibration cache. Its own calibration session keeps every activation of a crop
+alive at once (its min/max nodes run after the whole network): 330 MB more at the peak of the
+first run, which made that run the one over the memory bound.
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ import logging
 import os
 import tempfile
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -82,6 +88,61 @@ def calibration_inputs(channels: int, crop: int = CALIBRATION_CROP) -> Iterator[
             yield np.ascontiguousarray(bic.transpose(2, 0, 1)[None], dtype=np.float32)
 
 
+def activation_ranges(graph: Any, inputs: Iterable[NDArray[np.float32]]) -> dict[str, tuple[NDArray[np.float32],
+                                                                                      NDArray[np.float32]]]:
+    """The lowest and highest value of every float tensor of ``graph`` (its input and each node's
+    output) over ``inputs``: ONNX Runtime's MinMax calibration (non-symmetric, no moving average).
+
+    The graph is run node by node in torch (fp32, the graph's own initializers), each activation
+    freed after its last use. Only the operators of the VDSR graph are known (Conv, Relu, Add);
+    any other is refused, not guessed.
+    """
+    from onnx import numpy_helper
+
+    inits = {t.name: torch.from_numpy(numpy_helper.to_array(t).copy()) for t in graph.initializer}
+    last_use = {name: i for i, node in enumerate(graph.node) for name in node.input}
+    lowest: dict[str, float] = {}
+    highest: dict[str, float] = {}
+
+    def record(name: str, value: torch.Tensor) -> None:
+        lo, hi = float(value.min()), float(value.max())
+        lowest[name] = min(lo, lowest.get(name, lo))
+        highest[name] = max(hi, highest.get(name, hi))
+
+    with torch.no_grad():
+        for x in inputs:
+            live = {graph.input[0].name: torch.from_numpy(x)}
+            record(graph.input[0].name, live[graph.input[0].name])
+            for i, node in enumerate(graph.node):
+                args = [live[n] if n in live else inits[n] for n in node.input]
+                out = _run_node(node, args)
+                for name in [n for n in node.input if n in live and last_use[n] == i]:
+                    del live[name]
+                live[node.output[0]] = out
+                record(node.output[0], out)
+    return {name: (np.array([lowest[name]], dtype=np.float32), np.array([highest[name]], dtype=np.float32))
+            for name in lowest}
+
+
+def _run_node(node: Any, args: list[torch.Tensor]) -> torch.Tensor:
+    """One node of the VDSR graph in torch."""
+    from onnx import helper
+
+    if node.op_type == "Relu":
+        return torch.relu(args[0])
+    if node.op_type == "Add":
+        return args[0] + args[1]
+    if node.op_type != "Conv":
+        raise VDSRError(f"int8 calibration: the graph has a {node.op_type} node, which it does not know")
+    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    pads = list(attrs.get("pads", [0, 0, 0, 0]))
+    if pads[:2] != pads[2:] or attrs.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET"):
+        raise VDSRError(f"int8 calibration: convolution {node.name} is padded unevenly")
+    return torch.nn.functional.conv2d(args[0], args[1], args[2] if len(args) > 2 else None,
+                                      stride=tuple(attrs.get("strides", [1, 1])), padding=tuple(pads[:2]),
+                                      dilation=tuple(attrs.get("dilations", [1, 1])), groups=attrs.get("group", 1))
+
+
 def _int8_excluded(graph: Any, keep_first: int = 3, keep_last: int = 1) -> list[str]:
     """Nodes kept in fp32: the first ``keep_first`` and the last ``keep_last`` convolutions and
     the final (residual) node.
@@ -118,36 +179,33 @@ def onnx_int8_bytes(model: VDSR, keep_first: int = 3, keep_last: int = 1) -> byt
     try:
         import onnx
         from onnxruntime.quantization import (
-            CalibrationDataReader,
             CalibrationMethod,
             QuantFormat,
             QuantType,
+            TensorsData,
             quantize_static,
+            save_tensors_data,
         )
     except ImportError:
-        raise VDSRError("int8 needs onnx and onnxruntime (pip install onnx onnxruntime)") from None
-
-    class Reader(CalibrationDataReader):
-        def __init__(self) -> None:
-            self.items = iter(calibration_inputs(model.config.channels))
-
-        def get_next(self) -> dict[str, NDArray[np.float32]] | None:
-            x = next(self.items, None)
-            return None if x is None else {"input": x}
+        raise VDSRError("int8 needs onnx and onnxruntime>=1.27 (pip install onnx 'onnxruntime>=1.27')") from None
 
     fp32 = onnx.load_from_string(onnx_bytes(model))
     _inline_shared_initializers(fp32.graph)
+    ranges = TensorsData(CalibrationMethod.MinMax,
+                         dict(activation_ranges(fp32.graph, calibration_inputs(model.config.channels))))
     # onnxruntime's quantiser prints its progress and logs advice through the root logger (which
     # Python would show on stderr): keep both off the user's terminal.
     with (tempfile.TemporaryDirectory(prefix="vdsr-int8-") as tmp, warnings.catch_warnings(),
           contextlib.redirect_stdout(io.StringIO()), _logging_disabled()):
         warnings.simplefilter("ignore")
-        src, dst = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
+        src, dst, cache = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx", Path(tmp) / "ranges.json"
         onnx.save(fp32, str(src))
+        save_tensors_data(ranges, cache)
         quantize_static(
-            str(src), str(dst), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+            str(src), str(dst), None, quant_format=QuantFormat.QDQ, per_channel=True,
             activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
             calibrate_method=CalibrationMethod.MinMax, nodes_to_exclude=_int8_excluded(fp32.graph, keep_first, keep_last),
+            calibration_cache_path=cache,
         )
         return dst.read_bytes()
 

@@ -257,7 +257,13 @@ def _runtime_version(runtime: str) -> str:
 
 
 def _key(digest: str, machine: str, recipe: str, runtime: str) -> str:
-    return f"v{CHECK_VERSION}|{digest}|{machine}|{recipe}|{runtime}-{_runtime_version(runtime)}"
+    """A verdict's cache key: it holds for these weights, machine class and runtime version, and
+    for the quantised graphs of this :data:`~vdsr.backends.ort.INT8_VERSION` (a new calibration
+    makes other graphs, which are checked again)."""
+    from vdsr.backends.ort import INT8_VERSION
+
+    return (f"v{CHECK_VERSION}.{INT8_VERSION}|{digest}|{machine}|{recipe}|"
+            f"{runtime}-{_runtime_version(runtime)}")
 
 
 def _read_cache() -> dict[str, dict[str, Any]]:
