@@ -94,8 +94,8 @@ def activation_ranges(graph: Any, inputs: Iterable[NDArray[np.float32]]) -> dict
     output) over ``inputs``: ONNX Runtime's MinMax calibration (non-symmetric, no moving average).
 
     The graph is run node by node in torch (fp32, the graph's own initializers), each activation
-    freed after its last use. Only the operators of the VDSR graph are known (Conv, Relu, Add);
-    any other is refused, not guessed.
+    freed after its last use. Only the operators of the VDSR graphs are known (Conv, Relu, Add,
+    and Concat and MaxPool for the dense and Inception bodies); any other is refused, not guessed.
     """
     from onnx import numpy_helper
 
@@ -125,22 +125,27 @@ def activation_ranges(graph: Any, inputs: Iterable[NDArray[np.float32]]) -> dict
 
 
 def _run_node(node: Any, args: list[torch.Tensor]) -> torch.Tensor:
-    """One node of the VDSR graph in torch."""
+    """One node of a VDSR graph (every body of :data:`vdsr.constants.BODIES`) in torch."""
     from onnx import helper
 
+    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
     if node.op_type == "Relu":
         return torch.relu(args[0])
     if node.op_type == "Add":
         return args[0] + args[1]
-    if node.op_type != "Conv":
+    if node.op_type == "Concat":
+        return torch.cat(args, dim=int(attrs["axis"]))
+    if node.op_type not in ("Conv", "MaxPool"):
         raise VDSRError(f"int8 calibration: the graph has a {node.op_type} node, which it does not know")
-    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
     pads = list(attrs.get("pads", [0, 0, 0, 0]))
     if pads[:2] != pads[2:] or attrs.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET"):
-        raise VDSRError(f"int8 calibration: convolution {node.name} is padded unevenly")
-    return torch.nn.functional.conv2d(args[0], args[1], args[2] if len(args) > 2 else None,
-                                      stride=tuple(attrs.get("strides", [1, 1])), padding=tuple(pads[:2]),
-                                      dilation=tuple(attrs.get("dilations", [1, 1])), groups=attrs.get("group", 1))
+        raise VDSRError(f"int8 calibration: {node.op_type} {node.name} is padded unevenly")
+    stride, dilation = tuple(attrs.get("strides", [1, 1])), tuple(attrs.get("dilations", [1, 1]))
+    if node.op_type == "MaxPool":
+        return torch.nn.functional.max_pool2d(args[0], tuple(attrs["kernel_shape"]), stride, tuple(pads[:2]),
+                                              dilation, ceil_mode=bool(attrs.get("ceil_mode", 0)))
+    return torch.nn.functional.conv2d(args[0], args[1], args[2] if len(args) > 2 else None, stride=stride,
+                                      padding=tuple(pads[:2]), dilation=dilation, groups=attrs.get("group", 1))
 
 
 def _int8_excluded(graph: Any, keep_first: int = 3, keep_last: int = 1) -> list[str]:
