@@ -7,6 +7,8 @@ from __future__ import annotations
 import io
 import re
 import struct
+import subprocess
+import sys
 import warnings
 import zlib
 from pathlib import Path
@@ -444,3 +446,25 @@ def test_loader_on_mutated_images(tmp_path: Path, fmt: str, edits: list[tuple[in
     if cut is not None:
         data = data[: cut % len(data)]
     _load_bytes(tmp_path, bytes(data), ".png" if fmt == "PNG" else ".jpg")
+
+
+def test_bundled_photos_are_scikit_images_own_pixels() -> None:
+    """`bundled_photo` reads scikit-image's photos with Pillow: the loaders' exact arrays."""
+    from skimage import data
+
+    from vdsr.images import _BUNDLED_FILES, bundled_photo
+
+    for name in [*_BUNDLED_FILES, "brick"]:  # brick: not in the table, so the loader itself
+        got, want = bundled_photo(name), getattr(data, name)()
+        assert got.dtype == np.uint8 and np.array_equal(got, want), name
+
+
+@pytest.mark.subprocess
+def test_the_check_and_the_calibration_crops_need_no_scipy() -> None:
+    """skimage.data's loaders import scipy and imageio (40 MB of the first run's peak); the
+    recipe check's and the int8 calibration's crops are made without them."""
+    code = ("import sys; from vdsr import export, recipes; recipes._check_pairs(1, (2, 3, 4)); "
+            "list(export.calibration_inputs(1)); "
+            "print(sorted(m for m in ('scipy', 'imageio') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

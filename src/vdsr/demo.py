@@ -13,7 +13,7 @@ import numpy as np
 
 from vdsr.api import bicubic_upscale, upscale, upscaler_for
 from vdsr.color import rgb2y
-from vdsr.images import save_image
+from vdsr.images import bundled_photo, save_image
 from vdsr.metrics import psnr
 from vdsr.outputs import check_folder, check_target, make_folders
 from vdsr.plots import comparison
@@ -23,9 +23,7 @@ from vdsr.weights import load_model
 
 def sample_image() -> np.ndarray:
     """The bundled sample: ``(300, 451, 3)`` float64 RGB in [0, 1]."""
-    from skimage import data
-
-    return np.asarray(data.chelsea(), dtype=np.float64) / 255.0
+    return np.asarray(bundled_photo("chelsea"), dtype=np.float64) / 255.0
 
 
 def run_demo(out_dir: Path, scale: int = 3, weights: str | None = None, overwrite: bool = False) -> str:

@@ -73,10 +73,10 @@ def calibration_inputs(channels: int, crop: int = CALIBRATION_CROP) -> Iterator[
     The centre crop of each bundled photo is degraded at ×2, ×3 and ×4 (MATLAB bicubic down and
     back up, as in training).
     """
-    from skimage import data
+    from vdsr.images import bundled_photo
 
     for name in CALIBRATION_IMAGES:
-        hr = np.asarray(getattr(data, name)(), dtype=np.float64) / 255.0
+        hr = np.asarray(bundled_photo(name), dtype=np.float64) / 255.0
         if hr.ndim == 2:
             hr = np.repeat(hr[..., None], 3, axis=2)
         h, w = hr.shape[:2]

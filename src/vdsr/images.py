@@ -36,7 +36,7 @@ from vdsr.sizes import check_output_pixels
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm")
 __all__ = ["IMAGE_SUFFIXES", "OUTPUT_FORMATS", "OUTPUT_SUFFIXES", "ImageMetadata",
            "LoadedImage", "output_format", "decode_image", "load_image",
-           "probe", "probe_image",
+           "probe", "probe_image", "bundled_photo",
            "save_image", "encode_png", "list_images", "to_pil", "to_uint"]
 
 
@@ -111,6 +111,27 @@ class LoadedImage:
 
 
 _PEAKS: dict[type, float] = {np.uint8: 255.0, np.uint16: 65535.0}
+
+
+# scikit-image's bundled photos that vdsr uses (the recipe check, int8 calibration, `vdsr demo`)
+# and their files in ``skimage.data.data_dir``.
+_BUNDLED_FILES = {"astronaut": "astronaut.png", "camera": "camera.png", "chelsea": "chelsea.png",
+                  "coffee": "coffee.png", "coins": "coins.png", "moon": "moon.png", "rocket": "rocket.jpg",
+                  "hubble_deep_field": "hubble_deep_field.jpg", "immunohistochemistry": "ihc.png"}
+
+
+def bundled_photo(name: str) -> NDArray[np.uint8]:
+    """``skimage.data.<name>()``: one of scikit-image's bundled photos, ``(H, W)`` or ``(H, W, 3)``
+    uint8, decoded by Pillow from ``skimage.data.data_dir``. The same pixels (tested) without what
+    ``skimage.data``'s loaders import (scipy, imageio: 40 MB of a first run's peak memory); the
+    loader itself where the file is not there."""
+    from skimage import data
+
+    path = Path(data.data_dir) / _BUNDLED_FILES.get(name, "")
+    if name in _BUNDLED_FILES and path.is_file():
+        with Image.open(path) as img:
+            return np.asarray(img)
+    return np.asarray(getattr(data, name)())
 
 
 def list_images(folder: str | os.PathLike[str]) -> list[Path]:

@@ -159,14 +159,13 @@ Pairs = tuple[tuple[NDArray[np.float64], NDArray[np.float32], int], ...]
 def _check_pairs(channels: int, scales: tuple[int, ...]) -> Pairs:
     """``(ground truth 0-255, network input, scale)`` for every check crop and scale: the
     evaluation protocol (``rgb8``) for 1-channel models, the training degradation on RGB else."""
-    from skimage import data
-
+    from vdsr.images import bundled_photo
     from vdsr.protocol import make_pair
     from vdsr.resize import degrade
 
     pairs = []
     for name, places in CHECK_IMAGES:
-        image = np.asarray(getattr(data, name)(), dtype=np.float64) / 255.0
+        image = np.asarray(bundled_photo(name), dtype=np.float64) / 255.0
         image = image[..., :3] if image.ndim == 3 else image
         h, w = image.shape[:2]
         for fy, fx in places:
