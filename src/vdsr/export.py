@@ -10,8 +10,8 @@ convolutions, the last one and the global residual addition stay fp32: quantisin
 The activations' ranges are what ONNX Runtime's MinMax calibration measures, but computed here
 (:func:`activation_ranges`), one layer at a time in torch, and handed to ``quantize_static``
 through its calibration cache. Its own calibration session keeps every activation of a crop
-alive at once (its min/max nodes run after the whole network): 330 MB more at the peak of the
-first run, which made that run the one over the memory bound.
+alive at once (its min/max nodes run after the whole network): 330 MB more at the peak of a
+first run (benchmarks/first_run.py).
 """
 
 from __future__ import annotations
