@@ -165,6 +165,32 @@ def test_a_damaged_verdict_cache_is_rebuilt(tmp_path: Path, monkeypatch: pytest.
     assert calls == ["check", "check"] and len(json.loads(cache.read_text())) == 2
 
 
+def test_a_new_calibration_checks_the_recipes_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A verdict holds for the quantised graphs it was made on: when INT8_VERSION changes (other
+    graphs, e.g. session 7's calibration), the cached verdict is not reused."""
+    import vdsr.backends.ort as ort_backend
+
+    monkeypatch.setenv("VDSR_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv(CPU_FEATURES_ENV, "avx2")
+    _without_openvino(monkeypatch)
+    model = identity_model()
+    assert recipes.choose(model, CPU).recipe == "int8"
+    calls: list[str] = []
+    real = recipes.check_recipe
+
+    def counted(*a: object, **k: object) -> recipes.Verdict:
+        calls.append("check")
+        return real(*a, **k)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(recipes, "check_recipe", counted)
+    monkeypatch.setattr(recipes, "_MEMORY", {})
+    recipes.choose(model, CPU)
+    assert calls == []  # the same graphs: the cached verdict
+    monkeypatch.setattr(ort_backend, "INT8_VERSION", ort_backend.INT8_VERSION + 1)
+    recipes.choose(model, CPU)
+    assert calls == ["check"] and len(json.loads((tmp_path / "verdicts.json").read_text())) == 2
+
+
 @pytest.mark.skipif(os.geteuid() == 0, reason="root writes through read-only permissions")
 def test_an_unwritable_cache_folder_still_works_silently(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
