@@ -328,6 +328,19 @@ def test_activation_ranges_are_onnx_runtimes_minmax_calibration(tmp_path: Path, 
     assert 0 < np.abs(session.run(None, {"input": inputs[0]})[0] - want).max() < 0.05
 
 
+def test_activation_ranges_take_a_tensor_used_twice_by_one_node() -> None:
+    from onnx import TensorProto, helper
+
+    import vdsr.export as export
+
+    graph = helper.make_graph([helper.make_node("Add", ["input", "input"], ["output"])], "g",
+                              [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 1, 4, 4])],
+                              [helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, 1, 4, 4])])
+    x = np.linspace(-1, 2, 16, dtype=np.float32).reshape(1, 1, 4, 4)
+    ranges = export.activation_ranges(graph, [x])
+    assert float(ranges["output"][0][0]) == -2.0 and float(ranges["output"][1][0]) == 4.0
+
+
 def test_activation_ranges_refuse_an_operator_they_do_not_know() -> None:
     from onnx import TensorProto, helper
 

@@ -116,8 +116,8 @@ def activation_ranges(graph: Any, inputs: Iterable[NDArray[np.float32]]) -> dict
             for i, node in enumerate(graph.node):
                 args = [live[n] if n in live else inits[n] for n in node.input]
                 out = _run_node(node, args)
-                for name in [n for n in node.input if n in live and last_use[n] == i]:
-                    del live[name]
+                for name in dict.fromkeys(n for n in node.input if n in live and last_use[n] == i):
+                    del live[name]  # once, also for a tensor that the node takes twice
                 live[node.output[0]] = out
                 record(node.output[0], out)
     return {name: (np.array([lowest[name]], dtype=np.float32), np.array([highest[name]], dtype=np.float32))
@@ -142,8 +142,10 @@ def _run_node(node: Any, args: list[torch.Tensor]) -> torch.Tensor:
         raise VDSRError(f"int8 calibration: {node.op_type} {node.name} is padded unevenly")
     stride, dilation = tuple(attrs.get("strides", [1, 1])), tuple(attrs.get("dilations", [1, 1]))
     if node.op_type == "MaxPool":
+        if attrs.get("ceil_mode", 0):  # torch and ONNX may place the last window differently
+            raise VDSRError(f"int8 calibration: MaxPool {node.name} rounds its output size up (ceil_mode)")
         return torch.nn.functional.max_pool2d(args[0], tuple(attrs["kernel_shape"]), stride, tuple(pads[:2]),
-                                              dilation, ceil_mode=bool(attrs.get("ceil_mode", 0)))
+                                              dilation)
     return torch.nn.functional.conv2d(args[0], args[1], args[2] if len(args) > 2 else None, stride=stride,
                                       padding=tuple(pads[:2]), dilation=dilation, groups=attrs.get("group", 1))
 

@@ -130,7 +130,8 @@ def bundled_photo(name: str) -> NDArray[np.uint8]:
     path = Path(data.data_dir) / _BUNDLED_FILES.get(name, "")
     if name in _BUNDLED_FILES and path.is_file():
         with Image.open(path) as img:
-            return np.asarray(img)
+            if img.mode in ("L", "RGB"):  # what the loaders return for these files; else theirs
+                return np.asarray(img)
     return np.asarray(getattr(data, name)())
 
 
