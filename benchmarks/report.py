@@ -9,6 +9,18 @@ import json
 import sys
 
 
+def _method_name(method: str) -> str:
+    """A row of cli_speed.py / first_run.py (a key of cli_speed.ROWS, or the baseline) as the tables name it."""
+    return {"baseline": "eager fp32 baseline", "default": "defaults",
+            "auto, onnxruntime": "`--backend onnxruntime` (defaults without OpenVINO)",
+            "torch fp32": "`--precision fp32 --backend torch`"}.get(method, f"`--precision {method}`")
+
+
+def _what_it_ran(said: str) -> str:
+    """The recipe, runtime and device from the last line `vdsr upscale` printed (in its brackets)."""
+    return said[said.find("(") + 1:said.rfind(")")] if "(" in said else "-"
+
+
 def cli_table(r: dict) -> None:
     """The whole-process table of benchmarks/cli_speed.py."""
     m, peaks = r["machine"], r.get("peaks", {})
@@ -29,11 +41,8 @@ def cli_table(r: dict) -> None:
         if len(parts) != 3:
             continue
         wname, workload, method = parts
-        name = {"baseline": "eager fp32 baseline", "default": "defaults",
-                "auto, onnxruntime": "`--backend onnxruntime` (defaults without OpenVINO)",
-                "torch fp32": "`--precision fp32 --backend torch`"}.get(method, f"`--precision {method}`")
-        said = row.get("said", "")
-        ran = said[said.find("(") + 1:said.rfind(")")] if "(" in said else "-"
+        name = _method_name(method)
+        ran = _what_it_ran(row.get("said", ""))
         speed = f"{row['x_baseline']:.2f}" if "x_baseline" in row else "-"
         psnr = f"{row['y_psnr']:.3f}" if "y_psnr" in row else "-"
         delta = f"{row['db_vs_baseline']:+.3f}" if "db_vs_baseline" in row else "-"
@@ -72,9 +81,7 @@ def first_run_table(r: dict) -> None:
     print("|---|---|---|---|---|---|---|---|")
     for key, row in r["rows"].items():
         wname, method = key.split("/")
-        name = {"default": "defaults", "auto, onnxruntime": "`--backend onnxruntime`"}.get(method, method)
-        said = row["first"]["said"]
-        ran = said[said.find("(") + 1:said.rfind(")")] if "(" in said else "-"
+        name, ran = _method_name(method), _what_it_ran(row["first"]["said"])
         f, w = row["first"], row["warm"]
         print(f"| {wname} | {name} | {ran} | {f['seconds']:.2f} ({len(f['times'])}) | {f['peak_rss_mb']:.0f} | "
               f"{w['seconds']:.2f} | {w['peak_rss_mb']:.0f} | {row['memory_bound_mb']:.0f} |")

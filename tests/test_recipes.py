@@ -136,6 +136,19 @@ def test_a_fragile_model_fails_every_fast_check_and_runs_fp32(
     assert torch.allclose(choice.backend(x), x * 1.25, atol=1e-3)  # fp32 cancellation: ~1e-4
 
 
+def _counted_checks(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """``recipes.check_recipe`` still checks, and appends ``"check"`` to the returned list each time."""
+    calls: list[str] = []
+    real = recipes.check_recipe
+
+    def counted(*a: object, **k: object) -> recipes.Verdict:
+        calls.append("check")
+        return real(*a, **k)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(recipes, "check_recipe", counted)
+    return calls
+
+
 def test_a_damaged_verdict_cache_is_rebuilt(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("VDSR_CACHE_DIR", str(tmp_path))
     monkeypatch.setenv(CPU_FEATURES_ENV, "avx2")
@@ -148,14 +161,7 @@ def test_a_damaged_verdict_cache_is_rebuilt(tmp_path: Path, monkeypatch: pytest.
     # An entry of the wrong shape (a hand edit, another version) is checked again, not trusted.
     cache.write_text(json.dumps({key: {"recipe": "int8", "passed": "yes"}}))
     monkeypatch.setattr(recipes, "_MEMORY", {})
-    calls: list[str] = []
-    real = recipes.check_recipe
-
-    def counted(*a: object, **k: object) -> recipes.Verdict:
-        calls.append("check")
-        return real(*a, **k)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(recipes, "check_recipe", counted)
+    calls = _counted_checks(monkeypatch)
     assert recipes.choose(model, CPU).recipe == "int8" and calls == ["check"]
     assert json.loads(cache.read_text())[key]["passed"] is True
     # Other weights are other keys: checked for themselves.
@@ -175,14 +181,7 @@ def test_a_new_calibration_checks_the_recipes_again(tmp_path: Path, monkeypatch:
     _without_openvino(monkeypatch)
     model = identity_model()
     assert recipes.choose(model, CPU).recipe == "int8"
-    calls: list[str] = []
-    real = recipes.check_recipe
-
-    def counted(*a: object, **k: object) -> recipes.Verdict:
-        calls.append("check")
-        return real(*a, **k)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(recipes, "check_recipe", counted)
+    calls = _counted_checks(monkeypatch)
     monkeypatch.setattr(recipes, "_MEMORY", {})
     recipes.choose(model, CPU)
     assert calls == []  # the same graphs: the cached verdict
