@@ -247,7 +247,7 @@ def _crops(folder: Path, out: Path, side: int) -> Path:
 
     out.mkdir(parents=True, exist_ok=True)
     for f in list_images(folder)[:2]:
-        save_image(out / f"{f.stem}.png", load_image(f).pixels[:side, :side])
+        save_image(out / f"{f.stem}.png", load_image(f).raw[:side, :side])
     return out
 
 

@@ -50,7 +50,7 @@ def main() -> None:
     model, _ = load_model(sys.argv[1] if len(sys.argv) > 1 else None)
     fp32 = onnx.load_from_string(onnx_bytes(model))
     convs = [n.name for n in fp32.graph.node if n.op_type == "Conv"]
-    images = [load_image(f).pixels for f in list_images(Path("../shared/datasets/Set5"))]
+    images = [load_image(f).floats()[0] for f in list_images(Path("../shared/datasets/Set5"))]
     pairs = {s: [make_pair(im, s) for im in images] for s in SCALES}
 
     def score(path: Path) -> list[float]:

@@ -96,7 +96,7 @@ def emulation_check(model: VDSR, crop: int, folder: Path) -> dict[str, Any]:
     from vdsr.protocol import make_pair
 
     img = load_image(list_images(folder)[0])
-    _, bic = make_pair(img.pixels, 2, "rgb8")
+    _, bic = make_pair(img.floats()[0], 2, "rgb8")
     x = torch.from_numpy(bic[:crop, :crop].astype("float32") / 255)[None, None]
     out: dict[str, Any] = {"crop": crop, "image": img.path.name}
     ref = EmulatedBackend(model, "fp32")(x)

@@ -470,7 +470,7 @@ def test_upscale_cli_int8_backend(tmp_path: Path) -> None:
     out = tmp_path / "out.png"
     assert main(["upscale", str(src), "-s", "2", "-o", str(out), "--weights", str(weights),
                  "--backend", "int8"]) == 0
-    assert load_image(out).pixels.shape == (48, 60, 3)
+    assert load_image(out).raw.shape == (48, 60, 3)
 
 
 @needs_shared

@@ -38,7 +38,7 @@ def test_metadata_is_carried_to_the_output(tmp_path: Path, ext: str) -> None:
     img = load_image(photo_with_metadata(tmp_path / "cam.jpg"))
     assert (img.height, img.width) == (20, 12)  # orientation applied to the pixels
     out = tmp_path / f"out{ext}"
-    big = np.repeat(np.repeat(img.pixels, 2, axis=0), 2, axis=1)
+    big = np.repeat(np.repeat(img.raw, 2, axis=0), 2, axis=1)
     save_image(out, big, None, img.bit_depth, metadata=img.metadata)
     with Image.open(out) as got:
         assert got.info.get("icc_profile") == SRGB
@@ -54,7 +54,7 @@ def test_cmyk_is_converted_and_not_tagged_with_its_old_profile(tmp_path: Path) -
     src = tmp_path / "cmyk.jpg"
     Image.fromarray(random_rgb(16, 16)).convert("CMYK").save(src, "JPEG", quality=95)
     img = load_image(src)
-    assert img.pixels.shape == (16, 16, 3) and img.metadata.icc_profile is None
+    assert img.raw.shape == (16, 16, 3) and img.metadata.icc_profile is None
 
 
 def _png16_rgb(array: np.ndarray) -> bytes:
@@ -86,18 +86,18 @@ def test_16bit_colour_tiff_is_read_and_written_at_16_bits(tmp_path: Path, orient
         from PIL import ImageOps
 
         shallow = np.asarray(ImageOps.exif_transpose(pil).convert("RGB"), dtype=np.float64) / 255
-    assert img.pixels.shape == shallow.shape and img.pixels.dtype == np.uint16
+    assert img.raw.shape == shallow.shape and img.raw.dtype == np.uint16
     assert np.abs(img.floats()[0] - shallow).max() <= 1 / 255  # same orientation, finer values
     assert img.metadata.icc_profile == SRGB and img.metadata.dpi == pytest.approx((300, 300))
     out = tmp_path / "out.tif"
-    save_image(out, img.pixels, img.alpha, img.bit_depth, metadata=img.metadata)
+    save_image(out, img.raw, img.raw_alpha, img.bit_depth, metadata=img.metadata)
     back = tifffile.imread(out)
     assert back.dtype == np.uint16 and back.shape[2] == 4
-    assert np.array_equal(back[..., :3], img.pixels)
+    assert np.array_equal(back[..., :3], img.raw)
     with Image.open(out) as got:
         assert got.info.get("icc_profile") == SRGB and got.info["dpi"] == pytest.approx((300, 300))
     with pytest.warns(UserWarning, match="written with 8 bits per channel"):
-        save_image(tmp_path / "out.png", img.pixels, img.alpha, img.bit_depth, metadata=img.metadata)
+        save_image(tmp_path / "out.png", img.raw, img.raw_alpha, img.bit_depth, metadata=img.metadata)
 
 
 def test_16bit_colour_png_says_it_becomes_8bit() -> None:
@@ -170,7 +170,7 @@ def test_5_save_writes_the_file_not_the_directory(tmp_path: Path) -> None:
     out = tmp_path / "result" / "result.png"
     out.parent.mkdir()
     save_image(out, np.full((4, 5, 3), 0.5))
-    assert out.is_file() and load_image(out).pixels.shape == (4, 5, 3)
+    assert out.is_file() and load_image(out).raw.shape == (4, 5, 3)
 
 
 def _formats(tmp: Path) -> dict[str, tuple[Path, tuple[int, int]]]:
@@ -301,9 +301,9 @@ def test_damaged_exif_keeps_the_pixels_with_a_warning(case: str, tmp_path: Path)
 
         with Image.open(path) as pil:
             shown = ImageOps.exif_transpose(pil)  # Pillow too reads (6, 6) as 6
-    assert np.array_equal(img.pixels, np.asarray(shown.convert("RGB")))
+    assert np.array_equal(img.raw, np.asarray(shown.convert("RGB")))
     out = tmp_path / "out.png"
-    save_image(out, img.pixels, metadata=img.metadata)  # what is kept can be written
+    save_image(out, img.raw, metadata=img.metadata)  # what is kept can be written
     with Image.open(out) as got:
         assert got.size == shown.size and 0x0112 not in got.getexif()
 
@@ -380,7 +380,7 @@ def test_large_png_text_chunks_are_read_or_named(tmp_path: Path) -> None:
     text = rng.integers(32, 127, 20 * 2**20, dtype=np.uint8).tobytes()
     for kind in (b"zTXt", b"tEXt"):
         img = decode_image(_png_with_text(kind, text), "text.png")
-        assert img.pixels.shape == (8, 8, 3)
+        assert img.raw.shape == (8, 8, 3)
     with pytest.raises(ImageError, match=r"text.png: its PNG text metadata \(tEXt/zTXt/iTXt chunks\) is over 64 MB"):
         decode_image(_png_with_text(b"zTXt", b"\0" * (100 * 2**20)), "text.png")
     from PIL import PngImagePlugin
@@ -424,7 +424,7 @@ def _load_bytes(tmp: Path, data: bytes, suffix: str) -> None:
         img = load_image(path, max_pixels=4_000_000)
     except VDSRError:
         return
-    assert img.pixels.ndim in (2, 3) and img.height > 0 and img.width > 0
+    assert img.raw.ndim in (2, 3) and img.height > 0 and img.width > 0
     pixels = img.floats()[0]
     assert np.isfinite(pixels).all() and 0 <= pixels.min() and pixels.max() <= 1
 

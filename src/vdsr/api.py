@@ -33,6 +33,7 @@ from vdsr.errors import ImageError, InvalidArgument, VDSRError
 from vdsr.fileio import atomic_path
 from vdsr.images import LoadedImage, load_image, output_format, png_options, write_canvas
 from vdsr.model import VDSR
+from vdsr.pixels import peak, require_unit
 from vdsr.resize import imresize
 from vdsr.sizes import check_output_pixels, check_scale, upscaled_size
 
@@ -92,8 +93,8 @@ def bicubic_upscale(pixels: NDArray[np.floating], scale: float) -> NDArray[np.fl
 
 
 def bicubic_clipped(pixels: NDArray[np.floating], scale: float) -> NDArray[np.float64]:
-    """:func:`bicubic_upscale` clipped to [0, 1]: how bicubic previews are made."""
-    out = bicubic_upscale(pixels, scale)
+    """:func:`bicubic_upscale` of floats on [0, 1], clipped to [0, 1]: how bicubic previews are made."""
+    out = bicubic_upscale(require_unit(pixels, "bicubic_clipped"), scale)
     return np.clip(out, 0.0, 1.0, out=out)
 
 
@@ -106,8 +107,7 @@ def as_tensor(array: NDArray[Any]) -> torch.Tensor:
 
 
 def _check_image(arr: NDArray[Any]) -> None:
-    if arr.dtype not in (np.uint8, np.uint16) and not np.issubdtype(arr.dtype, np.floating):
-        raise VDSRError(f"unsupported image dtype {arr.dtype}")
+    peak(arr.dtype)  # uint8, uint16 or float; any other dtype is refused
     if arr.ndim not in (2, 3) or arr.shape[0] == 0 or arr.shape[1] == 0 \
             or (arr.ndim == 3 and arr.shape[2] not in (1, 2, 3, 4)):
         raise VDSRError(f"expected an (H, W) or (H, W, C) image with C in 1-4, got shape {arr.shape}")

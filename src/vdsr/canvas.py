@@ -17,6 +17,8 @@ import numpy as np
 from numpy.typing import NDArray
 from PIL import Image
 
+from vdsr.pixels import to_uint
+
 __all__ = ["Canvas", "PngCanvas", "plan", "to_depth"]
 
 _MODES = {(1, 8): "L", (2, 8): "LA", (3, 8): "RGB", (4, 8): "RGBA", (1, 16): "I;16"}
@@ -65,10 +67,9 @@ class Canvas:
 
 
 def to_depth(block: NDArray[Any], bit_depth: int) -> NDArray[Any]:
-    """uint16 blocks on an 8-bit output are rounded to 8 bits (``round(v / 65535 * 255)``)."""
-    if bit_depth == 8 and block.dtype == np.uint16:
-        return np.clip(np.round(block / 65535.0 * 255.0), 0, 255).astype(np.uint8)
-    return block
+    """Blocks at the canvas's depth: uint16 blocks on an 8-bit output are rounded to 8 bits
+    (``round(v / 65535 * 255)``, :func:`vdsr.pixels.to_uint`); others pass as they are."""
+    return to_uint(block, 8) if bit_depth == 8 and block.dtype == np.uint16 else block
 
 
 class PngCanvas:

@@ -5,7 +5,8 @@ MATLAB's ``rgb2ycbcr`` on a double image in [0, 1] returns Y in [16/255, 235/255
 reproduce MATLAB's matrix and offsets exactly (not the JPEG full-range variant).
 
 All functions take and return float arrays (NumPy or anything array-like) on the [0, 1] scale,
-with channels last: ``(..., 3)``.
+with channels last: ``(..., 3)``; raw integer pixels are refused (:func:`vdsr.pixels.require_unit`),
+as a 0-255 image would otherwise give a Y 255 times too large.
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ import numpy as np
 import torch
 from numpy.typing import NDArray
 
-from vdsr.errors import InvalidArgument
+from vdsr.errors import InvalidArgument, PixelScaleError
+from vdsr.pixels import require_unit
 
 # MATLAB rgb2ycbcr: ycbcr = offset + M * rgb, with rgb in [0, 1] and the result on [0, 255].
 _RGB2YCBCR = np.array(
@@ -36,14 +38,14 @@ def _check_last_axis(image: NDArray[np.floating], name: str) -> None:
 
 def rgb2ycbcr(rgb: NDArray[np.floating]) -> NDArray[np.float64]:
     """RGB in [0, 1] (shape ``(..., 3)``) to YCbCr in [0, 1] (Y in [16/255, 235/255])."""
-    rgb = np.asarray(rgb, dtype=np.float64)
+    rgb = np.asarray(require_unit(rgb, "rgb2ycbcr"), dtype=np.float64)
     _check_last_axis(rgb, "rgb2ycbcr")
     return (rgb @ _RGB2YCBCR.T + _OFFSET) / 255.0
 
 
 def rgb2y(rgb: NDArray[np.floating]) -> NDArray[np.float64]:
     """The Y channel alone of :func:`rgb2ycbcr`: RGB ``(..., 3)`` in [0, 1] to ``(...)`` in [0, 1]."""
-    rgb = np.asarray(rgb, dtype=np.float64)
+    rgb = np.asarray(require_unit(rgb, "rgb2y"), dtype=np.float64)
     _check_last_axis(rgb, "rgb2y")
     return (rgb @ _RGB2YCBCR[0] + _OFFSET[0]) / 255.0
 
@@ -53,9 +55,15 @@ def ycbcr2rgb(ycbcr: NDArray[np.floating]) -> NDArray[np.float64]:
 
     The result is not clipped: out-of-gamut values are the caller's to clip or keep.
     """
-    ycbcr = np.asarray(ycbcr, dtype=np.float64)
+    ycbcr = np.asarray(require_unit(ycbcr, "ycbcr2rgb"), dtype=np.float64)
     _check_last_axis(ycbcr, "ycbcr2rgb")
     return (ycbcr * 255.0 - _OFFSET) @ _YCBCR2RGB.T
+
+
+def _require_float(x: torch.Tensor, name: str) -> None:
+    # Dtype only: a range check would read a GPU tensor back on every tile.
+    if not x.is_floating_point():
+        raise PixelScaleError(f"{name} expects floats on [0, 1], got {x.dtype} values")
 
 
 def _mix(matrix: NDArray[np.floating], planes: list[torch.Tensor], rows: range) -> list[torch.Tensor]:
@@ -77,6 +85,7 @@ def rgb2ycbcr_tensor(rgb: torch.Tensor, channels: str = "ycbcr") -> torch.Tensor
     """
     if rgb.ndim < 3 or rgb.shape[-3] != 3:
         raise InvalidArgument(f"rgb2ycbcr_tensor expects (..., 3, H, W), got {tuple(rgb.shape)}")
+    _require_float(rgb, "rgb2ycbcr_tensor")
     rows = {"ycbcr": range(3), "y": range(1), "cbcr": range(1, 3)}[channels]
     planes = list(rgb.unbind(-3))
     mixed = _mix(_RGB2YCBCR, planes, rows)
@@ -87,6 +96,7 @@ def ycbcr2rgb_tensor(ycbcr: torch.Tensor) -> torch.Tensor:
     """:func:`ycbcr2rgb` for channels-first tensors: ``(..., 3, H, W)`` -> RGB, unclipped."""
     if ycbcr.ndim < 3 or ycbcr.shape[-3] != 3:
         raise InvalidArgument(f"ycbcr2rgb_tensor expects (..., 3, H, W), got {tuple(ycbcr.shape)}")
+    _require_float(ycbcr, "ycbcr2rgb_tensor")
     planes = [p * 255.0 - float(_OFFSET[i]) for i, p in enumerate(ycbcr.unbind(-3))]
     return torch.stack(_mix(_YCBCR2RGB, planes, range(3)), -3)
 

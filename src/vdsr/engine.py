@@ -32,6 +32,8 @@ from vdsr.color import rgb2ycbcr_tensor, ycbcr2rgb_tensor
 from vdsr.constants import DEFAULT_TILE
 from vdsr.errors import InvalidArgument, VDSRError
 from vdsr.model import VDSR
+from vdsr.pixels import peak as pixel_peak
+from vdsr.pixels import require_unit_tensor, to_uint_tensor
 from vdsr.resize import AxisWeights, axis_weights, resize_tensor
 from vdsr.sizes import upscaled_size
 from vdsr.transforms import dihedral, dihedral_inverse
@@ -102,13 +104,6 @@ class Block:
     y: int
     x: int
     data: torch.Tensor
-
-
-_PEAKS = {torch.uint8: 255.0, torch.uint16: 65535.0}
-
-
-def _peak(dtype: torch.dtype) -> float:
-    return _PEAKS.get(dtype, 1.0)
 
 
 class Upscaler:
@@ -243,7 +238,9 @@ class Upscaler:
         h, w = image.shape[-2:]
         out_h, out_w = upscaled_size(h, w, scale)
         rows, cols = axis_weights(h, out_h, float(scale)), axis_weights(w, out_w, float(scale))
-        peak = _peak(image.dtype)
+        peak = pixel_peak(image.dtype)
+        if image.is_floating_point():
+            require_unit_tensor(image, "Upscaler.blocks")
         while True:
             try:
                 cores = self._cores(out_h, out_w)
@@ -282,7 +279,7 @@ class Upscaler:
             out = sr[crop].double().clamp(0.0, 1.0)
         if alpha is not None:
             out = torch.cat([out, resize_tensor(alpha, core_rows, core_cols).clamp(0.0, 1.0)], 0)
-        return Block(y0, x0, _quantise(out, dtype).to(image.device))
+        return Block(y0, x0, to_uint_tensor(out, dtype).to(image.device))
 
     def upscale(self, image: torch.Tensor, scale: float, progress: Progress | None = None) -> torch.Tensor:
         """Super-resolve ``(N, C, H, W)`` images (C in 1-4, float in [0, 1]) by ``scale``.
@@ -305,11 +302,3 @@ class Upscaler:
         for block in self.blocks(image, scale, out.dtype, progress):
             _, bh, bw = block.data.shape
             out[:, block.y:block.y + bh, block.x:block.x + bw] = block.data
-
-
-def _quantise(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """Float [0, 1] to ``dtype``: integers rounded (half to even, as NumPy) and clipped."""
-    if dtype in _PEAKS:
-        peak = _PEAKS[dtype]
-        return (x * peak).round().clamp(0.0, peak).to(dtype)
-    return x.to(dtype)

@@ -86,6 +86,11 @@ class InvalidArgument(VDSRError, ValueError):
     """A function was called with an argument it cannot work with (shape, range, scale)."""
 
 
+class PixelScaleError(InvalidArgument):
+    """Pixels on the wrong scale for the function given them: raw integers (or 0-255 floats)
+    where floats on [0, 1] are expected, or a dtype that is not a pixel type (:mod:`vdsr.pixels`)."""
+
+
 class BadScale(InvalidArgument):
     """A scale factor that is not a finite number in ``(1, limit]``; ``scale`` holds the value."""
 

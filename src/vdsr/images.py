@@ -31,6 +31,7 @@ from vdsr.canvas import Canvas
 from vdsr.constants import DEFAULT_MAX_PIXELS
 from vdsr.errors import ImageError, TooLarge
 from vdsr.fileio import atomic_path
+from vdsr.pixels import peak, to_uint, to_unit
 from vdsr.sizes import check_output_pixels
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm")
@@ -72,45 +73,49 @@ class ImageMetadata:
 class LoadedImage:
     """A decoded image, kept as the file's own numbers (no float copy: 1 or 2 bytes a sample).
 
-    ``pixels`` is ``(H, W, 3)`` RGB or ``(H, W)`` grey: uint8 for 8-bit sources, uint16 for
-    16-bit ones, float64 in [0, 1] for floating-point TIFFs; ``alpha`` is ``(H, W)`` of the same
-    dtype, or ``None``. ``bit_depth`` (8 or 16) is the precision the output is written with.
+    ``raw`` is ``(H, W, 3)`` RGB or ``(H, W)`` grey: uint8 for 8-bit sources, uint16 for 16-bit
+    ones, float64 in [0, 1] for floating-point TIFFs; ``raw_alpha`` is ``(H, W)`` of the same
+    dtype, or ``None``. These are raw values (0-255, 0-65535): code that computes on intensities
+    takes them through :meth:`floats`, the one door to [0, 1] (:mod:`vdsr.pixels`).
+    ``bit_depth`` (8 or 16) is the precision the output is written with.
     """
 
-    pixels: NDArray[Any]
-    alpha: NDArray[Any] | None
+    raw: NDArray[Any]
+    raw_alpha: NDArray[Any] | None
     bit_depth: int
     path: Path
     metadata: ImageMetadata = field(default_factory=ImageMetadata)
 
     @property
     def height(self) -> int:
-        return int(self.pixels.shape[0])
+        return int(self.raw.shape[0])
 
     @property
     def width(self) -> int:
-        return int(self.pixels.shape[1])
+        return int(self.raw.shape[1])
 
     @property
     def peak(self) -> float:
-        """The value of full intensity: 255, 65535, or 1.0 for float pixels."""
-        return _PEAKS.get(self.pixels.dtype.type, 1.0)
+        """The raw value of full intensity: 255, 65535, or 1.0 for float pixels."""
+        return peak(self.raw.dtype)
+
+    @property
+    def has_alpha(self) -> bool:
+        return self.raw_alpha is not None
 
     def floats(self) -> tuple[NDArray[np.float64], NDArray[np.float64] | None]:
         """``(pixels, alpha)`` as float64 in [0, 1] (a full-size copy: for small images)."""
-        alpha = None if self.alpha is None else self.alpha.astype(np.float64) / self.peak
-        return self.pixels.astype(np.float64) / self.peak, alpha
+        alpha = None if self.raw_alpha is None else to_unit(self.raw_alpha)
+        pixels = to_unit(self.raw)
+        return (pixels.copy() if pixels is self.raw else pixels), alpha
 
     def planes(self) -> NDArray[Any]:
-        """``(C, H, W)`` channels-first view of pixels and alpha (C = 1, 2, 3 or 4); a copy only
-        when there is an alpha plane to join."""
-        pixels = self.pixels if self.pixels.ndim == 3 else self.pixels[..., None]
-        if self.alpha is not None:
-            pixels = np.concatenate([pixels, self.alpha[..., None]], axis=2)
-        return pixels.transpose(2, 0, 1)
-
-
-_PEAKS: dict[type, float] = {np.uint8: 255.0, np.uint16: 65535.0}
+        """``(C, H, W)`` channels-first view of the raw pixels and alpha (C = 1, 2, 3 or 4); a
+        copy only when there is an alpha plane to join."""
+        raw = self.raw if self.raw.ndim == 3 else self.raw[..., None]
+        if self.raw_alpha is not None:
+            raw = np.concatenate([raw, self.raw_alpha[..., None]], axis=2)
+        return raw.transpose(2, 0, 1)
 
 
 # scikit-image's bundled photos that vdsr uses (the recipe check, int8 calibration, `vdsr demo`)
@@ -165,7 +170,7 @@ def _to_array(img: Image.Image, path: Path) -> tuple[NDArray[Any], NDArray[Any] 
             raise ImageError(f"{path}: float image contains NaN or inf values")
         hi = float(arr.max()) if arr.size else 0.0
         if hi > 1.0:  # float images on a 0-255 or 0-65535 scale
-            arr = arr / (255.0 if hi <= 255.0 else 65535.0)
+            arr = arr / peak(np.uint8 if hi <= 255.0 else np.uint16)
         return np.clip(arr, 0.0, 1.0), None, 16
     if mode == "1":
         img = img.convert("L")
@@ -359,7 +364,7 @@ def _decode(source: Path | io.BytesIO, path: Path, max_pixels: int, scale: float
             raise _corrupt(path, exc) from None
     if pixels.shape[0] == 0 or pixels.shape[1] == 0:
         raise ImageError(f"{path}: image has zero size")
-    return LoadedImage(pixels=pixels, alpha=alpha, bit_depth=depth, path=path, metadata=metadata)
+    return LoadedImage(raw=pixels, raw_alpha=alpha, bit_depth=depth, path=path, metadata=metadata)
 
 
 def _header_orientation(img: Image.Image, path: Path) -> int:
@@ -511,17 +516,6 @@ def _write_tiff16(target: Path | BinaryIO, pixels: NDArray[Any], alpha: NDArray[
             tifffile.imwrite(tmp, np.ascontiguousarray(data), photometric="rgb", compression="zlib", **extra)
     else:
         tifffile.imwrite(target, np.ascontiguousarray(data), photometric="rgb", compression="zlib", **extra)
-
-
-def to_uint(array: NDArray[Any], bit_depth: int) -> NDArray[Any]:
-    """Float [0, 1] (or uint8/uint16, rescaled) to rounded, clipped uint8 (8) or uint16 (16)."""
-    peak = 255.0 if bit_depth == 8 else 65535.0
-    dtype = np.uint8 if bit_depth == 8 else np.uint16
-    if array.dtype == dtype:
-        return array
-    if array.dtype in (np.uint8, np.uint16):
-        array = array / (255.0 if array.dtype == np.uint8 else 65535.0)
-    return np.clip(np.round(np.asarray(array, dtype=np.float64) * peak), 0, peak).astype(dtype)
 
 
 def output_format(path: Path) -> str:

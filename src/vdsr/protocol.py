@@ -15,6 +15,7 @@ from numpy.typing import NDArray
 
 from vdsr.color import rgb2y, rgb2ycbcr
 from vdsr.errors import InvalidArgument
+from vdsr.pixels import require_unit
 from vdsr.resize import downscale_8bit, imresize, modcrop
 
 __all__ = ["PROTOCOLS", "make_pair"]
@@ -27,10 +28,12 @@ def make_pair(
 ) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
     """Ground-truth Y and bicubic Y (both ``(H, W)``, 0-255 float) for an HR image in [0, 1].
 
-    ``hr`` is ``(H, W, 3)`` RGB or ``(H, W)`` grey, 8-bit values divided by 255.
+    ``hr`` is ``(H, W, 3)`` RGB or ``(H, W)`` grey, floats on [0, 1] (8-bit values divided by
+    255: ``LoadedImage.floats()``); raw integers raise :class:`~vdsr.errors.PixelScaleError`.
     """
     if protocol not in PROTOCOLS:
         raise InvalidArgument(f"unknown protocol {protocol!r}; choose from {PROTOCOLS}")
+    hr = require_unit(hr, "make_pair")
     hr = modcrop(hr, scale)
     gray = hr.ndim == 2
     gt_y = (hr if gray else rgb2y(hr)) * 255.0

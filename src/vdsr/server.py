@@ -75,6 +75,7 @@ from vdsr.errors import (
 )
 from vdsr.images import LoadedImage, decode_image, encode_png, probe_image
 from vdsr.outputs import output_name
+from vdsr.pixels import to_uint, to_unit
 from vdsr.sizes import check_output_pixels, check_scale
 from vdsr.uploads import BodyLimits, ClientGone, RequestRefused, display_name, read_upload
 from vdsr.weights import WeightsMetadata, load_model
@@ -450,34 +451,27 @@ def _bicubic_preview(image: LoadedImage, scale: float, progress: Callable[[int, 
     A plane is upscaled in float64 and quantised at once, so the preview holds at most two
     float64 output planes (not the whole float64 RGB result and its copies): the memory of a job.
     """
-    pixels, peak = image.pixels, image.peak
-    grey16 = pixels.ndim == 2 and image.bit_depth == 16 and image.alpha is None
-    dtype = np.dtype(np.uint16 if grey16 else np.uint8)  # what encode_png keeps
-    planes = [pixels] if pixels.ndim == 2 else [pixels[..., c] for c in range(pixels.shape[2])]
-    total = len(planes) + (image.alpha is not None)
+    raw = image.raw
+    grey16 = raw.ndim == 2 and image.bit_depth == 16 and not image.has_alpha
+    bits = 16 if grey16 else 8  # what encode_png keeps
+    planes = [raw] if raw.ndim == 2 else [raw[..., c] for c in range(raw.shape[2])]
+    total = len(planes) + image.has_alpha
     out: NDArray[Any] | None = None
     for c, plane in enumerate(planes):
-        result = _quantised(bicubic_clipped(plane / peak, scale), dtype)
+        result = to_uint(bicubic_clipped(to_unit(plane), scale), bits, overwrite=True)
         if out is None:
-            out = np.empty(result.shape + ((len(planes),) if pixels.ndim == 3 else ()), dtype)
-        if pixels.ndim == 3:
+            out = np.empty(result.shape + ((len(planes),) if raw.ndim == 3 else ()), result.dtype)
+        if raw.ndim == 3:
             out[..., c] = result
         else:
             out[...] = result
         progress(c + 1, total)
     alpha = None
-    if image.alpha is not None:
-        alpha = _quantised(bicubic_clipped(image.alpha / peak, scale), np.dtype(np.uint8))
+    if image.raw_alpha is not None:
+        alpha = to_uint(bicubic_clipped(to_unit(image.raw_alpha), scale), 8, overwrite=True)
         progress(total, total)
     assert out is not None
     return out, alpha
-
-
-def _quantised(plane: NDArray[np.float64], dtype: np.dtype[Any]) -> NDArray[Any]:
-    """A float plane in [0, 1] rounded to ``dtype`` in place (as :func:`vdsr.images.to_uint`)."""
-    np.multiply(plane, float(np.iinfo(dtype).max), out=plane)
-    np.rint(plane, out=plane)
-    return plane.astype(dtype)
 
 
 def create_app(weights: str | Path | None = None, limits: Limits | None = None,

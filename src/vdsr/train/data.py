@@ -29,9 +29,10 @@ import torch
 from numpy.typing import NDArray
 
 from vdsr.color import rgb2y
-from vdsr.errors import DataError, ImageError
+from vdsr.errors import DataError, ImageError, PixelScaleError
 from vdsr.fileio import atomic_path
 from vdsr.images import list_images, load_image
+from vdsr.pixels import require_unit
 from vdsr.resize import degrade, imresize
 from vdsr.transforms import dihedral
 
@@ -46,12 +47,28 @@ class DegradedImage:
 
 
 def to_channels(pixels: NDArray[np.float64], channels: int) -> NDArray[np.float64]:
-    """``(H, W, 3)``/``(H, W)`` [0, 1] image -> ``(H, W)`` Y (``channels=1``) or ``(H, W, 3)`` RGB."""
+    """``(H, W, 3)``/``(H, W)`` [0, 1] image -> ``(H, W)`` Y (``channels=1``) or ``(H, W, 3)`` RGB.
+
+    Raw integer pixels raise :class:`~vdsr.errors.PixelScaleError` (``LoadedImage.floats()``
+    gives the [0, 1] floats).
+    """
+    pixels = require_unit(pixels, "to_channels")
     if channels == 1:
         return pixels if pixels.ndim == 2 else rgb2y(pixels)
     if channels == 3:
         return np.repeat(pixels[..., None], 3, axis=2) if pixels.ndim == 2 else pixels
     raise DataError(f"channels must be 1 or 3, got {channels}")
+
+
+def _check_scale(what: str, inputs: NDArray[np.float32], targets: NDArray[np.float32]) -> None:
+    """Refuse training pairs that are not on the [0, 1] scale (e.g. 0-255 values: the network
+    would learn on another scale than it is validated and used on)."""
+    for name, a in (("inputs", inputs), ("targets", targets)):
+        try:
+            require_unit(a, name)
+        except PixelScaleError as exc:
+            raise DataError(f"{what}: not the [0, 1] scale training expects ({exc}; 0-255 data "
+                            "must be divided by 255)") from None
 
 
 def _chw(a: NDArray[np.float64]) -> NDArray[np.float32]:
@@ -83,7 +100,7 @@ def degraded_images(
             img = load_image(path)
         except ImageError as exc:
             raise DataError(str(exc)) from None
-        base = to_channels(img.pixels, channels)
+        base = to_channels(img.floats()[0], channels)
         for factor in downscales:
             src = base if factor == 1.0 else np.clip(imresize(base, factor), 0.0, 1.0)
             for scale in scales:
@@ -154,6 +171,8 @@ class PatchSampler(_Seeded, PatchSource):
                  augment: bool = True) -> None:
         if not images:
             raise DataError("no training patches: every image is smaller than the patch size")
+        for im in images:
+            _check_scale("training image", im.hr, im.bicubic)
         self.images = images
         self.patch = patch
         self.augment = augment
@@ -360,6 +379,7 @@ class H5Patches(_Seeded, PatchSource):
         y = np.asarray(self.y[idx], dtype=np.float32)
         if self.nhwc:
             x, y = x.transpose(0, 3, 1, 2), y.transpose(0, 3, 1, 2)
+        _check_scale(f"{self.path}: patches", x, y)
         return np.ascontiguousarray(x), np.ascontiguousarray(y)
 
     def close(self) -> None:
