@@ -29,6 +29,7 @@ from typing import Any
 
 from vdsr.batch import MAX_ATTEMPTS, Job, Settings, job_row, upscale_job
 from vdsr.errors import VDSRError
+from vdsr.extras import need
 from vdsr.outputs import remove_leftovers
 
 __all__ = ["UpscaleActor", "run_on_ray"]
@@ -118,10 +119,7 @@ def run_on_ray(pending: list[Job], settings: Settings, address: str | None, work
     """Upscale ``pending`` on Ray (the cluster at ``address``, or a local one-node cluster for
     this run), handing each finished image's row to ``emit``. ``workers`` > 1 sets the number
     of actors (default: one per GPU, else one per CPU)."""
-    try:
-        import ray.data  # noqa: F401 - imported here to say at once when it is missing
-    except ImportError as exc:
-        raise VDSRError(f"Ray is not installed ({exc}); install it with: pip install 'vdsr[ray]'") from None
+    need("ray.data", "ray")  # here, to say at once when it is missing
 
     # Ray's driver prints its workers' error messages ("(raylet) Task ... failed ... will be
     # retried") to stdout, where a caller's output goes: send them to stderr while Ray runs.

@@ -107,6 +107,15 @@ class BackendUnavailable(InvalidArgument):
         super().__init__(f"the {backend} backend is not available: {reason}")
 
 
+class MissingExtra(VDSRError):
+    """An optional part of vdsr is not installed: the message names the ``pip install`` line
+    (:mod:`vdsr.extras` holds the table)."""
+
+    def __init__(self, extra: str, purpose: str, reason: str) -> None:
+        self.extra, self.purpose, self.reason = extra, purpose, reason
+        super().__init__(f"{purpose} needs the '{extra}' extra ({reason}): pip install 'vdsr[{extra}]'")
+
+
 class AddressUnavailable(VDSRError):
     """The web app cannot listen on ``host``:``port`` (in use, not an address here, no permission)."""
 

@@ -22,6 +22,7 @@ import torch
 
 from vdsr.constants import DEFAULT_SCALES
 from vdsr.errors import WeightsError
+from vdsr.extras import need
 from vdsr.weights import (
     WeightsMetadata,
     check_file,
@@ -45,7 +46,7 @@ def import_matconvnet(path: str | Path) -> tuple[dict[str, torch.Tensor], Weight
     not flipped. Every cell is checked (a real floating-point array of the layer's shape) and the
     model's size against :func:`vdsr.weights.model_config`'s limits before anything is converted.
     """
-    import scipy.io
+    scipy_io = need("scipy.io", "matlab")
 
     path = Path(path)
     check_file(path)
@@ -57,7 +58,7 @@ def import_matconvnet(path: str | Path) -> tuple[dict[str, torch.Tensor], Weight
             and data[124:126] in (b"\x00\x01", b"\x01\x00"):
         _check_mat5(data, path)
     try:
-        mat = scipy.io.loadmat(io.BytesIO(data))
+        mat = scipy_io.loadmat(io.BytesIO(data))
         model = mat["model"]
         weights = model["weight"][0, 0].ravel()
         biases = model["bias"][0, 0].ravel()

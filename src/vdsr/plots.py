@@ -11,13 +11,13 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from vdsr.extras import need
 from vdsr.fileio import atomic_path
 
 
 def pyplot() -> Any:
     """``matplotlib.pyplot`` on the Agg backend: figures are drawn to files, no display needed."""
-    import matplotlib
-
+    matplotlib = need("matplotlib", "train")
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 

@@ -122,12 +122,9 @@ def _ray(args: argparse.Namespace) -> Any:
 
 
 def _check_ray() -> None:
-    from vdsr.errors import VDSRError
+    from vdsr.extras import need
 
-    try:
-        import ray.data  # noqa: F401
-    except ImportError as exc:
-        raise VDSRError(f"--ray needs Ray Data, which is not installed ({exc}): pip install 'vdsr[ray]'") from None
+    need("ray.data", "ray")
 
 
 def _write_compare(args: argparse.Namespace, src: Path, dst: Path) -> None:
@@ -210,7 +207,10 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:
+    from vdsr.extras import need
     from vdsr.train.data import collect_files, degraded_images, write_hdf5
+
+    need("h5py", "train")
 
     _refuse_existing(args.output, overwrite=args.overwrite)
     files = collect_files(args.data)
@@ -261,6 +261,9 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    from vdsr.extras import need_all
+
+    need_all("serve")
     from vdsr.server import Limits, serve
 
     if args.host not in ("127.0.0.1", "localhost", "::1"):
@@ -299,8 +302,10 @@ def _train_config(args: argparse.Namespace) -> Any:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-
     from vdsr.errors import InvalidArgument
+    from vdsr.extras import need_all
+
+    need_all("train")
     from vdsr.train import Trainer, configure_process
     from vdsr.train.distributed import distributed_context
     from vdsr.train.runfolder import RunFolder

@@ -30,6 +30,7 @@ from numpy.typing import NDArray
 
 from vdsr.color import rgb2y
 from vdsr.errors import DataError, ImageError, PixelScaleError
+from vdsr.extras import need
 from vdsr.fileio import atomic_path
 from vdsr.images import list_images, load_image
 from vdsr.pixels import require_unit
@@ -283,7 +284,7 @@ def write_hdf5(
     memory stays at one buffer however large the file grows. The file appears atomically when
     complete. Returns the number of patch pairs written.
     """
-    import h5py
+    h5py = need("h5py", "train")
 
     transforms = [k for k in rotations] + ([k + 4 for k in rotations] if flips else [])
     count = 0
@@ -334,7 +335,7 @@ class H5Patches(_Seeded, PatchSource):
     cuts_on_device = False  # patches come from the file: read on the host, then copied
 
     def __init__(self, path: str | os.PathLike[str], seed: int = 0) -> None:
-        import h5py
+        h5py = need("h5py", "train")
 
         self.path = Path(path)
         if not self.path.exists():
