@@ -27,7 +27,10 @@ PRELOAD = ("numpy", "torch", "onnx", "PIL.Image", "safetensors.torch", "vdsr.cli
 
 def serve(path: str) -> None:
     for name in PRELOAD:
-        importlib.import_module(name)
+        try:
+            importlib.import_module(name)
+        except ImportError:  # an optional part not installed: the child imports what it needs
+            pass
     server = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     server.bind(path)
     server.listen()
