@@ -309,6 +309,17 @@ def test_local_links_resolve(page: Path) -> None:
     assert not broken, f"{page.relative_to(ROOT)}: {broken}"
 
 
+def test_every_page_is_linked_from_another() -> None:
+    """No page is an orphan: each docs page is reached by a link from another page."""
+    linked = set()
+    for page in PAGES:
+        for target in LINK.findall(_text(page)):
+            path = target.partition("#")[0]
+            if path and not re.match(r"^[a-z][a-z0-9+.-]*:", path) and (page.parent / path).resolve() != page:
+                linked.add((page.parent / path).resolve())
+    assert not [p.name for p in PAGES if p.parent.name == "docs" and p not in linked]
+
+
 def test_paths_and_names_in_inline_code_exist() -> None:
     missing = []
     for page in (p for p in PAGES if p.name not in HISTORY):
