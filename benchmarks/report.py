@@ -1,6 +1,11 @@
-"""Format benchmarks/results.json (from run.py) as the Markdown tables of BENCHMARKS.md.
+"""Format a benchmark's JSON results as the Markdown tables of BENCHMARKS.md.
 
-    python benchmarks/report.py [benchmarks/results.json]
+    python benchmarks/report.py benchmarks/results_cli.json          # cli_speed.py: the whole process
+    python benchmarks/report.py benchmarks/results_first_run.json    # first_run.py: the empty cache
+    python benchmarks/report.py benchmarks/results_recipe_speed.json # recipe_speed.py: the network alone
+    python benchmarks/report.py [benchmarks/results.json]            # run.py (docs/benchmark_history.md)
+
+tests/test_docs.py checks that BENCHMARKS.md holds what this prints for the first three.
 """
 
 from __future__ import annotations
