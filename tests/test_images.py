@@ -468,3 +468,25 @@ def test_the_check_and_the_calibration_crops_need_no_scipy() -> None:
             "print(sorted(m for m in ('scipy', 'imageio') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+@pytest.mark.parametrize("compression", [None, "tiff_lzw"])
+def test_a_tiff_upscales_to_tiff_and_png_with_its_description_not_its_layout(
+        tmp_path: Path, compression: str | None, capsys: pytest.CaptureFixture[str]) -> None:
+    """`vdsr upscale scan.tif -o scan_x2.tif` (the --help example) failed with Pillow's "codec
+    configuration error": the source's strip offsets, sizes and compression were carried as EXIF
+    into the writer. Now the camera's tags go on and the file's layout tags do not (also not into
+    a PNG's EXIF, where they named another file's sizes)."""
+    rgb = np.random.default_rng(0).integers(0, 256, (40, 48, 3), dtype=np.uint8)
+    exif = Image.Exif()
+    exif[0x010F], exif[0x0110] = "Canon", "EOS"
+    Image.fromarray(rgb).save(tmp_path / "scan.tif", exif=exif, compression=compression)
+    for out in ("scan_x2.tif", "scan_x2.png"):
+        assert main(["upscale", str(tmp_path / "scan.tif"), "-s", "2", "-o", str(tmp_path / out),
+                     "--precision", "fp32"]) == 0, capsys.readouterr().err
+        with Image.open(tmp_path / out) as img:
+            assert img.size == (96, 80)
+            tags = dict(img.getexif())
+        assert tags[0x010F] == "Canon" and tags[0x0110] == "EOS"
+        if out.endswith(".png"):
+            assert not {256, 257, 259, 273, 279} & set(tags), tags  # no strip offsets, sizes, codec

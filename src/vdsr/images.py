@@ -346,6 +346,8 @@ def _decode(source: Path | io.BytesIO, path: Path, max_pixels: int, scale: float
                 img.load()  # before the EXIF: a PNG's may follow the pixels
                 exif = _read_exif(img, path)
                 orientation = _orientation(exif, path)
+                if img.format == "TIFF":
+                    _drop_tiff_layout_tags(exif)
                 oriented = img.transpose(_TRANSPOSE[orientation]) if orientation in _TRANSPOSE else img
                 oriented, metadata = _metadata(oriented, exif, path)
                 pixels, alpha, depth = _to_array(oriented, path)
@@ -402,6 +404,20 @@ def _read_exif(img: Image.Image, path: Path) -> Image.Exif:
     if said:  # Pillow read what it could: "Corrupt EXIF data. Expecting to read 12 bytes ..."
         warnings.warn(f"{path}: damaged EXIF data, unreadable parts dropped ({said[0]})", stacklevel=4)
     return exif
+
+
+# A TIFF's EXIF (Pillow's getexif) is its first IFD: the tags that describe the picture, and
+# those that lay out this file's strips, sizes and compression. Only the former go on to the
+# output: the latter made Pillow's TIFF writer fail ("codec configuration error") and left
+# another file's sizes and offsets in a PNG's EXIF. (EXIF 2.3, "TIFF Rev. 6.0 attributes".)
+_TIFF_DESCRIPTIVE_TAGS = frozenset({0x010E, 0x010F, 0x0110, 0x0131, 0x0132, 0x013B, 0x013C, 0x8298,
+                                    _EXIF_IFD, 0x8825})  # description, make, model, software,
+# date, artist, host, copyright, the EXIF and GPS sub-IFDs
+
+
+def _drop_tiff_layout_tags(exif: Image.Exif) -> None:
+    for tag in [t for t in exif if t not in _TIFF_DESCRIPTIVE_TAGS]:
+        del exif[tag]
 
 
 def _first_line(message: object) -> str:
