@@ -82,7 +82,7 @@ def _speed(model: Any, backend: str, size: int = 256, repeats: int = 5) -> float
 
 def _train_speed(model: Any, batch: int = 16, repeats: int = 5) -> float:
     """Patches/s of an Adam training step (41×41, eager fp32) on a copy of ``model``, this CPU."""
-    from vdsr.model import VDSR
+    from vdsr.nn.model import VDSR
 
     net = VDSR(model.config)
     net.load_state_dict(model.state_dict())
@@ -118,7 +118,7 @@ def markdown_table(entries: list[dict[str, Any]]) -> str:
 
 def report(runs: Path, out_json: Path, out_png: Path, datasets: list[str]) -> None:
     from vdsr.evaluate import evaluate_folder
-    from vdsr.model import count_parameters, flops_per_pixel
+    from vdsr.nn.model import count_parameters, flops_per_pixel
     from vdsr.weights import load_model
 
     entries = []

@@ -40,7 +40,7 @@ from vdsr.constants import DEFAULT_TILE
 ROOT = Path(__file__).resolve().parents[1]
 SET5 = ROOT.parent / "shared" / "datasets" / "Set5"
 OFFICIAL_MAT = ROOT.parent / "shared" / "reference" / "vdsr_official_matconvnet.mat"
-FLOP_PER_PIXEL = 1_331_328  # vdsr.model.flops_per_pixel of the 20-layer, 64-wide network
+FLOP_PER_PIXEL = 1_331_328  # vdsr.nn.model.flops_per_pixel of the 20-layer, 64-wide network
 MEMORY_BOUND_MB = 450.0
 # `vdsr upscale` options per row (the baseline is benchmarks/baseline_upscale.py)
 ROWS: dict[str, list[str]] = {
@@ -141,7 +141,7 @@ def make_workloads(tmp: Path, quick: bool) -> dict[str, tuple[list[Path], list[n
 
 def y_psnr(a: np.ndarray, b: np.ndarray, shave: int = 2) -> float:
     from vdsr.color import rgb2y
-    from vdsr.metrics import psnr
+    from vdsr.quality.metrics import psnr
 
     return psnr(rgb2y(a / 255.0) * 255, rgb2y(b / 255.0) * 255, border=shave)
 
@@ -202,7 +202,7 @@ def main() -> None:
         for wname in a.weights:
             weights = None
             if wname == "official":
-                from vdsr.importers import convert
+                from vdsr.weights.importers import convert
 
                 weights = tmp / "official.safetensors"
                 convert(OFFICIAL_MAT, weights)

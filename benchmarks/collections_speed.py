@@ -69,7 +69,7 @@ def make_workload(folder: Path, count: int, side: int) -> None:
 def child(mode: str, src: str, out: str) -> dict[str, Any]:
     """One measured run in this process; returns its times."""
     from vdsr import batch
-    from vdsr.outputs import NamingRule
+    from vdsr.io.outputs import NamingRule
     from vdsr.weights import load_model
 
     plan = batch.plan([src], out, NamingRule(2))
@@ -88,7 +88,7 @@ def child(mode: str, src: str, out: str) -> dict[str, Any]:
         result["ray_start_s"] = time.perf_counter() - start
     remote = None
     if mode == "ray":
-        from vdsr.batch_ray import OnRay
+        from vdsr.batch.ray_jobs import OnRay
 
         remote = OnRay()  # the cluster this process started
     start = time.perf_counter()

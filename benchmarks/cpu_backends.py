@@ -45,7 +45,7 @@ from vdsr.cpu import cpu_features, cpu_name
 from vdsr.engine import Upscaler
 from vdsr.evaluate import evaluate_folder
 from vdsr.export import calibration_inputs, onnx_int8_bytes
-from vdsr.model import VDSR
+from vdsr.nn.model import VDSR
 from vdsr.weights import load_model
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -50,7 +50,7 @@ def main() -> None:
         for wname in a.weights:
             weights = None
             if wname == "official":
-                from vdsr.importers import convert
+                from vdsr.weights.importers import convert
 
                 weights = tmp / "official.safetensors"
                 convert(OFFICIAL_MAT, weights)

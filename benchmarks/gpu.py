@@ -49,7 +49,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from timing import median_time  # noqa: E402
 
-from vdsr.fileio import atomic_path  # noqa: E402
+from vdsr.io.fileio import atomic_path  # noqa: E402
 
 STEPS = ("info", "infer", "infer_compile", "e2e", "accuracy", "accuracy_compile", "train", "train_compile")
 
@@ -243,7 +243,7 @@ def _accuracy(rec: Record, dev: torch.device, args: argparse.Namespace, sz: Size
 
 def _crops(folder: Path, out: Path, side: int) -> Path:
     """The top-left ``side``² of the first two images of ``folder``, as PNGs in ``out``."""
-    from vdsr.images import list_images, load_image, save_image
+    from vdsr.io.images import list_images, load_image, save_image
 
     out.mkdir(parents=True, exist_ok=True)
     for f in list_images(folder)[:2]:
@@ -296,7 +296,7 @@ def _train_rate(rec: Record, dev: torch.device, sz: Sizes, batch: int, compile: 
 
 
 def step_train(rec: Record, dev: torch.device, args: argparse.Namespace, sz: Sizes) -> None:
-    from vdsr.model import VDSR
+    from vdsr.nn.model import VDSR
 
     b0 = sz.train_batches[0]
     torch.manual_seed(0)

@@ -29,9 +29,9 @@ from onnxruntime.quantization import (
 )
 
 from vdsr.export import calibration_inputs, onnx_bytes
-from vdsr.images import list_images, load_image
-from vdsr.metrics import psnr
-from vdsr.protocol import make_pair
+from vdsr.io.images import list_images, load_image
+from vdsr.quality.metrics import psnr
+from vdsr.quality.protocol import make_pair
 from vdsr.weights import load_model
 
 SCALES = (2, 4)

@@ -44,8 +44,8 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from vdsr.engine import Upscaler  # noqa: E402
 from vdsr.evaluate import evaluate_folder  # noqa: E402
-from vdsr.fileio import atomic_path  # noqa: E402
-from vdsr.model import VDSR  # noqa: E402
+from vdsr.io.fileio import atomic_path  # noqa: E402
+from vdsr.nn.model import VDSR  # noqa: E402
 from vdsr.precision import torch_dtype  # noqa: E402
 from vdsr.weights import load_model  # noqa: E402
 
@@ -92,8 +92,8 @@ def upscaler(model: VDSR, precision: str, mode: str, device: str) -> Upscaler:
 
 def emulation_check(model: VDSR, crop: int, folder: Path) -> dict[str, Any]:
     """max |emulated - native| on a ``crop``² piece of the folder's first image (bicubic Y, x2)."""
-    from vdsr.images import list_images, load_image
-    from vdsr.protocol import make_pair
+    from vdsr.io.images import list_images, load_image
+    from vdsr.quality.protocol import make_pair
 
     img = load_image(list_images(folder)[0])
     _, bic = make_pair(img.floats()[0], 2, "rgb8")

@@ -33,9 +33,9 @@ from vdsr.backends import create_backend  # noqa: E402
 from vdsr.cpu import cpu_features, cpu_name  # noqa: E402
 from vdsr.engine import Upscaler  # noqa: E402
 from vdsr.evaluate import super_resolve_y  # noqa: E402
-from vdsr.images import list_images, load_image  # noqa: E402
-from vdsr.metrics import psnr  # noqa: E402
-from vdsr.protocol import make_pair  # noqa: E402
+from vdsr.io.images import list_images, load_image  # noqa: E402
+from vdsr.quality.metrics import psnr  # noqa: E402
+from vdsr.quality.protocol import make_pair  # noqa: E402
 from vdsr.recipes import TOLERANCE_DB, check_recipe, machine_class  # noqa: E402
 from vdsr.weights import load_model  # noqa: E402
 
@@ -52,7 +52,7 @@ RECIPES = [("int8", "openvino"), ("mixed", "openvino"), ("bf16", "openvino"), ("
 def _weights(name: str, tmp: Path) -> Any:
     if name == "shipped":
         return load_model()[0]
-    from vdsr.importers import convert
+    from vdsr.weights.importers import convert
 
     path = tmp / "official.safetensors"
     if not path.exists():

@@ -26,7 +26,7 @@ sys.path.insert(0, str(ROOT / "src"))
 from vdsr.backends import create_backend  # noqa: E402
 from vdsr.cpu import cpu_features, cpu_name  # noqa: E402
 from vdsr.errors import VDSRError  # noqa: E402
-from vdsr.model import flops_per_pixel  # noqa: E402
+from vdsr.nn.model import flops_per_pixel  # noqa: E402
 from vdsr.weights import load_model  # noqa: E402
 
 PAIRS = [("fp32", "onnxruntime"), ("fp32", "openvino"), ("fp32", "torch"), ("int8", "openvino"),

@@ -50,7 +50,7 @@ def _images(workload: str) -> list[np.ndarray]:
 def case_inference(method: str, workload: str, repeats: int) -> dict[str, Any]:
     """Network + bicubic on Y: (a) baseline eager NCHW whole image; (b) our `upscale` path."""
     from vdsr.api import bicubic_upscale, run_network
-    from vdsr.model import flops_per_pixel
+    from vdsr.nn.model import flops_per_pixel
 
     model = _model()
     lrs = [im[0] for im in _images(workload)]
@@ -111,7 +111,7 @@ def case_int8_psnr() -> dict[str, Any]:
 
 
 def case_train(method: str, repeats: int, batch: int = 64) -> dict[str, Any]:
-    from vdsr.model import VDSR, VDSRConfig
+    from vdsr.nn.model import VDSR, VDSRConfig
     from vdsr.train import TrainConfig, Trainer, configure_process
 
     x = torch.rand(batch, 1, 41, 41)

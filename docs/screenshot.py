@@ -17,7 +17,7 @@ from playwright.sync_api import sync_playwright
 
 from vdsr.demo import sample_image
 from vdsr.resize import imresize
-from vdsr.server import create_app
+from vdsr.serve.server import create_app
 
 HERE = Path(__file__).resolve().parent
 

@@ -23,7 +23,7 @@ from safetensors.torch import load_file
 from vdsr.cli import main
 from vdsr.cpu import CPU_FEATURES_ENV, cpu_features, parse_features
 from vdsr.errors import InvalidArgument
-from vdsr.model import VDSR, VDSRConfig
+from vdsr.nn.model import VDSR, VDSRConfig
 from vdsr.weights import WeightsMetadata, save_weights
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -110,7 +110,7 @@ def tiny_weights(tmp_path: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def official_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from vdsr.importers import convert
+    from vdsr.weights.importers import convert
 
     if not (REFERENCE / "vdsr_official_matconvnet.mat").exists():
         pytest.skip(f"official weights not found in {REFERENCE}")
@@ -191,7 +191,7 @@ def _input(h: int = 45, w: int = 61, seed: int = 0) -> torch.Tensor:
     return torch.from_numpy(np.random.default_rng(seed).random((1, 1, h, w)).astype(np.float32))
 
 
-# -- folder jobs (vdsr.batch, vdsr.batch_ray) ------------------------------------------------------
+# -- folder jobs (vdsr.batch, vdsr.batch.ray_jobs) ------------------------------------------------------
 
 def temp_files(folder: Path) -> list[Path]:
     return [p for p in folder.rglob("*") if p.name.endswith(".tmp")]

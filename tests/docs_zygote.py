@@ -22,7 +22,7 @@ import sys
 import traceback
 
 PRELOAD = ("numpy", "torch", "onnx", "PIL.Image", "safetensors.torch", "vdsr.cli", "vdsr.weights",
-           "vdsr.model", "vdsr.engine", "vdsr.api", "vdsr.images", "vdsr.batch", "vdsr.demo")
+           "vdsr.nn.model", "vdsr.engine", "vdsr.api", "vdsr.io.images", "vdsr.batch", "vdsr.demo")
 
 
 def serve(path: str) -> None:

@@ -14,7 +14,7 @@ from tests.conftest import random_rgb, tiny_model
 from vdsr.api import run_network, upscale, upscale_image, write_upscaled
 from vdsr.engine import Upscaler
 from vdsr.errors import InvalidArgument, TooLarge, VDSRError
-from vdsr.images import load_image
+from vdsr.io.images import load_image
 
 
 @pytest.mark.parametrize("tile", [13, 16, 29, 50])
@@ -64,7 +64,7 @@ def test_tiny_images_work() -> None:
 def test_identity_model_gives_bicubic_in_ycbcr() -> None:
     """With a zero residual, colour output equals bicubic RGB (YCbCr is linear)."""
     from vdsr.api import bicubic_upscale
-    from vdsr.model import VDSR, VDSRConfig
+    from vdsr.nn.model import VDSR, VDSRConfig
 
     model = VDSR(VDSRConfig(depth=3, width=4)).eval()  # zero output layer = identity
     img = random_rgb(20, 24).astype(np.float64) / 255

@@ -215,7 +215,7 @@ def test_signals_still_work_after_openvino_backends_are_freed_in_creation_order(
         import gc, os, signal
         import torch
         from vdsr.backends import create_backend
-        from vdsr.model import VDSR, VDSRConfig
+        from vdsr.nn.model import VDSR, VDSRConfig
         x = torch.rand(1, 1, 9, 9)
         first = create_backend(VDSR(VDSRConfig(depth=3, width=4)), "openvino", threads=1)
         second = create_backend(VDSR(VDSRConfig(depth=3, width=4)), "openvino", threads=1)
@@ -293,7 +293,7 @@ def test_activation_ranges_are_onnx_runtimes_minmax_calibration(tmp_path: Path, 
     from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, create_calibrator
 
     import vdsr.export as export
-    from vdsr.model import VDSR, VDSRConfig
+    from vdsr.nn.model import VDSR, VDSRConfig
 
     model = VDSR(VDSRConfig(depth=8, width=16, body=body))
     torch.nn.init.normal_(model.output.weight, std=0.05)  # not the zero layer of a fresh model
@@ -460,7 +460,7 @@ def test_int8_refuses_gpu_device() -> None:
 
 def test_upscale_cli_int8_backend(tmp_path: Path) -> None:
     from tests.conftest import random_rgb, write_png
-    from vdsr.images import load_image
+    from vdsr.io.images import load_image
     from vdsr.weights import WeightsMetadata, save_weights
 
     weights = tmp_path / "tiny8.safetensors"

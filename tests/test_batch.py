@@ -20,7 +20,7 @@ from PIL import Image
 from tests.conftest import a_folder, images, random_rgb, run, temp_files, write_png
 from vdsr import batch
 from vdsr.errors import StopRequested
-from vdsr.outputs import NamingRule, leftover_temp_files
+from vdsr.io.outputs import NamingRule, leftover_temp_files
 
 
 def vdsr_command() -> list[str]:
@@ -135,7 +135,7 @@ def test_manifest_records_each_input_and_a_rerun_does_only_the_rest(tmp_path: Pa
 def _killed_inside_a_write(target: Path) -> None:
     """A process killed by SIGKILL in the middle of an atomic write of ``target``: the real
     fault, which leaves the hidden temp file behind."""
-    script = (f"import os, signal\nfrom vdsr.fileio import atomic_path\n"
+    script = (f"import os, signal\nfrom vdsr.io.fileio import atomic_path\n"
               f"with atomic_path({str(target)!r}) as tmp:\n"
               f"    tmp.write_bytes(b'half a PNG')\n"
               f"    os.kill(os.getpid(), signal.SIGKILL)\n")

@@ -1,4 +1,4 @@
-"""vdsr.batch_ray: folder jobs on Ray Data, on a local cluster of 2 CPUs that this module starts
+"""vdsr.batch.ray_jobs: folder jobs on Ray Data, on a local cluster of 2 CPUs that this module starts
 (issue 25, items 4 and 5): the same bytes as one process, a bad file is a failed row, an actor
 killed mid-job is retried, a rerun after the run is killed does only the rest.
 
@@ -189,7 +189,7 @@ def test_actors_get_a_gpu_each_where_the_cluster_has_them() -> None:
     cluster (the device then CUDA), the CPUs shared out as threads elsewhere or with --device cpu.
     (Running the actors on real GPUs was not possible here: no GPU machine has Ray.)"""
     from vdsr.batch import Settings
-    from vdsr.batch_ray import pool_for
+    from vdsr.batch.ray_jobs import pool_for
 
     settings = Settings(scale=2.0, device="auto")
     size, options, actor = pool_for({"CPU": 16.0, "GPU": 2.0}, settings, 1)

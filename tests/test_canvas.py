@@ -1,4 +1,4 @@
-"""vdsr.canvas: where an upscaled image goes block by block: an image started over (the engine
+"""vdsr.io.canvas: where an upscaled image goes block by block: an image started over (the engine
 halving its tile) starts its stream over."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import io
 import numpy as np
 from PIL import Image
 
-from vdsr.canvas import PngCanvas
+from vdsr.io.canvas import PngCanvas
 
 
 def test_a_restarted_image_starts_the_stream_again() -> None:

@@ -375,7 +375,7 @@ def test_readme_is_a_front_door() -> None:
 
 
 def test_the_bodies_table_gives_each_bodys_parameters() -> None:
-    from vdsr.model import VDSR, VDSRConfig
+    from vdsr.nn.model import VDSR, VDSRConfig
 
     rows = re.findall(r"^\| `(\w+)` \| [^|]+ \| ([\d,]+)", (ROOT / "docs" / "model.md").read_text(encoding="utf-8"), re.M)
     assert len(rows) == 4

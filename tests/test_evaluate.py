@@ -41,7 +41,7 @@ def test_official_weights_reach_paper_on_set5(official_weights: Path) -> None:
 def test_pytorch_vdsr_weights_on_set5(tmp_path: Path) -> None:
     """pytorch-vdsr's checkpoint, double-precision Y protocol: 37.65 / 33.77 / 31.45 measured
     by an independent implementation; ours must agree within 0.02 dB."""
-    from vdsr.importers import convert
+    from vdsr.weights.importers import convert
 
     out = tmp_path / "pv.safetensors"
     convert(REFERENCE / "pytorch_vdsr_model_epoch_50.pth", out)

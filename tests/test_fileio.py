@@ -1,4 +1,4 @@
-"""vdsr.fileio: atomic writes. A write that fails or is killed leaves no partial file under the
+"""vdsr.io.fileio: atomic writes. A write that fails or is killed leaves no partial file under the
 final name (a temp file in the destination folder, then ``os.replace``), and what is written
 gets the permissions the umask gives."""
 
@@ -18,14 +18,14 @@ def test_unwritable_output_folder_even_as_root(tmp_path: Path, tiny_weights: Pat
                                                monkeypatch: pytest.MonkeyPatch) -> None:
     """Root ignores permission bits, so simulate the OS refusing the write (in the PNG encoder,
     which writes as the bands of tiles arrive)."""
-    import vdsr.png
+    import vdsr.io.png
 
     src = write_png(tmp_path / "a.png", random_rgb(10, 10))
 
     def refuse(*a: object, **k: object) -> None:
         raise PermissionError(13, "Permission denied")
 
-    monkeypatch.setattr(vdsr.png.PngWriter, "write_rows", refuse)
+    monkeypatch.setattr(vdsr.io.png.PngWriter, "write_rows", refuse)
     code = main(["upscale", str(src), "-s", "2", "-o", str(tmp_path / "o.png"), "--weights", str(tiny_weights),
                  "--precision", "fp32"])  # exact: no recipe check to note on stderr
     check_one_line_error(capsys, code, "o.png", "Permission denied")
@@ -49,9 +49,9 @@ def test_crash_mid_batch_leaves_finished_outputs_whole(tmp_path: Path, tiny_weig
     out = tmp_path / "out"
     script = textwrap.dedent(f"""
         import os, signal, sys
-        import vdsr.png
+        import vdsr.io.png
         from vdsr.cli import main
-        real_close = vdsr.png.PngWriter.close
+        real_close = vdsr.io.png.PngWriter.close
         count = []
         def dying_close(self):
             count.append(1)
@@ -59,7 +59,7 @@ def test_crash_mid_batch_leaves_finished_outputs_whole(tmp_path: Path, tiny_weig
                 self.stream.flush()
                 os.kill(os.getpid(), signal.SIGKILL)
             return real_close(self)
-        vdsr.png.PngWriter.close = dying_close
+        vdsr.io.png.PngWriter.close = dying_close
         sys.exit(main(["upscale", {str(folder)!r}, "-s", "2", "-o", {str(out)!r},
                        "--weights", {str(tiny_weights)!r}]))
     """)

@@ -1,4 +1,4 @@
-"""vdsr.images: image files in and out: formats, orientation, the pixel limits (checked from the
+"""vdsr.io.images: image files in and out: formats, orientation, the pixel limits (checked from the
 header), metadata (EXIF, ICC profile, DPI) carried to the output, damaged metadata, 16-bit
 colour, what a format cannot hold said out loud, and the loader on random bytes."""
 
@@ -30,7 +30,7 @@ from tests.conftest import (
 )
 from vdsr.cli import main
 from vdsr.errors import ImageError, VDSRError
-from vdsr.images import decode_image, load_image, save_image
+from vdsr.io.images import decode_image, load_image, save_image
 
 
 @pytest.mark.parametrize("ext", [".png", ".jpg", ".webp", ".tif"])
@@ -324,7 +324,7 @@ def test_output_limit_is_checked_from_the_header(tmp_path: Path, tiny_weights: P
 
     from vdsr.cli import main
     from vdsr.errors import TooLarge
-    from vdsr.images import probe, probe_image
+    from vdsr.io.images import probe, probe_image
 
     def no_decoding(*_a: object, **_k: object) -> None:
         raise AssertionError("pixels were decoded before the limits were checked")
@@ -350,7 +350,7 @@ def test_probe_gives_the_oriented_size_without_decoding(tmp_path: Path, monkeypa
     from PIL import ImageFile
 
     from vdsr.errors import ImageError, TooLarge
-    from vdsr.images import probe, probe_image
+    from vdsr.io.images import probe, probe_image
 
     path = photo_with_metadata(tmp_path / "cam.jpg")  # 20 wide, 12 high, orientation 6
     expected = load_image(path)
@@ -452,7 +452,7 @@ def test_bundled_photos_are_scikit_images_own_pixels() -> None:
     """`bundled_photo` reads scikit-image's photos with Pillow: the loaders' exact arrays."""
     from skimage import data
 
-    from vdsr.images import _BUNDLED_FILES, bundled_photo
+    from vdsr.io.images import _BUNDLED_FILES, bundled_photo
 
     for name in [*_BUNDLED_FILES, "brick"]:  # brick: not in the table, so the loader itself
         got, want = bundled_photo(name), getattr(data, name)()

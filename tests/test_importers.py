@@ -1,4 +1,4 @@
-"""vdsr.importers: published VDSR weights (MatConvNet ``.mat``, pytorch-vdsr ``.pth``) and
+"""vdsr.weights.importers: published VDSR weights (MatConvNet ``.mat``, pytorch-vdsr ``.pth``) and
 training checkpoints into our ``.safetensors``, safely: no code runs from a pickle, crafted
 files are one clear error, and ``vdsr convert`` says which file and why."""
 
@@ -32,8 +32,8 @@ from tests.conftest import (
 )
 from vdsr.cli import main
 from vdsr.errors import TrainingError, WeightsError
-from vdsr.importers import RestrictedUnpickler, import_pytorch_vdsr
 from vdsr.weights import load_weights
+from vdsr.weights.importers import RestrictedUnpickler, import_pytorch_vdsr
 
 
 class _Evil:
@@ -67,7 +67,7 @@ def test_malicious_pickle_is_refused(tmp_path: Path) -> None:
     # Resume states go through torch.load(weights_only=True), which refuses it too.
     ckpt = tmp_path / "checkpoint.pt"
     ckpt.write_bytes(payload)
-    from vdsr.train.runfolder import load_checkpoint
+    from vdsr.weights.checkpoints import load_checkpoint
 
     with pytest.raises(TrainingError, match="unsafe|unreadable"):
         load_checkpoint(ckpt)
@@ -275,7 +275,7 @@ def _tiny_mat_cells() -> tuple[list[object], list[object]]:
 
 def test_matconvnet_layout_is_imported(tmp_path: Path) -> None:
     """MATLAB's (H, W, Cin, Cout) kernels, the output's trailing singleton dropped, as MATLAB does."""
-    from vdsr.importers import import_matconvnet
+    from vdsr.weights.importers import import_matconvnet
 
     weights, biases = _tiny_mat_cells()
     weights[-1] = weights[-1][..., 0]  # (3, 3, 8): MATLAB drops the trailing 1
@@ -322,7 +322,7 @@ def test_fuzzed_pytorch_vdsr_checkpoints_raise_only_weights_errors(tmp_path: Pat
     source = tmp_path / "ok.pth"
     if not source.exists():
         _legacy_checkpoint(source, TINY_PTH)
-    from vdsr.importers import convert
+    from vdsr.weights.importers import convert
 
     path = tmp_path / "fuzz.pth"
     path.write_bytes(_mutated(source.read_bytes(), edits, cut))
@@ -337,7 +337,7 @@ def test_fuzzed_pytorch_vdsr_checkpoints_raise_only_weights_errors(tmp_path: Pat
 @given(edits=_EDITS, cut=st.one_of(st.none(), st.integers(0, 10_000)))
 def test_fuzzed_mat_files_raise_only_weights_errors(tmp_path: Path, edits: list[tuple[int, int]],
                                                     cut: int | None) -> None:
-    from vdsr.importers import convert
+    from vdsr.weights.importers import convert
 
     source = tmp_path / "ok.mat"
     if not source.exists():

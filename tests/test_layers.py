@@ -1,4 +1,4 @@
-"""vdsr.layers and vdsr.inception_example: 1x1 convolutions and projections, merges, Inception
+"""vdsr.nn.layers and vdsr.nn.inception_example: 1x1 convolutions and projections, merges, Inception
 blocks, and the notes' Conv-BN block."""
 
 from __future__ import annotations
@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from vdsr.errors import InvalidArgument
-from vdsr.inception_example import ConvBN, InceptionExample
-from vdsr.layers import Add, Concat, Inception, Projection, conv1x1
+from vdsr.nn.inception_example import ConvBN, InceptionExample
+from vdsr.nn.layers import Add, Concat, Inception, Projection, conv1x1
 
 
 def test_conv_bn_order_and_projection() -> None:

@@ -1,4 +1,4 @@
-"""vdsr.metrics: PSNR and SSIM: the border shave, and SSIM equal to a direct transcription of
+"""vdsr.quality.metrics: PSNR and SSIM: the border shave, and SSIM equal to a direct transcription of
 ssim_index.m."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from scipy.signal import correlate2d
 
-from vdsr.metrics import psnr, shave, ssim
+from vdsr.quality.metrics import psnr, shave, ssim
 
 
 def _ssim_index_m(img1: np.ndarray, img2: np.ndarray) -> float:

@@ -1,4 +1,4 @@
-"""vdsr.model: the VDSR network: size, parameter count, receptive field, residual, gradients,
+"""vdsr.nn.model: the VDSR network: size, parameter count, receptive field, residual, gradients,
 and the other bodies (the same receptive field, parameters within 5%)."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from tests.conftest import receptive_span
-from vdsr.model import BODIES, VDSR, VDSRConfig, count_parameters, flops_per_pixel
+from vdsr.nn.model import BODIES, VDSR, VDSRConfig, count_parameters, flops_per_pixel
 
 
 def test_default_vdsr_matches_paper() -> None:

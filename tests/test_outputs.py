@@ -1,4 +1,4 @@
-"""vdsr.outputs, the one output policy, and the commands that write files through it: names, never
+"""vdsr.io.outputs, the one output policy, and the commands that write files through it: names, never
 replacing what was not asked for (the input never), destinations checked before any work, one
 line for every refusal (issue 23, items 2, 3, 6 and the rough edges; issue 24's output module)."""
 
@@ -13,7 +13,6 @@ import pytest
 from PIL import Image
 
 from tests.conftest import check_one_line_error, random_rgb, run, tmpfs, write_png
-from vdsr import outputs
 from vdsr.cli import main
 from vdsr.errors import (
     OutputCollision,
@@ -22,6 +21,7 @@ from vdsr.errors import (
     OutputNameRefused,
     OutputUnwritable,
 )
+from vdsr.io import outputs
 
 
 def one_line(code: int, err: str, *needles: str, exit_code: int = 1) -> str:

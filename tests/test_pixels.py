@@ -19,9 +19,9 @@ from vdsr.api import bicubic_clipped
 from vdsr.color import rgb2y, rgb2ycbcr, rgb2ycbcr_tensor, ycbcr2rgb, ycbcr2rgb_tensor
 from vdsr.engine import Upscaler
 from vdsr.errors import DataError, InvalidArgument, PixelScaleError
-from vdsr.model import VDSR, VDSRConfig
+from vdsr.nn.model import VDSR, VDSRConfig
 from vdsr.pixels import peak, require_unit, to_uint, to_uint_tensor, to_unit
-from vdsr.protocol import make_pair
+from vdsr.quality.protocol import make_pair
 from vdsr.train.data import DegradedImage, H5Patches, PatchSampler, to_channels
 
 

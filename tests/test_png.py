@@ -1,4 +1,4 @@
-"""vdsr.png: the streaming PNG writer: what Pillow reads back, the metadata, and memory that stays
+"""vdsr.io.png: the streaming PNG writer: what Pillow reads back, the metadata, and memory that stays
 at a band."""
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from PIL import Image
 from tests.conftest import tiny_model
 from vdsr.api import write_upscaled
 from vdsr.engine import Upscaler
-from vdsr.images import load_image, png_options
-from vdsr.png import PngWriter
+from vdsr.io.images import load_image, png_options
+from vdsr.io.png import PngWriter
 
 
 @pytest.mark.parametrize(("channels", "bits"), [(1, 8), (2, 8), (3, 8), (4, 8), (1, 16), (3, 16)])

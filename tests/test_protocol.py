@@ -1,4 +1,4 @@
-"""vdsr.protocol: the benchmark protocol's steps (modcrop, MATLAB bicubic down and up, BT.601 Y)
+"""vdsr.quality.protocol: the benchmark protocol's steps (modcrop, MATLAB bicubic down and up, BT.601 Y)
 and ``make_pair``'s ``ydouble`` path reproduce MATLAB's own outputs for Set5 butterfly
 (``../shared/reference/set5_butterfly_x{2,3,4}.mat``)."""
 
@@ -10,7 +10,7 @@ import scipy.io
 
 from tests.conftest import REFERENCE, needs_shared
 from vdsr.color import rgb2y, rgb2ycbcr
-from vdsr.protocol import make_pair
+from vdsr.quality.protocol import make_pair
 from vdsr.resize import imresize, modcrop
 
 

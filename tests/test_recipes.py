@@ -18,10 +18,10 @@ from tests.conftest import DATASETS, needs_shared, tiny_model
 from vdsr.cpu import CPU_FEATURES_ENV, CpuFeatures
 from vdsr.engine import Upscaler
 from vdsr.evaluate import super_resolve_y
-from vdsr.images import load_image
-from vdsr.metrics import psnr
-from vdsr.model import VDSR, VDSRConfig
-from vdsr.protocol import make_pair
+from vdsr.io.images import load_image
+from vdsr.nn.model import VDSR, VDSRConfig
+from vdsr.quality.metrics import psnr
+from vdsr.quality.protocol import make_pair
 from vdsr.recipes import CUDA_ORDER
 from vdsr.weights import load_model
 

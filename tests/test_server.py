@@ -1,4 +1,4 @@
-"""vdsr.server, with vdsr.access and vdsr.uploads (the server's middleware and upload reader, tested
+"""vdsr.serve.server, with vdsr.serve.access and vdsr.serve.uploads (the server's middleware and upload reader, tested
 through the app): `vdsr serve`'s API (in-process), bad requests, other sites' pages, slow clients,
 Ctrl-C, and end-to-end tests in headless Chromium (Playwright driving Debian's /usr/bin/chromium;
 no browser download)."""
@@ -24,7 +24,7 @@ from PIL import Image
 from tests.conftest import ROOT, random_rgb, write_png
 from vdsr.api import bicubic_clipped
 from vdsr.cli import main
-from vdsr.server import Limits, create_app
+from vdsr.serve.server import Limits, create_app
 
 LOCAL = "http://127.0.0.1:8000"
 
@@ -241,18 +241,18 @@ def test_output_pixels_are_limited(tiny_weights: Path) -> None:
 
 def _blocking_upscale(monkeypatch: pytest.MonkeyPatch) -> tuple[threading.Event, list[str]]:
     """Make VDSR jobs wait for the returned event; the list records which ran, in order."""
-    import vdsr.server
+    import vdsr.serve.server
 
     gate, order = threading.Event(), []
     entry = "upscale_image"  # the server's one call into the library
-    real = getattr(vdsr.server, entry)
+    real = getattr(vdsr.serve.server, entry)
 
     def slow(model, image, *args, **kwargs):  # type: ignore[no-untyped-def]
         order.append(image.path.name)
         assert gate.wait(30), "test gate never opened"
         return real(model, image, *args, **kwargs)
 
-    monkeypatch.setattr(vdsr.server, entry, slow)
+    monkeypatch.setattr(vdsr.serve.server, entry, slow)
     return gate, order
 
 
@@ -356,11 +356,11 @@ def test_bicubic_previews_have_their_own_bounded_lane(tiny_weights: Path, monkey
     """Previews skip the VDSR queue but do not run without bound (each may hold a large image)."""
     from concurrent.futures import ThreadPoolExecutor
 
-    import vdsr.server
+    import vdsr.serve.server
     from vdsr.constants import SERVER_PREVIEW_JOBS
 
     lock, running, peak = threading.Lock(), [0], [0]
-    real = vdsr.server.bicubic_clipped
+    real = vdsr.serve.server.bicubic_clipped
 
     def counted(*args, **kwargs):  # type: ignore[no-untyped-def]
         with lock:
@@ -371,7 +371,7 @@ def test_bicubic_previews_have_their_own_bounded_lane(tiny_weights: Path, monkey
             running[0] -= 1
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(vdsr.server, "bicubic_clipped", counted)
+    monkeypatch.setattr(vdsr.serve.server, "bicubic_clipped", counted)
     data = png_bytes(random_rgb(8, 8))
     with local_client(create_app(tiny_weights)) as client:
         def post(i: int) -> int:
@@ -393,16 +393,16 @@ def test_browser_shows_queue_places_and_retries_a_full_queue(tiny_weights: Path,
     after Retry-After until every image is done."""
     from playwright.sync_api import sync_playwright
 
-    import vdsr.server
+    import vdsr.serve.server
 
     entry = "upscale_image"
-    real = getattr(vdsr.server, entry)
+    real = getattr(vdsr.serve.server, entry)
 
     def slow(*args, **kwargs):  # type: ignore[no-untyped-def]
         time.sleep(0.8)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(vdsr.server, entry, slow)
+    monkeypatch.setattr(vdsr.serve.server, entry, slow)
     files = [str(write_png(tmp_path / f"q{i}.png", random_rgb(20, 24, seed=i))) for i in range(4)]
     server = _live(create_app(tiny_weights, Limits(max_jobs=1, max_queue=1)))
     url = next(server)
@@ -541,8 +541,8 @@ def test_cross_site_requests_and_foreign_hosts_are_refused(client: TestClient) -
 def test_named_origins_and_hosts_can_be_allowed(tiny_weights: Path) -> None:
     """Item 17: behind a name, or for another site's page the user trusts: the allowed names and
     origins are served (with CORS headers for the origin), nothing else is."""
-    from vdsr.access import Access
     from vdsr.errors import InvalidArgument
+    from vdsr.serve.access import Access
 
     access = Access(host="0.0.0.0", hosts=("Photos.Example",), origins=("https://app.example/",))
     client = TestClient(create_app(tiny_weights, access=access), base_url="http://photos.example:8000")
@@ -742,7 +742,7 @@ def test_slow_clients_are_cut_off(tiny_weights: Path) -> None:
     connection ``keep_alive_seconds`` after an answer."""
     import uvicorn
 
-    from vdsr.server import uvicorn_config
+    from vdsr.serve.server import uvicorn_config
 
     limits = Limits(head_seconds=0.6, keep_alive_seconds=1, body_idle_seconds=0.6, body_seconds=2.0)
     app = create_app(tiny_weights, limits)
@@ -803,7 +803,7 @@ def test_a_preview_is_bounded_in_memory_like_a_job(tiny_weights: Path) -> None:
     clipped and rounded in whole-image copies). Now one plane at a time, equal pixels."""
     import tracemalloc
 
-    from vdsr.images import to_uint
+    from vdsr.io.images import to_uint
 
     h, w, scale = 300, 400, 3
     array = random_rgb(h, w, seed=4)

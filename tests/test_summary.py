@@ -1,4 +1,4 @@
-"""vdsr.summary: the Keras-style model summary: the notes' Inception example gives Keras's
+"""vdsr.nn.summary: the Keras-style model summary: the notes' Inception example gives Keras's
 totals, and ``vdsr summary`` prints them."""
 
 from __future__ import annotations
@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 
 from vdsr.cli import main
-from vdsr.inception_example import inception_example_model
-from vdsr.summary import summarize
+from vdsr.nn.inception_example import inception_example_model
+from vdsr.nn.summary import summarize
 
 
 def test_notes_inception_summary_matches_keras() -> None:

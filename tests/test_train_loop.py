@@ -21,7 +21,7 @@ from vdsr.cli import main
 from vdsr.errors import TrainingError
 from vdsr.train import TrainConfig, Trainer
 from vdsr.train.loop import clip_gradients
-from vdsr.train.runfolder import load_checkpoint
+from vdsr.weights.checkpoints import load_checkpoint
 
 
 def test_adjustable_gradient_clipping() -> None:

@@ -27,7 +27,7 @@ from tests.conftest import DATASETS, ROOT, needs_shared, random_rgb
 from vdsr.cli import main
 from vdsr.engine import Upscaler
 from vdsr.evaluate import EvalConfig, evaluate_folder
-from vdsr.model import VDSR
+from vdsr.nn.model import VDSR
 from vdsr.train import TrainConfig, Trainer
 from vdsr.train.data import H5Patches, PatchSampler, degraded_images
 from vdsr.weights import load_model

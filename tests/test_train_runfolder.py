@@ -18,7 +18,7 @@ import torch
 from tests.conftest import _tree, one_error_line, random_rgb, tiny_args, tmpfs, write_png
 from vdsr.cli import main
 from vdsr.train import TrainConfig, Trainer
-from vdsr.train.runfolder import load_checkpoint
+from vdsr.weights.checkpoints import load_checkpoint
 
 
 @pytest.fixture
@@ -192,7 +192,7 @@ def test_disk_full_while_training_keeps_the_last_checkpoint_and_nothing_half_wri
     inline_container.cc:672] unexpected pos' and curve.png's 'OSError: No space left on
     device' were tracebacks. Now each is one line naming the file, with the last good
     checkpoint kept, nothing half-written, and --resume continues once there is space."""
-    from vdsr.train.runfolder import load_checkpoint
+    from vdsr.weights.checkpoints import load_checkpoint
 
     page = 4096
     with tmpfs(tmp_path / "disk", "size=1m") as disk:
@@ -374,7 +374,7 @@ def test_resume_refuses_a_missing_corrupt_or_mismatched_checkpoint_and_writes_no
     import json
     import pickle
 
-    from vdsr.model import VDSR, VDSRConfig
+    from vdsr.nn.model import VDSR, VDSRConfig
 
     run = tmp_path / "run"
     assert main(tiny_args(train_dir, run, 10, every=5)) == 0

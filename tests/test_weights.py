@@ -396,7 +396,7 @@ def test_deep_model_is_refused_at_once_by_upscale(tmp_path: Path, capsys: pytest
 @pytest.mark.parametrize("body", ["plain", "residual", "dense", "inception"])
 def test_expected_shapes_are_the_models_own(body: str) -> None:
     """The shapes the header is checked against (built on the meta device) are the real model's."""
-    from vdsr.model import VDSR, VDSRConfig
+    from vdsr.nn.model import VDSR, VDSRConfig
     from vdsr.weights import expected_shapes
 
     config = VDSRConfig(depth=8, width=16, channels=3, bias=body != "dense", body=body)

@@ -23,11 +23,11 @@ from vdsr.errors import VDSRError
 if TYPE_CHECKING:
     from vdsr.api import upscale
     from vdsr.engine import Upscaler
-    from vdsr.model import VDSR, VDSRConfig
+    from vdsr.nn.model import VDSR, VDSRConfig
     from vdsr.weights import load_model
 
-_LAZY = {"Upscaler": "vdsr.engine", "upscale": "vdsr.api", "VDSR": "vdsr.model",
-         "VDSRConfig": "vdsr.model", "load_model": "vdsr.weights"}
+_LAZY = {"Upscaler": "vdsr.engine", "upscale": "vdsr.api", "VDSR": "vdsr.nn.model",
+         "VDSRConfig": "vdsr.nn.model", "load_model": "vdsr.weights"}
 
 __all__ = ["VDSR", "Upscaler", "VDSRConfig", "VDSRError", "load_model", "upscale", "__version__"]
 

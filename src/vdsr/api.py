@@ -2,7 +2,7 @@
 their own.
 
 * :func:`upscale`: the Python API, a NumPy image in, the same dtype out;
-* :func:`upscale_image`: a decoded :class:`~vdsr.images.LoadedImage` into encoded bytes or a
+* :func:`upscale_image`: a decoded :class:`~vdsr.io.images.LoadedImage` into encoded bytes or a
   stream (``vdsr serve``);
 * :func:`upscale_file`: one file to another, atomically (``vdsr upscale``, folder jobs);
 * :func:`run_network`, :func:`bicubic_upscale`: the network alone, bicubic alone.
@@ -26,13 +26,13 @@ import numpy as np
 import torch
 from numpy.typing import NDArray
 
-from vdsr.canvas import Canvas, PngCanvas, plan
 from vdsr.constants import DEFAULT_MAX_PIXELS, DEFAULT_TILE
 from vdsr.engine import Progress, RunInfo, Upscaler
 from vdsr.errors import ImageError, InvalidArgument, VDSRError
-from vdsr.fileio import atomic_path
-from vdsr.images import LoadedImage, load_image, output_format, png_options, write_canvas
-from vdsr.model import VDSR
+from vdsr.io.canvas import Canvas, PngCanvas, plan
+from vdsr.io.fileio import atomic_path
+from vdsr.io.images import LoadedImage, load_image, output_format, png_options, write_canvas
+from vdsr.nn.model import VDSR
 from vdsr.pixels import peak, require_unit
 from vdsr.resize import imresize
 from vdsr.sizes import check_output_pixels, check_scale, upscaled_size
@@ -179,7 +179,7 @@ def upscale_image(up: Upscaler, image: LoadedImage, scale: float, progress: Prog
     Raises :class:`TooLarge` before any work when the output would be over ``max_output_pixels``.
     The output keeps the input's bit depth where the format can hold it (a warning naming ``name``
     says what it cannot hold). A PNG is encoded band by band as the engine finishes them
-    (:class:`vdsr.canvas.PngCanvas`): memory stays at one band.
+    (:class:`vdsr.io.canvas.PngCanvas`): memory stays at one band.
     """
     out_h, out_w = check_output_pixels(str(image.path), image.height, image.width, scale, max_output_pixels)
     planes = image.planes()

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 __version__ = "0.2.0"
 
-BODIES: tuple[str, ...] = ("plain", "residual", "dense", "inception")  # VDSR bodies (vdsr.model)
+BODIES: tuple[str, ...] = ("plain", "residual", "dense", "inception")  # VDSR bodies (vdsr.nn.model)
 DEFAULT_SCALES: tuple[int, ...] = (2, 3, 4)  # the scales the paper trains and reports
 MAX_SCALE = 16.0  # larger factors are refused: VDSR only sharpens a bicubic upscale
 DEFAULT_TILE = 352  # network input side: 1024² -> 2048² with ONNX Runtime mixed peaked at 405 MB (384: 470 MB, over the memory bound; 320: 395 MB), 3 % slower than 384 (measured, session 6)

@@ -13,10 +13,10 @@ import numpy as np
 
 from vdsr.api import bicubic_upscale, upscale, upscaler_for
 from vdsr.color import rgb2y
-from vdsr.images import bundled_photo, save_image
-from vdsr.metrics import psnr
-from vdsr.outputs import check_folder, check_target, make_folders
+from vdsr.io.images import bundled_photo, save_image
+from vdsr.io.outputs import check_folder, check_target, make_folders
 from vdsr.plots import comparison
+from vdsr.quality.metrics import psnr
 from vdsr.resize import downscale_8bit, modcrop
 from vdsr.weights import load_model
 

@@ -31,7 +31,7 @@ from vdsr.backends import Backend, resolve_device
 from vdsr.color import rgb2ycbcr_tensor, ycbcr2rgb_tensor
 from vdsr.constants import DEFAULT_TILE
 from vdsr.errors import InvalidArgument, VDSRError
-from vdsr.model import VDSR
+from vdsr.nn.model import VDSR
 from vdsr.pixels import peak as pixel_peak
 from vdsr.pixels import require_unit_tensor, to_uint_tensor
 from vdsr.resize import AxisWeights, axis_weights, resize_tensor

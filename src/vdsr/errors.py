@@ -133,7 +133,7 @@ class DeviceUnavailable(InvalidArgument):
 
 
 class NotSafetensors(WeightsError):
-    """A weights file that only :func:`vdsr.importers.convert` reads (``.pth``, ``.pt``, ``.mat``).
+    """A weights file that only :func:`vdsr.weights.importers.convert` reads (``.pth``, ``.pt``, ``.mat``).
 
     Attributes:
         path: the file.
@@ -143,7 +143,7 @@ class NotSafetensors(WeightsError):
     def __init__(self, path: str, suffix: str) -> None:
         self.path, self.suffix = path, suffix
         super().__init__(f"{path}: only .safetensors weights are loaded; {suffix} files are "
-                         "imported first (vdsr.importers.convert)")
+                         "imported first (vdsr.weights.importers.convert)")
 
 
 class NoDefaultModel(WeightsError):
@@ -394,7 +394,7 @@ class OutputUnwritable(OutputRefused):
 
 
 class OutputNameRefused(OutputRefused, InvalidArgument):
-    """An output name that does not say what to write (``vdsr.outputs.OUTPUT_RULE``).
+    """An output name that does not say what to write (``vdsr.io.outputs.OUTPUT_RULE``).
 
     Attributes:
         path: the output as given.

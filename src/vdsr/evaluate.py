@@ -26,9 +26,9 @@ from numpy.typing import NDArray
 
 from vdsr.constants import DEFAULT_SCALES
 from vdsr.errors import InvalidArgument
-from vdsr.images import list_images, load_image
-from vdsr.metrics import psnr, ssim
-from vdsr.protocol import PROTOCOLS, make_pair
+from vdsr.io.images import list_images, load_image
+from vdsr.quality.metrics import psnr, ssim
+from vdsr.quality.protocol import PROTOCOLS, make_pair
 
 if TYPE_CHECKING:
     from vdsr.engine import Upscaler

@@ -33,8 +33,8 @@ from numpy.typing import NDArray
 from vdsr.color import rgb2y
 from vdsr.constants import DEFAULT_SCALES
 from vdsr.errors import VDSRError
-from vdsr.fileio import atomic_path
-from vdsr.model import VDSR
+from vdsr.io.fileio import atomic_path
+from vdsr.nn.model import VDSR
 from vdsr.resize import degrade
 
 # scikit-image's bundled photos used for int8 calibration (not ``chelsea``: `vdsr demo` scores it).
@@ -73,7 +73,7 @@ def calibration_inputs(channels: int, crop: int = CALIBRATION_CROP) -> Iterator[
     The centre crop of each bundled photo is degraded at ×2, ×3 and ×4 (MATLAB bicubic down and
     back up, as in training).
     """
-    from vdsr.images import bundled_photo
+    from vdsr.io.images import bundled_photo
 
     for name in CALIBRATION_IMAGES:
         hr = np.asarray(bundled_photo(name), dtype=np.float64) / 255.0

@@ -12,7 +12,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from vdsr.extras import need
-from vdsr.fileio import atomic_path
+from vdsr.io.fileio import atomic_path
 
 
 def pyplot() -> Any:
@@ -111,7 +111,7 @@ def comparison(panels: list[tuple[str, NDArray[np.floating]]], out: str | os.Pat
         x = gap + i * (box_w * zoom + gap)
         draw.text((x, title_h + 5), label, fill="black", font=font)
         canvas.paste(Image.fromarray(np.ascontiguousarray(pixels)), (x, title_h + label_h))
-    from vdsr.images import output_format
+    from vdsr.io.images import output_format
 
     with atomic_path(Path(out)) as tmp:
         canvas.save(tmp, format=output_format(Path(out)))  # the format its extension names
@@ -125,7 +125,7 @@ def compare_files(source: str | os.PathLike[str], upscaled: str | os.PathLike[st
     from pathlib import Path
 
     from vdsr.api import bicubic_upscale
-    from vdsr.images import load_image
+    from vdsr.io.images import load_image
 
     image, result = load_image(source).floats()[0], load_image(upscaled).floats()[0]
     big = min(result.shape[0], result.shape[1]) > 256

@@ -38,7 +38,7 @@ from vdsr.backends import Backend, create_backend, openvino_available, pick_runt
 from vdsr.constants import DEFAULT_SCALES
 from vdsr.cpu import CpuFeatures, cpu_features
 from vdsr.errors import BackendUnavailable, InvalidArgument
-from vdsr.model import VDSR, weights_digest
+from vdsr.nn.model import VDSR, weights_digest
 
 log = logging.getLogger(__name__)
 
@@ -159,8 +159,8 @@ Pairs = tuple[tuple[NDArray[np.float64], NDArray[np.float32], int], ...]
 def _check_pairs(channels: int, scales: tuple[int, ...]) -> Pairs:
     """``(ground truth 0-255, network input, scale)`` for every check crop and scale: the
     evaluation protocol (``rgb8``) for 1-channel models, the training degradation on RGB else."""
-    from vdsr.images import bundled_photo
-    from vdsr.protocol import make_pair
+    from vdsr.io.images import bundled_photo
+    from vdsr.quality.protocol import make_pair
     from vdsr.resize import degrade
 
     pairs = []
@@ -193,7 +193,7 @@ def _outputs(backend: Backend, pairs: Pairs) -> list[NDArray[np.float64]]:
 
 
 def _mean_psnr(pairs: Pairs, outs: list[NDArray[np.float64]]) -> dict[int, float]:
-    from vdsr.metrics import psnr
+    from vdsr.quality.metrics import psnr
 
     scores: dict[int, list[float]] = {}
     for (gt, _, scale), sr in zip(pairs, outs, strict=True):
@@ -291,7 +291,7 @@ def _cached(key: str) -> Verdict | None:
 
 
 def _store(key: str, verdict: Verdict) -> None:
-    from vdsr.fileio import atomic_path
+    from vdsr.io.fileio import atomic_path
 
     _MEMORY[key] = verdict.to_dict()
     data = _read_cache()

@@ -44,8 +44,8 @@ from torch import nn
 from vdsr.color import RGB2YCBCR, YCBCR2RGB, YCBCR_OFFSET
 from vdsr.constants import MAX_SCALE, __version__
 from vdsr.errors import BadScale, InvalidArgument
-from vdsr.fileio import atomic_path
-from vdsr.model import VDSR
+from vdsr.io.fileio import atomic_path
+from vdsr.nn.model import VDSR
 
 OPSET = 17
 TAPS = 5  # tap offsets -2..2: every phase's 4 non-zero taps lie among them

@@ -29,7 +29,7 @@ import torch
 from vdsr.constants import BACKENDS, PRECISIONS
 from vdsr.cpu import CpuFeatures, cpu_features
 from vdsr.errors import BackendUnavailable, DeviceUnavailable, InvalidArgument
-from vdsr.model import VDSR
+from vdsr.nn.model import VDSR
 
 __all__ = ["Backend", "create_backend", "pick_runtime", "resolve_device", "shared_backend"]
 

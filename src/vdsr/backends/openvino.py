@@ -30,7 +30,7 @@ import torch
 from vdsr.backends.ort import cached_graph_bytes
 from vdsr.cpu import usable_cpus
 from vdsr.errors import BackendUnavailable, InvalidArgument
-from vdsr.model import VDSR
+from vdsr.nn.model import VDSR
 
 __all__ = ["OV_RECIPES", "OpenVinoBackend", "bf16_graph"]
 

@@ -20,8 +20,8 @@ import torch
 
 from vdsr import export
 from vdsr.errors import BackendUnavailable
-from vdsr.fileio import atomic_path
-from vdsr.model import VDSR, weights_digest
+from vdsr.io.fileio import atomic_path
+from vdsr.nn.model import VDSR, weights_digest
 
 log = logging.getLogger(__name__)
 

@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterator
 
 import torch
 
-from vdsr.model import VDSR
+from vdsr.nn.model import VDSR
 from vdsr.precision import torch_dtype
 
 

@@ -45,7 +45,7 @@ def _engine_options(args: argparse.Namespace) -> dict[str, Any]:
 def _upscale(args: argparse.Namespace) -> int:
     from vdsr import batch
     from vdsr.errors import StopRequested
-    from vdsr.outputs import NamingRule
+    from vdsr.io.outputs import NamingRule
     from vdsr.sizes import check_scale
     from vdsr.weights import load_model
 
@@ -105,7 +105,7 @@ def _upscale(args: argparse.Namespace) -> int:
 def _check_compare(args: argparse.Namespace, job: Any) -> None:
     """``--compare`` obeys the rules of ``-o``: never the input, never the output, never an
     existing file without --overwrite; the format follows its extension."""
-    from vdsr.outputs import check_target, check_unique, format_of
+    from vdsr.io.outputs import check_target, check_unique, format_of
 
     format_of(args.compare)
     check_unique([("the upscaled image", job.target), ("the comparison", args.compare)], kind="outputs")
@@ -116,7 +116,7 @@ def _ray(args: argparse.Namespace) -> Any:
     """``--ray [ADDRESS]``: the Ray runner (None without the flag)."""
     if args.ray is None:
         return None
-    from vdsr.batch_ray import OnRay
+    from vdsr.batch.ray_jobs import OnRay
 
     return OnRay(args.ray or None, args.workers)
 
@@ -137,8 +137,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from vdsr.engine import Upscaler
     from vdsr.errors import InvalidArgument
     from vdsr.evaluate import EvalConfig, evaluate_folder, format_table
-    from vdsr.fileio import atomic_write_bytes
-    from vdsr.images import list_images
+    from vdsr.io.fileio import atomic_write_bytes
+    from vdsr.io.images import list_images
     from vdsr.weights import default_weights_path, load_model, record_evaluation
 
     if args.record and args.bicubic_only:
@@ -146,7 +146,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.record and args.ensemble:
         raise InvalidArgument("--record stores the plain model's results; run --ensemble without --record")
     if args.json:  # before any score is computed: a folder that cannot take it fails now
-        from vdsr.outputs import check_target
+        from vdsr.io.outputs import check_target
 
         check_target(args.json, overwrite=True)
     upscaler = None
@@ -177,9 +177,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _refuse_existing(*paths: str | Path | None, overwrite: bool, inputs: Sequence[str | Path | None] = ()) -> None:
-    """Each of ``paths`` may be written (:func:`vdsr.outputs.check_target`), and no two are
+    """Each of ``paths`` may be written (:func:`vdsr.io.outputs.check_target`), and no two are
     the same; checked before any work."""
-    from vdsr.outputs import check_target, check_unique
+    from vdsr.io.outputs import check_target, check_unique
 
     given = [p for p in paths if p]
     check_unique(((f"the {i + 1}. output", p) for i, p in enumerate(given)), kind="outputs")
@@ -188,7 +188,7 @@ def _refuse_existing(*paths: str | Path | None, overwrite: bool, inputs: Sequenc
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
-    from vdsr.importers import convert
+    from vdsr.weights.importers import convert
 
     _refuse_existing(args.output, overwrite=args.overwrite, inputs=[args.source])
     meta = convert(args.source, args.output)
@@ -225,9 +225,15 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 
 
 def cmd_summary(args: argparse.Namespace) -> int:
-    from vdsr.summary import summary_text
+    from vdsr.nn.summary import summary_text
 
-    print(summary_text(args.model, tuple(args.input_shape) if args.input_shape else None, args.body))
+    config = None
+    if args.model not in ("vdsr", "inception"):  # a weights file
+        from vdsr.weights import read_metadata
+
+        config = read_metadata(args.model).config
+    print(summary_text(args.model, tuple(args.input_shape) if args.input_shape else None, args.body,
+                       config=config))
     return 0
 
 
@@ -264,7 +270,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from vdsr.extras import need_all
 
     need_all("serve")
-    from vdsr.server import Limits, serve
+    from vdsr.serve.server import Limits, serve
 
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"{PROG}: warning: serving on {args.host}: reachable from other machines", file=sys.stderr)

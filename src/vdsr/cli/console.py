@@ -85,8 +85,8 @@ class ImageProgress:
 
     def started(self, job: Any) -> None:
         from vdsr.errors import VDSRError
-        from vdsr.images import probe
-        from vdsr.outputs import display
+        from vdsr.io.images import probe
+        from vdsr.io.outputs import display
 
         label = display(job.name)
         if not self.bar.disable:

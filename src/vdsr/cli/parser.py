@@ -11,7 +11,7 @@ from typing import Any
 from vdsr import constants as C  # imports nothing: defaults for --help without torch
 from vdsr.cli import commands
 from vdsr.cli.words import PROG, train_flag
-from vdsr.outputs import OUTPUT_RULE  # imports nothing heavy
+from vdsr.io.outputs import OUTPUT_RULE  # imports nothing heavy
 
 
 def _positive_int(text: str) -> int:

@@ -16,7 +16,7 @@ from vdsr.constants import BODIES, DEFAULT_SCALES, OPTIMIZERS, SCHEDULES, TRAIN_
 from vdsr.errors import InvalidTrainConfig
 
 if TYPE_CHECKING:  # the CLI reads the defaults from here while it builds --help: no torch
-    from vdsr.model import VDSRConfig
+    from vdsr.nn.model import VDSRConfig
 
 __all__ = ["TrainConfig", "learning_rate_factor"]
 
@@ -129,7 +129,7 @@ class TrainConfig:
         return p
 
     def model_config(self) -> VDSRConfig:
-        from vdsr.model import VDSRConfig
+        from vdsr.nn.model import VDSRConfig
 
         return VDSRConfig(depth=self.depth, width=self.width, channels=self.channels,
                           bias=self.bias, body=self.body)

@@ -31,8 +31,8 @@ from numpy.typing import NDArray
 from vdsr.color import rgb2y
 from vdsr.errors import DataError, ImageError, PixelScaleError
 from vdsr.extras import need
-from vdsr.fileio import atomic_path
-from vdsr.images import list_images, load_image
+from vdsr.io.fileio import atomic_path
+from vdsr.io.images import list_images, load_image
 from vdsr.pixels import require_unit
 from vdsr.resize import degrade, imresize
 from vdsr.transforms import dihedral

@@ -40,8 +40,8 @@ from vdsr.errors import (
     WeightsError,
 )
 from vdsr.evaluate import EvalConfig, evaluate_folder
-from vdsr.images import list_images
-from vdsr.model import VDSR
+from vdsr.io.images import list_images
+from vdsr.nn.model import VDSR
 from vdsr.precision import torch_dtype
 from vdsr.train.config import TrainConfig, learning_rate_factor
 from vdsr.train.data import H5Patches, PatchSampler, PatchSource, collect_files, degraded_images

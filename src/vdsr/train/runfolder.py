@@ -10,7 +10,7 @@
     RUN/best.safetensors     weights of the best mean validation PSNR so far
     RUN/last.safetensors     weights of the last step
 
-Every file is written atomically (:func:`vdsr.fileio.atomic_path`), so a crash leaves the old
+Every file is written atomically (:func:`vdsr.io.fileio.atomic_path`), so a crash leaves the old
 file or the new one; the logs are appended a whole row at a time, and a row that cannot be
 written whole (a full disk) is cut off again. A write that fails stops the run with
 :class:`~vdsr.errors.RunWriteError`, naming the file and the checkpoint that is kept. Only :meth:`RunFolder.start` and the writers create anything; reading a run
@@ -34,10 +34,8 @@ import io
 import itertools
 import json
 import os
-import pickle
 import socket
 import time
-import warnings
 from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
@@ -55,15 +53,13 @@ from vdsr.errors import (
     VDSRError,
     WeightsError,
 )
-from vdsr.fileio import atomic_path
-from vdsr.model import VDSR, VDSRConfig
+from vdsr.io.fileio import atomic_path
+from vdsr.nn.model import VDSR, VDSRConfig
 from vdsr.train.config import TrainConfig
 from vdsr.weights import WeightsMetadata, check_state_dict
 from vdsr.weights import save_weights as write_weights
+from vdsr.weights.checkpoints import load_checkpoint
 
-# The keys of a checkpoint written by Trainer.state_dict; a file without them is not one.
-CHECKPOINT_KEYS = ("step", "model", "optimizer", "scheduler", "sampler", "torch_rng",
-                   "python_rng", "best_psnr", "best_metrics", "config")
 # Recipe keys left out of exported weights' metadata: where and how it ran, not what it learned.
 _NOT_RECIPE = ("run_dir", "device", "threads", "log_every", "compile")
 # What a new run replaces in its folder (tb/ is kept: a new event file there starts at step 0).
@@ -81,46 +77,6 @@ def csv_fields(scales: list[int]) -> list[str]:
             + [f"val_psnr_x{s}" for s in scales] + ["val_psnr_mean"])
 
 
-def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Load a checkpoint written by :meth:`RunFolder.save_checkpoint`, safely.
-
-    ``torch.load(weights_only=True)`` refuses any pickled object other than tensors and plain
-    containers, so a crafted file cannot run code. Raises :class:`TrainingError` naming the file
-    when it is missing, unreadable (truncated, foreign), unsafe, or lacks a checkpoint's keys.
-    """
-    path = Path(path)
-    try:
-        with warnings.catch_warnings():
-            # torch warns before refusing a pickle of another protocol; the refusal says enough.
-            warnings.filterwarnings("ignore", message="Detected pickle protocol")
-            state = torch.load(str(path), map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise TrainingError(f"{path}: no such checkpoint") from None
-    except MemoryError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - arbitrary bytes fail in many ways (KeyError, EOFError, ...)
-        raise TrainingError(f"{path}: {_load_failure(exc)}") from None
-    if not isinstance(state, dict):
-        raise TrainingError(f"{path}: not a training checkpoint (holds a {type(state).__name__})")
-    missing = [k for k in CHECKPOINT_KEYS if k not in state]
-    if missing:
-        raise TrainingError(f"{path}: not a training checkpoint (missing {', '.join(missing)})")
-    return state
-
-
-def _load_failure(exc: Exception) -> str:
-    """Why ``torch.load`` failed, on one line."""
-    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
-    if isinstance(exc, pickle.UnpicklingError) and lines and lines[0].startswith("Weights only load failed"):
-        # torch's first line advises loading with weights_only=False, which is what we refuse
-        # to do; the reason is on the lines between it and the pointers to issues and docs.
-        reason = [line.removeprefix("WeightsUnpickler error:").strip() for line in lines[1:]
-                  if not line.startswith(("Please file an issue", "Check the documentation"))]
-        return ("unsafe checkpoint refused by the safe loader ("
-                + (" ".join(r for r in reason if r) or "unsupported content") + ")")
-    # Truncated or foreign bytes fail deep in the zip or pickle reader with messages such as
-    # "97" (a KeyError) that say nothing to a user.
-    return "unreadable checkpoint (truncated, or not written by training)"
 
 
 def _recipe_changes(trained: TrainConfig, on_disk: TrainConfig,

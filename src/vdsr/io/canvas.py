@@ -2,7 +2,7 @@
 
 The engine hands over finished blocks (:meth:`vdsr.engine.Upscaler.blocks`), a band of tiles
 after another. A PNG (the default output, and the server's) is encoded as the bands arrive
-(:class:`PngCanvas`, :mod:`vdsr.png`): the result never exists whole, so memory stays at one band
+(:class:`PngCanvas`, :mod:`vdsr.io.png`): the result never exists whole, so memory stays at one band
 whatever the image's size. Other formats are assembled once, at their final bit depth, in the image
 that gets encoded (:class:`Canvas`): a Pillow image for what Pillow writes (JPEG, WebP, BMP, 8-bit
 TIFF), a NumPy array for 16-bit colour (written through tifffile).
@@ -88,7 +88,7 @@ class PngCanvas:
         self._begin()
 
     def _begin(self) -> None:
-        from vdsr.png import PngWriter
+        from vdsr.io.png import PngWriter
 
         self.stream.seek(self._start)
         self.stream.truncate()

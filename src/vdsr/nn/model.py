@@ -16,7 +16,7 @@ from torch import nn
 
 from vdsr.constants import BODIES
 from vdsr.errors import InvalidArgument
-from vdsr.layers import Add, DenseBlock, Inception, ResidualBlock
+from vdsr.nn.layers import Add, DenseBlock, Inception, ResidualBlock
 
 # Branch widths chosen so 9 blocks of 64 channels hold plain VDSR's parameter count (-0.1%).
 INCEPTION_WIDTHS = {"ch1x1": 24, "ch3x3red": 64, "ch3x3": 64, "ch5x5red": 48, "ch5x5": 16, "pool_proj": 16}

@@ -30,7 +30,7 @@ from typing import Any
 from vdsr.batch import MAX_ATTEMPTS, Job, Settings, job_row, upscale_job
 from vdsr.errors import VDSRError
 from vdsr.extras import need
-from vdsr.outputs import remove_leftovers
+from vdsr.io.outputs import remove_leftovers
 
 __all__ = ["UpscaleActor", "run_on_ray"]
 

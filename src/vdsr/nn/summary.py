@@ -11,12 +11,16 @@ them (Keras's ``Conv2D(activation='relu')``), and names follow Keras's ``conv2d_
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
-from vdsr.inception_example import inception_example_model
-from vdsr.layers import Add, Concat
+from vdsr.nn.inception_example import inception_example_model
+from vdsr.nn.layers import Add, Concat
+
+if TYPE_CHECKING:
+    from vdsr.nn.model import VDSRConfig
 
 KERAS_NAMES: dict[type, tuple[str, str]] = {
     nn.Conv2d: ("conv2d", "Conv2D"),
@@ -114,24 +118,26 @@ def summarize(model: nn.Module, input_shape: tuple[int, int, int]) -> Summary:
 __all__ = ["Layer", "Summary", "summarize", "summary_text"]
 
 
-def summary_text(spec: str, input_shape: tuple[int, int, int] | None = None, body: str = "plain") -> str:
+def summary_text(spec: str, input_shape: tuple[int, int, int] | None = None, body: str = "plain", *,
+                 config: VDSRConfig | None = None) -> str:
     """``vdsr summary``: the Keras-style summary of ``spec`` (``"vdsr"``, ``"inception"`` (the notes'
-    example) or a weights file), for ``input_shape`` ``(H, W, C)``, with VDSR's receptive field."""
+    example) or a weights file, whose ``config`` the caller has read:
+    ``vdsr.weights.read_metadata(path).config``), for ``input_shape`` ``(H, W, C)``, with VDSR's
+    receptive field."""
     from pathlib import Path
 
     from vdsr.errors import InvalidArgument
-    from vdsr.model import VDSR, VDSRConfig, count_parameters, flops_per_pixel
+    from vdsr.nn.model import VDSR, VDSRConfig, count_parameters, flops_per_pixel
 
     model: nn.Module
     if spec == "inception":
         model, shape, title = inception_example_model(), (224, 224, 3), "inception"
     elif spec == "vdsr":
         model, shape, title = VDSR(VDSRConfig(body=body)), (41, 41, 1), f"vdsr ({body})"
+    elif config is not None:
+        model, title, shape = VDSR(config), Path(spec).name, (41, 41, config.channels)
     else:
-        from vdsr.weights import read_metadata
-
-        meta = read_metadata(spec)
-        model, title, shape = VDSR(meta.config), Path(spec).name, (41, 41, meta.config.channels)
+        raise InvalidArgument(f"{spec}: a weights file's summary needs its config (read_metadata(path).config)")
     if input_shape:
         shape = input_shape
         if min(shape) < 1:

@@ -1,7 +1,7 @@
 """Generic layers: 1x1 convolutions, merges (add / concat), Inception, residual and dense blocks.
 
 Nothing here knows a model's configuration (as timm keeps ``layers/`` apart from ``models/``):
-:mod:`vdsr.model` assembles VDSR's bodies from these blocks.
+:mod:`vdsr.nn.model` assembles VDSR's bodies from these blocks.
 
 * :func:`conv1x1` / :class:`Projection`: mix channels per pixel; shrink, keep or grow them.
 * :class:`Add` (ResNet, VDSR's global residual: more information per feature dimension) and

@@ -11,7 +11,7 @@ file (``vdsr upscale`` and its folder jobs, ``--compare``, ``convert``, ``export
 * **Destinations** (:func:`check_folder`, :func:`make_folders`): checked before any work, with a
   real probe file (root ignores permission bits; a read-only mount does not), and folders are
   created only once every check has passed, so a refused run leaves nothing behind.
-* **Leftovers** (:func:`remove_leftovers`): the hidden temp files of :mod:`vdsr.fileio`'s atomic
+* **Leftovers** (:func:`remove_leftovers`): the hidden temp files of :mod:`vdsr.io.fileio`'s atomic
   writes (``.NAME.XXXXXXXX.tmp``) that a killed run left beside its outputs.
 
 Imports nothing heavy (no NumPy, no torch). Errors are :class:`vdsr.errors.OutputRefused`
@@ -40,7 +40,7 @@ __all__ = ["IMAGE_EXTENSIONS", "OUTPUT_RULE", "NamingRule", "check_folder", "che
            "check_target", "check_unique", "display", "format_of", "leftover_temp_files",
            "make_folders", "output_is_file", "output_name", "remove_leftovers"]
 
-# The extensions an output file may have, and the format each selects (vdsr.images writes them).
+# The extensions an output file may have, and the format each selects (vdsr.io.images writes them).
 IMAGE_EXTENSIONS: dict[str, str] = {".png": "png", ".jpg": "jpg", ".jpeg": "jpg", ".webp": "webp",
                                     ".tif": "tiff", ".tiff": "tiff", ".bmp": "bmp"}
 # The extension each format's files get in an output folder.
@@ -51,7 +51,7 @@ OUTPUT_RULE = ("OUT is a file when there is one input file and OUT ends in an im
                "or there are several inputs (or a folder) and it has no extension. Anything else is refused "
                "as ambiguous.")
 
-# tempfile.mkstemp's names: the prefix, 8 characters of this alphabet, the suffix (vdsr.fileio).
+# tempfile.mkstemp's names: the prefix, 8 characters of this alphabet, the suffix (vdsr.io.fileio).
 _TEMP_TAIL = r"\.[a-z0-9_]{8}\.tmp"
 _PROBE_PREFIX = ".vdsr-write-check"
 
@@ -246,7 +246,7 @@ def _first_file(folder: Path) -> str:
 
 
 def leftover_temp_files(target: str | os.PathLike[str]) -> list[Path]:
-    """The temp files that an atomic write of ``target`` (:mod:`vdsr.fileio`) leaves beside it
+    """The temp files that an atomic write of ``target`` (:mod:`vdsr.io.fileio`) leaves beside it
     when it is killed: ``.NAME.XXXXXXXX.tmp`` in its folder, for exactly this ``NAME``."""
     target = Path(target)
     folder = target.parent if str(target.parent) else Path(".")

@@ -1,7 +1,7 @@
 """Weights files: one ``.safetensors`` with a JSON metadata header.
 
 The metadata (safetensors' string-to-string header, key ``"vdsr"``) holds everything needed to
-rebuild and use the model without pickling code: the :class:`~vdsr.model.VDSRConfig`, the colour
+rebuild and use the model without pickling code: the :class:`~vdsr.nn.model.VDSRConfig`, the colour
 convention, trained scales, provenance, the training recipe and measured PSNR.
 
 Tensor names in the file are the model's ``state_dict`` keys with a ``vdsr.`` prefix
@@ -12,7 +12,7 @@ unsupported. Files written before the prefix (unprefixed keys) still load.
 
 Loading never executes code from a file: safetensors holds raw tensors only and ``.pth`` resume
 states go through ``torch.load(weights_only=True)``. Other formats (the authors' MatConvNet model,
-pytorch-vdsr's pickled checkpoints) are read by :mod:`vdsr.importers`.
+pytorch-vdsr's pickled checkpoints) are read by :mod:`vdsr.weights.importers`.
 """
 
 from __future__ import annotations
@@ -35,8 +35,8 @@ from safetensors.torch import load_file, save_file
 
 from vdsr.constants import BODIES, DEFAULT_SCALES, MAX_SCALE
 from vdsr.errors import InvalidArgument, NoDefaultModel, NotSafetensors, WeightsError
-from vdsr.fileio import atomic_path
-from vdsr.model import VDSR, VDSRConfig, build_body
+from vdsr.io.fileio import atomic_path
+from vdsr.nn.model import VDSR, VDSRConfig, build_body
 
 T = TypeVar("T")
 
@@ -226,7 +226,7 @@ def expected_shapes(config: VDSRConfig) -> Mapping[str, tuple[int, ...]]:
     """The ``state_dict`` key -> shape of a model of ``config``, built on torch's meta device
     (no memory). Read-only: it is cached.
 
-    The layers come from :func:`~vdsr.model.build_body` under :class:`VDSR`'s attribute names
+    The layers come from :func:`~vdsr.nn.model.build_body` under :class:`VDSR`'s attribute names
     (``tests/test_weights.py`` checks they equal the model's own): ``VDSR()`` on the meta device
     would initialise them through torch's reference ops, whose first use imports torch._dynamo
     (0.8 s).
@@ -334,7 +334,7 @@ def read_metadata(path: str | Path) -> WeightsMetadata:
 def _read_header(path: Path) -> tuple[WeightsMetadata, dict[str, tuple[int, ...]]]:
     """``(metadata, state_dict key -> shape)`` from a safetensors header, read by us with a size
     limit (8-byte little-endian length, then that much JSON) and checked entry by entry.
-    Raises :class:`~vdsr.errors.NotSafetensors` for the formats :mod:`vdsr.importers` reads."""
+    Raises :class:`~vdsr.errors.NotSafetensors` for the formats :mod:`vdsr.weights.importers` reads."""
     check_file(path)
     if path.suffix.lower() in (".pth", ".pt", ".pkl", ".mat"):
         raise NotSafetensors(str(path), path.suffix.lower())
@@ -416,7 +416,7 @@ def load_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], WeightsMeta
 
     The header (metadata, tensor names, shapes, dtypes) is validated before any tensor is read.
     The returned state is named as the model's ``state_dict`` (either key layout on disk).
-    Raises :class:`~vdsr.errors.NotSafetensors` for the formats :mod:`vdsr.importers` reads.
+    Raises :class:`~vdsr.errors.NotSafetensors` for the formats :mod:`vdsr.weights.importers` reads.
     """
     metadata, _ = _read_header(Path(path))
     try:

@@ -4,7 +4,7 @@
   order (Keras ``Conv2D(activation='relu')`` then ``BatchNormalization``, with Keras's
   ``momentum=0.99``/``epsilon=1e-3``).
 * :class:`InceptionExample` is the notes' ``Inception(x, nb_filter)``; ``vdsr summary inception``
-  prints its Keras-style summary (:mod:`vdsr.summary`).
+  prints its Keras-style summary (:mod:`vdsr.nn.summary`).
 
 Teaching material, outside the super-resolution path: nothing in the model or inference imports it.
 """
@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from vdsr.layers import Concat
+from vdsr.nn.layers import Concat
 
 
 class ConvBN(nn.Module):

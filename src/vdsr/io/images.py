@@ -27,10 +27,10 @@ import numpy as np
 from numpy.typing import NDArray
 from PIL import Image, PngImagePlugin, UnidentifiedImageError
 
-from vdsr.canvas import Canvas
 from vdsr.constants import DEFAULT_MAX_PIXELS
 from vdsr.errors import ImageError, TooLarge
-from vdsr.fileio import atomic_path
+from vdsr.io.canvas import Canvas
+from vdsr.io.fileio import atomic_path
 from vdsr.pixels import peak, to_uint, to_unit
 from vdsr.sizes import check_output_pixels
 
@@ -598,7 +598,7 @@ def encode_png(pixels: NDArray[Any], alpha: NDArray[Any] | None = None,
 
 def write_canvas(stream: BinaryIO, fmt: str, canvas: Canvas, metadata: ImageMetadata | None = None,
                  quality: int = 95) -> None:
-    """Encode an assembled :class:`~vdsr.canvas.Canvas` as ``fmt`` into ``stream``, with
+    """Encode an assembled :class:`~vdsr.io.canvas.Canvas` as ``fmt`` into ``stream``, with
     ``metadata`` where the format holds it (16-bit colour: TIFF through tifffile)."""
     img = canvas.image()
     if img is None:  # 16-bit colour: tifffile

@@ -461,7 +461,7 @@ def import_training_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor
     ``state_dict`` under ``"model"`` and the training config as JSON under ``"config"``.
     """
 
-    from vdsr.train.runfolder import load_checkpoint
+    from vdsr.weights.checkpoints import load_checkpoint
 
     path = Path(path)
     try:

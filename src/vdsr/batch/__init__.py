@@ -3,7 +3,7 @@
 One run (:func:`plan`, :func:`check`, :func:`run`):
 
 1. :func:`plan` lists the inputs (folders flat, or with ``recursive`` their whole tree, the
-   sub-folders mirrored in the output folder) and names every output (:mod:`vdsr.outputs`). It
+   sub-folders mirrored in the output folder) and names every output (:mod:`vdsr.io.outputs`). It
    writes nothing. Hidden files, non-images, links to nowhere or in a loop, links that leave the
    input folder (with ``recursive``; not followed) and this run's own outputs found among the
    inputs (``OUT`` inside ``IN``) are skipped and counted in :attr:`Plan.skipped`.
@@ -13,7 +13,7 @@ One run (:func:`plan`, :func:`check`, :func:`run`):
 3. :func:`run` creates the folders, removes the temp files a killed run left beside its outputs,
    skips the outputs that are there already (complete: every write is atomic), unless
    ``overwrite``, and upscales the rest, in this process, in ``workers`` processes, or on a Ray
-   cluster (:mod:`vdsr.batch_ray`). Each input gets a row in the folder's JSON-lines manifest
+   cluster (:mod:`vdsr.batch.ray_jobs`). Each input gets a row in the folder's JSON-lines manifest
    (:data:`MANIFEST`): output, sizes, seconds, how it ran, status and error. A bad file is a
    ``failed`` row; the run goes on.
 
@@ -46,7 +46,7 @@ from vdsr.errors import (
     StopRequested,
     VDSRError,
 )
-from vdsr.outputs import (
+from vdsr.io.outputs import (
     NamingRule,
     check_folder,
     check_format,
@@ -147,7 +147,7 @@ class Settings:
 
 
 def _image_suffixes() -> tuple[str, ...]:
-    from vdsr.images import IMAGE_SUFFIXES
+    from vdsr.io.images import IMAGE_SUFFIXES
 
     return IMAGE_SUFFIXES
 
@@ -277,7 +277,7 @@ def upscale_job(up: Any, job: Job, settings: Settings,
     the manifest row of what happened. A problem with the file is a ``failed`` row, not an
     exception; the output is then not written (nor anything half-written)."""
     from vdsr.api import write_upscaled
-    from vdsr.images import load_image
+    from vdsr.io.images import load_image
 
     start = time.perf_counter()
     try:
@@ -451,7 +451,7 @@ def _kept(earlier: dict[str, Any] | None) -> dict[str, Any]:
 
 
 class Remote(Protocol):
-    """Runs pending jobs elsewhere (:class:`vdsr.batch_ray.OnRay`), handing each row to ``emit``;
+    """Runs pending jobs elsewhere (:class:`vdsr.batch.ray_jobs.OnRay`), handing each row to ``emit``;
     ``local``: on this machine, so the settings' recipe is resolved here first, once."""
 
     local: bool
@@ -465,7 +465,7 @@ def run(plan: Plan, settings: Settings, *, overwrite: bool = False, workers: int
 
     ``workers`` > 1 runs that many processes on this machine (threads split between them,
     outputs byte-equal to one process); ``remote`` runs them on a cluster instead
-    (:mod:`vdsr.batch_ray`). ``model``: the network for this process (loaded
+    (:mod:`vdsr.batch.ray_jobs`). ``model``: the network for this process (loaded
     from ``settings.weights`` when ``None``). On a stop (Ctrl-C, :class:`StopRequested`) the
     image in progress is not written, its temp file is removed, the rows so far are in the
     manifest, and the exception goes on (``events`` has heard every finished row).

@@ -17,7 +17,7 @@ API:
 * ``GET /api/queue?ticket=T`` -> ``{"running": R, "waiting": W, "position": P}``: P is 0 while
   ticket T's job runs, n while it is n-th in line, ``null`` otherwise.
 
-Uploads are read and decoded in memory (:mod:`vdsr.uploads`); nothing is written to disk.
+Uploads are read and decoded in memory (:mod:`vdsr.serve.uploads`); nothing is written to disk.
 """
 
 from __future__ import annotations
@@ -52,7 +52,6 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.cors import CORSMiddleware
 from starlette.types import Receive
 
-from vdsr.access import Access, Guard
 from vdsr.api import bicubic_clipped, upscale_image
 from vdsr.backends import resolve_device
 from vdsr.constants import (
@@ -73,11 +72,12 @@ from vdsr.errors import (
     TooLarge,
     VDSRError,
 )
-from vdsr.images import LoadedImage, decode_image, encode_png, probe_image
-from vdsr.outputs import output_name
+from vdsr.io.images import LoadedImage, decode_image, encode_png, probe_image
+from vdsr.io.outputs import output_name
 from vdsr.pixels import to_uint, to_unit
+from vdsr.serve.access import Access, Guard
+from vdsr.serve.uploads import BodyLimits, ClientGone, RequestRefused, display_name, read_upload
 from vdsr.sizes import check_output_pixels, check_scale
-from vdsr.uploads import BodyLimits, ClientGone, RequestRefused, display_name, read_upload
 from vdsr.weights import WeightsMetadata, load_model
 
 T = TypeVar("T")
@@ -299,7 +299,7 @@ class Service:
         self.queue = JobQueue(limits.max_jobs, limits.max_queue)
         # Bicubic previews have a lane of their own: never behind VDSR jobs, yet bounded in memory.
         self.previews = JobQueue(SERVER_PREVIEW_JOBS, limits.max_queue)
-        self.page = (resources.files("vdsr") / "static" / "index.html").read_text(encoding="utf-8")
+        self.page = (resources.files("vdsr.serve") / "static" / "index.html").read_text(encoding="utf-8")
         self.closing = False
         self._jobs: set[_Job] = set()
 

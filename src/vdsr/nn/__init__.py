@@ -1,0 +1,1 @@
+"""The networks: VDSR, its building blocks, the Inception example and the model summary."""

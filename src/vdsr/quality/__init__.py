@@ -1,0 +1,1 @@
+"""The benchmark protocol behind the published numbers: the degradation and the metrics."""

@@ -1,0 +1,1 @@
+"""The web app (`vdsr serve`, the `serve` extra): requests, uploads, who may connect."""
