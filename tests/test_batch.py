@@ -306,7 +306,9 @@ def test_rows_already_in_the_pipes_are_read_for_the_jobs_in_progress() -> None:
     a_theirs.send(("row", 4, {"status": "done", "output": "4.png"}))
     b_theirs.close()  # a worker that is gone
     busy = {0: 4, 1: 7}
-    assert list(batch._rows_sent({0: a_ours, 1: b_ours}, busy)) == [(4, {"status": "done", "output": "4.png"})]
+    from vdsr.batch.processes import _rows_sent
+
+    assert list(_rows_sent({0: a_ours, 1: b_ours}, busy)) == [(4, {"status": "done", "output": "4.png"})]
     assert busy == {1: 7}
 
 

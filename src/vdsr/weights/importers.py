@@ -13,7 +13,6 @@ import json
 import math
 import pickle
 import struct
-import zlib
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +30,7 @@ from vdsr.weights import (
     model_config,
     save_weights,
 )
+from vdsr.weights.mat5 import check_mat5
 
 
 def _layer_names(depth: int) -> list[str]:
@@ -56,7 +56,7 @@ def import_matconvnet(path: str | Path) -> tuple[dict[str, torch.Tensor], Weight
         raise WeightsError(f"{path}: cannot read ({exc.strerror})") from None
     if len(data) >= 128 and 0 not in data[:4] and data[126:128] in (b"IM", b"MI") \
             and data[124:126] in (b"\x00\x01", b"\x01\x00"):
-        _check_mat5(data, path)
+        check_mat5(data, path)
     try:
         mat = scipy_io.loadmat(io.BytesIO(data))
         model = mat["model"]
@@ -92,105 +92,6 @@ def import_matconvnet(path: str | Path) -> tuple[dict[str, torch.Tensor], Weight
         recipe={"trained_by": "the paper's authors", "data": "291 images", "scales": list(DEFAULT_SCALES)},
     )
     return state, meta
-
-
-# MAT-file v5 (MathWorks, "MAT-File Format"): element type codes and array classes. scipy's
-# reader (1.17) is not hardened for untrusted files (its docs say so): it indexes a table with a
-# data element's type code unchecked and crashes the process (SIGSEGV) on a code it has no dtype
-# for (scipy/scipy#25349), for instance a flags word that claims an imaginary part which is not
-# there. So the file is first checked to hold only what a MatConvNet model can: numbers, text,
-# cells and structs, every element where scipy will look for it.
-_MI_INT8, _MI_INT32, _MI_UINT32, _MI_MATRIX, _MI_COMPRESSED, _MI_UTF8 = 1, 5, 6, 14, 15, 16
-_MAT5_DATA_TYPES = frozenset({1, 2, 3, 4, 5, 6, 7, 9, 12, 13, 16, 17, 18})
-_MX_CELL, _MX_STRUCT, _MX_CHAR = 1, 2, 4
-_MX_NUMERIC = range(6, 16)  # double, single, int8 ... uint64
-_MAT5_MAX_NESTING = 32
-_MAT5_MAX_INFLATED = 1 << 30  # a compressed variable may not decompress to more than 1 GiB
-
-
-def _check_mat5(data: bytes, path: Path) -> None:
-    """Raise :class:`WeightsError` unless a MAT v5 file holds only numeric, text, cell and struct
-    arrays, each laid out as scipy's reader expects (see the note above)."""
-    order = "<" if data[126:128] == b"IM" else ">"
-
-    def fail(why: str) -> WeightsError:
-        return WeightsError(f"{path}: not a MAT file of numbers, cells and structs ({why})")
-
-    def element(buf: bytes, pos: int) -> tuple[int, bytes, int]:
-        """``(type, data, next position)`` of the element at ``pos``."""
-        if len(buf) - pos < 8:
-            raise fail("an element runs past its end")
-        mdtype, nbytes = struct.unpack_from(order + "II", buf, pos)
-        if mdtype >> 16:  # a small element: its size in the upper half, its data in the tag
-            mdtype, nbytes = mdtype & 0xFFFF, mdtype >> 16
-            if nbytes > 4:
-                raise fail(f"a small element of {nbytes} bytes")
-            return mdtype, buf[pos + 4:pos + 4 + nbytes], pos + 8
-        end = pos + 8 + nbytes
-        if end > len(buf):
-            raise fail("an element runs past its end")
-        return mdtype, buf[pos + 8:end], end + (0 if mdtype == _MI_COMPRESSED else -nbytes % 8)
-
-    def expect(buf: bytes, pos: int, types: frozenset[int] | tuple[int, ...], what: str) -> tuple[bytes, int]:
-        mdtype, body, pos = element(buf, pos)
-        if mdtype not in types:
-            raise fail(f"{what} has element type {mdtype}")
-        return body, pos
-
-    def matrix(body: bytes, depth: int) -> None:
-        if depth > _MAT5_MAX_NESTING:
-            raise fail(f"nested more than {_MAT5_MAX_NESTING} levels deep")
-        if not body:
-            return  # an empty matrix, as MATLAB writes an empty cell
-        flags, pos = expect(body, 0, (_MI_UINT32,), "array flags")
-        dims, pos = expect(body, pos, (_MI_INT32, _MI_UINT32), "array dimensions")
-        _, pos = expect(body, pos, (_MI_INT8, _MI_UTF8), "array name")
-        if len(flags) != 8 or len(dims) % 4 or len(dims) < 8:
-            raise fail("bad array flags or dimensions")
-        (word,) = struct.unpack_from(order + "I", flags)
-        cls, imaginary = word & 0xFF, bool(word & 0x800)
-        count = math.prod(struct.unpack(order + f"{len(dims) // 4}i", dims))
-        if any(d < 0 for d in struct.unpack(order + f"{len(dims) // 4}i", dims)):
-            raise fail("negative dimensions")
-        if cls in _MX_NUMERIC or cls == _MX_CHAR:
-            for part in ("real part", "imaginary part")[: 2 if imaginary else 1]:
-                _, pos = expect(body, pos, _MAT5_DATA_TYPES, part)
-        elif cls == _MX_CELL:
-            for _ in range(count):
-                cell, pos = expect(body, pos, (_MI_MATRIX,), "a cell")
-                matrix(cell, depth + 1)
-        elif cls == _MX_STRUCT:
-            length, pos = expect(body, pos, (_MI_INT32,), "field name length")
-            names, pos = expect(body, pos, (_MI_INT8,), "field names")
-            if len(length) != 4:
-                raise fail("bad field name length")
-            (name_length,) = struct.unpack(order + "i", length)
-            fields = len(names) // name_length if name_length > 0 else 0
-            for _ in range(count * fields):
-                field, pos = expect(body, pos, (_MI_MATRIX,), "a struct field")
-                matrix(field, depth + 1)
-        else:
-            raise fail(f"MATLAB array class {cls}")
-
-    def variables(buf: bytes, compressed: bool) -> None:
-        pos = 0
-        while len(buf) - pos >= 8:
-            mdtype, body, pos = element(buf, pos)
-            if mdtype == _MI_COMPRESSED and not compressed:
-                inflate = zlib.decompressobj()
-                try:
-                    inner = inflate.decompress(body, _MAT5_MAX_INFLATED)
-                except zlib.error as exc:
-                    raise fail(f"corrupt compressed data: {exc}") from None
-                if inflate.unconsumed_tail:
-                    raise fail(f"a compressed variable over {_MAT5_MAX_INFLATED >> 20} MB")
-                variables(inner, compressed=True)
-            elif mdtype == _MI_MATRIX:
-                matrix(body, 1)
-            else:
-                raise fail(f"a variable of element type {mdtype}")
-
-    variables(data[128:], compressed=False)
 
 
 def _mat_cell(cell: object, what: str, path: Path) -> np.ndarray:
