@@ -243,7 +243,8 @@ def _accuracy(rec: Record, dev: torch.device, args: argparse.Namespace, sz: Size
 
 def _crops(folder: Path, out: Path, side: int) -> Path:
     """The top-left ``side``² of the first two images of ``folder``, as PNGs in ``out``."""
-    from vdsr.io.images import list_images, load_image, save_image
+    from vdsr.io.encode import save_image
+    from vdsr.io.images import list_images, load_image
 
     out.mkdir(parents=True, exist_ok=True)
     for f in list_images(folder)[:2]:

@@ -30,7 +30,8 @@ from tests.conftest import (
 )
 from vdsr.cli import main
 from vdsr.errors import ImageError, VDSRError
-from vdsr.io.images import decode_image, load_image, save_image
+from vdsr.io.encode import save_image
+from vdsr.io.images import decode_image, load_image
 
 
 @pytest.mark.parametrize("ext", [".png", ".jpg", ".webp", ".tif"])

@@ -14,7 +14,8 @@ from PIL import Image
 from tests.conftest import tiny_model
 from vdsr.api import write_upscaled
 from vdsr.engine import Upscaler
-from vdsr.io.images import load_image, png_options
+from vdsr.io.encode import png_options
+from vdsr.io.images import load_image
 from vdsr.io.png import PngWriter
 
 

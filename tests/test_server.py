@@ -803,7 +803,7 @@ def test_a_preview_is_bounded_in_memory_like_a_job(tiny_weights: Path) -> None:
     clipped and rounded in whole-image copies). Now one plane at a time, equal pixels."""
     import tracemalloc
 
-    from vdsr.io.images import to_uint
+    from vdsr.pixels import to_uint
 
     h, w, scale = 300, 400, 3
     array = random_rgb(h, w, seed=4)

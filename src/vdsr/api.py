@@ -30,8 +30,9 @@ from vdsr.constants import DEFAULT_MAX_PIXELS, DEFAULT_TILE
 from vdsr.engine import Progress, RunInfo, Upscaler
 from vdsr.errors import ImageError, InvalidArgument, VDSRError
 from vdsr.io.canvas import Canvas, PngCanvas, plan
+from vdsr.io.encode import output_format, png_options, write_canvas
 from vdsr.io.fileio import atomic_path
-from vdsr.io.images import LoadedImage, load_image, output_format, png_options, write_canvas
+from vdsr.io.images import LoadedImage, load_image
 from vdsr.nn.model import VDSR
 from vdsr.pixels import peak, require_unit
 from vdsr.resize import imresize

@@ -13,7 +13,8 @@ import numpy as np
 
 from vdsr.api import bicubic_upscale, upscale, upscaler_for
 from vdsr.color import rgb2y
-from vdsr.io.images import bundled_photo, save_image
+from vdsr.io.encode import save_image
+from vdsr.io.images import bundled_photo
 from vdsr.io.outputs import check_folder, check_target, make_folders
 from vdsr.plots import comparison
 from vdsr.quality.metrics import psnr

@@ -111,7 +111,7 @@ def comparison(panels: list[tuple[str, NDArray[np.floating]]], out: str | os.Pat
         x = gap + i * (box_w * zoom + gap)
         draw.text((x, title_h + 5), label, fill="black", font=font)
         canvas.paste(Image.fromarray(np.ascontiguousarray(pixels)), (x, title_h + label_h))
-    from vdsr.io.images import output_format
+    from vdsr.io.encode import output_format
 
     with atomic_path(Path(out)) as tmp:
         canvas.save(tmp, format=output_format(Path(out)))  # the format its extension names

@@ -1,27 +1,26 @@
-"""Reading and writing images for super-resolution, with every failure as an :class:`ImageError`.
+"""Reading images for super-resolution, with every failure as an :class:`ImageError`.
 
-Images come back as float64 arrays on the [0, 1] scale: ``(H, W, 3)`` for colour, ``(H, W)`` for
-greyscale, plus an optional ``(H, W)`` alpha plane and the source bit depth (8 or 16), so the
-output can be written back at the input's precision, and the file's :class:`ImageMetadata`
-(EXIF, ICC profile, DPI), so the output keeps it.
+A decoded image is a :class:`LoadedImage`: the file's own integers (uint8/uint16; float64 on [0, 1]
+for floating-point TIFFs), an optional alpha plane, the source bit depth (8 or 16) so the output
+can be written back at the input's precision, and the file's :class:`~vdsr.io.metadata.ImageMetadata`
+(EXIF, ICC profile, DPI), so the output keeps it. The pixel and size limits are checked from the
+header before anything is decoded. Writing is :mod:`vdsr.io.encode`.
 
 Colour management: the network sharpens the encoded values, so an RGB or grey image's ICC
 profile still describes the result and is passed through unchanged. CMYK/Lab images are
-converted to sRGB through their profile (when they have one) and written untagged, i.e. sRGB.
-"""
+converted to sRGB through their profile (when they have one) and written untagged, i.e. sRGB."""
 
 from __future__ import annotations
 
 import contextlib
 import io
 import os
-import struct
 import threading
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -29,44 +28,30 @@ from PIL import Image, PngImagePlugin, UnidentifiedImageError
 
 from vdsr.constants import DEFAULT_MAX_PIXELS
 from vdsr.errors import ImageError, TooLarge
-from vdsr.io.canvas import Canvas
-from vdsr.io.fileio import atomic_path
-from vdsr.pixels import peak, to_uint, to_unit
+from vdsr.io.metadata import (
+    _DECODE_ERRORS,
+    _ORIENT,
+    _SWAPS,
+    _TRANSPOSE,
+    ImageMetadata,
+    _drop_tiff_layout_tags,
+    _first_line,
+    _header_orientation,
+    _metadata,
+    _orientation,
+    _read_exif,
+)
+from vdsr.pixels import peak, to_unit
 from vdsr.sizes import check_output_pixels
 
+__all__ = ["IMAGE_SUFFIXES", "LoadedImage", "MAX_TEXT_BYTES", "bundled_photo", "decode_image", "list_images", "load_image", "probe", "probe_image"]
+
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm")
-__all__ = ["IMAGE_SUFFIXES", "OUTPUT_FORMATS", "OUTPUT_SUFFIXES", "ImageMetadata",
-           "LoadedImage", "output_format", "decode_image", "load_image",
-           "probe", "probe_image", "bundled_photo",
-           "save_image", "encode_png", "list_images", "to_pil", "to_uint"]
 
 
-# Output formats by name (``vdsr upscale --format``) and the file extensions that select them.
-OUTPUT_FORMATS: dict[str, str] = {"png": "PNG", "jpg": "JPEG", "webp": "WEBP", "tiff": "TIFF", "bmp": "BMP"}
-_EXTENSIONS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".bmp": "BMP", ".tif": "TIFF",
-               ".tiff": "TIFF", ".webp": "WEBP"}
-OUTPUT_SUFFIXES = tuple(_EXTENSIONS)
-_EXIF_IFD, _EXIF_WIDTH, _EXIF_HEIGHT = 0x8769, 0xA002, 0xA003
 # PNG text chunks (tEXt/zTXt/iTXt) Pillow may decompress, per chunk and in all: Pillow's default
 # of 1 MB per chunk refuses valid files (a 20 MB zTXt); this stays bounded.
 MAX_TEXT_BYTES = 64 * 2**20
-# Pillow's decoding errors: a file that is not what it says.
-_DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, TypeError, IndexError, KeyError, struct.error)
-
-
-@dataclass
-class ImageMetadata:
-    """What a file says about its pixels, carried from input to output.
-
-    Attributes:
-        exif: raw EXIF bytes, orientation already applied to the pixels (the tag is removed).
-        icc_profile: the ICC profile bytes the pixel values are encoded in (``None``: sRGB).
-        dpi: ``(x, y)`` dots per inch, when the file states it.
-    """
-
-    exif: bytes | None = None
-    icc_profile: bytes | None = None
-    dpi: tuple[float, float] | None = None
 
 
 @dataclass
@@ -369,124 +354,6 @@ def _decode(source: Path | io.BytesIO, path: Path, max_pixels: int, scale: float
     return LoadedImage(raw=pixels, raw_alpha=alpha, bit_depth=depth, path=path, metadata=metadata)
 
 
-def _header_orientation(img: Image.Image, path: Path) -> int:
-    """The EXIF orientation an opened, not yet decoded, image states in its header (1 when it
-    states none, or nothing readable: :func:`_decode` warns about that, once)."""
-    if img.format == "PNG" and "exif" not in img.info:
-        return 1  # a PNG's EXIF may follow the pixels: Pillow would decode them to find it
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return _orientation(_read_exif(img, path), path)
-
-
-def _read_exif(img: Image.Image, path: Path) -> Image.Exif:
-    """The image's EXIF; a damaged block loses the metadata (all of it, or the unreadable
-    parts), never the pixels, and says so in one warning naming the file.
-
-    The raw block is parsed first on its own: Pillow parses it while opening a JPEG, hides a
-    failure and then reports no EXIF at all.
-    """
-    failure: Exception | None = None
-    with warnings.catch_warnings(record=True) as pillow_says:
-        warnings.simplefilter("always")
-        try:
-            raw = img.info.get("exif")
-            if isinstance(raw, bytes):
-                Image.Exif().load(raw)
-            exif = img.getexif()
-            exif.get(_ORIENTATION)
-        except (*_DECODE_ERRORS, UnicodeDecodeError) as exc:
-            failure = exc
-    if failure is not None:
-        warnings.warn(f"{path}: unreadable EXIF data dropped ({_first_line(failure)})", stacklevel=4)
-        return Image.Exif()
-    said = [_first_line(w.message) for w in pillow_says if issubclass(w.category, UserWarning)]
-    if said:  # Pillow read what it could: "Corrupt EXIF data. Expecting to read 12 bytes ..."
-        warnings.warn(f"{path}: damaged EXIF data, unreadable parts dropped ({said[0]})", stacklevel=4)
-    return exif
-
-
-# A TIFF's EXIF (Pillow's getexif) is its first IFD: the tags that describe the picture, and
-# those that lay out this file's strips, sizes and compression. Only the former go on to the
-# output: the latter made Pillow's TIFF writer fail ("codec configuration error") and left
-# another file's sizes and offsets in a PNG's EXIF. (EXIF 2.3, "TIFF Rev. 6.0 attributes".)
-_TIFF_DESCRIPTIVE_TAGS = frozenset({0x010E, 0x010F, 0x0110, 0x0131, 0x0132, 0x013B, 0x013C, 0x8298,
-                                    _EXIF_IFD, 0x8825})  # description, make, model, software,
-# date, artist, host, copyright, the EXIF and GPS sub-IFDs
-
-
-def _drop_tiff_layout_tags(exif: Image.Exif) -> None:
-    for tag in [t for t in exif if t not in _TIFF_DESCRIPTIVE_TAGS]:
-        del exif[tag]
-
-
-def _first_line(message: object) -> str:
-    text = str(message).strip()
-    return text.splitlines()[0].strip() if text else type(message).__name__
-
-
-def _orientation(exif: Image.Exif, path: Path) -> int:
-    """EXIF orientation 1-8; a value of another type or range is ignored with a warning (the
-    pixels are used as stored) and removed from ``exif``."""
-    value = exif.get(_ORIENTATION, 1)
-    if isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= 8:
-        return value
-    if value is not None:
-        shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:37] + "..."
-        warnings.warn(f"{path}: EXIF orientation {shown} is not 1-8; ignored", stacklevel=4)
-    with contextlib.suppress(KeyError):
-        del exif[_ORIENTATION]
-    return 1
-
-
-def _metadata(img: Image.Image, exif: Image.Exif, path: Path) -> tuple[Image.Image, ImageMetadata]:
-    """The image's :class:`ImageMetadata` (``exif``: its EXIF, orientation already applied to
-    the pixels and removed here); CMYK/Lab with a profile is converted to sRGB here."""
-    icc = img.info.get("icc_profile") or None
-    dpi = img.info.get("dpi")
-    if img.mode in ("CMYK", "LAB") and icc:
-        from PIL import ImageCms
-
-        try:
-            src = ImageCms.ImageCmsProfile(io.BytesIO(icc))
-            img = ImageCms.profileToProfile(img, src, ImageCms.createProfile("sRGB"), outputMode="RGB") or img
-        except (ImageCms.PyCMSError, OSError, ValueError):
-            warnings.warn(f"{path}: unreadable {img.mode} colour profile; converting without it", stacklevel=4)
-        icc = None  # the pixels are now sRGB (or a plain conversion): the old profile no longer applies
-    elif img.mode in ("CMYK", "LAB"):
-        icc = None
-    try:
-        dpi_pair = (float(dpi[0]), float(dpi[1])) if dpi else None
-    except (TypeError, ValueError, IndexError):
-        dpi_pair = None
-    with contextlib.suppress(KeyError):
-        del exif[_ORIENTATION]  # applied to the pixels: viewers must not rotate them again
-    exif_bytes = None
-    if len(exif):
-        try:
-            exif_bytes = exif.tobytes()
-        except (*_DECODE_ERRORS, UnicodeError) as exc:
-            warnings.warn(f"{path}: EXIF data that cannot be written back dropped ({exc})", stacklevel=4)
-    return img, ImageMetadata(exif=exif_bytes, icc_profile=icc, dpi=dpi_pair)
-
-
-_ORIENTATION = 0x0112
-# What each EXIF orientation does to a Pillow image (as ImageOps.exif_transpose), and those that
-# swap width and height.
-_TRANSPOSE = {
-    2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
-    5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
-    8: Image.Transpose.ROTATE_90,
-}
-_SWAPS = (5, 6, 7, 8)
-# numpy equivalents of EXIF orientations 2-8 (what ImageOps.exif_transpose does to a Pillow image)
-_ORIENT = {
-    2: lambda a: a[:, ::-1], 3: lambda a: a[::-1, ::-1], 4: lambda a: a[::-1],
-    5: lambda a: a.swapaxes(0, 1), 6: lambda a: np.rot90(a, -1), 7: lambda a: a[::-1, ::-1].swapaxes(0, 1),
-    8: lambda a: np.rot90(a, 1),
-}
-
-
 def _tiff16_colour(source: Path | io.BytesIO, orientation: int, shape: tuple[int, ...]
                    ) -> tuple[NDArray[np.uint16], NDArray[np.uint16] | None, int] | None:
     """A 16-bit RGB(A) TIFF's pixels at full depth, read with tifffile (Pillow reads 8 bits).
@@ -511,146 +378,3 @@ def _tiff16_colour(source: Path | io.BytesIO, orientation: int, shape: tuple[int
     rgb = np.ascontiguousarray(arr[..., :3])
     alpha = np.ascontiguousarray(arr[..., 3]) if arr.shape[2] == 4 else None
     return rgb, alpha, 16
-
-
-def _write_tiff16(target: Path | BinaryIO, pixels: NDArray[Any], alpha: NDArray[Any] | None,
-                  metadata: ImageMetadata | None) -> None:
-    """16-bit RGB(A) TIFF through tifffile (Pillow writes colour with 8 bits); EXIF is not kept."""
-    import tifffile
-
-    data = to_uint(pixels, 16)
-    extra: dict[str, Any] = {}
-    if alpha is not None:
-        data = np.dstack([data, to_uint(alpha, 16)])
-        extra["extrasamples"] = [2]  # unassociated alpha, as Pillow writes RGBA
-    if metadata is not None and metadata.icc_profile:
-        extra["iccprofile"] = metadata.icc_profile
-    if metadata is not None and metadata.dpi:
-        extra["resolution"], extra["resolutionunit"] = metadata.dpi, "INCH"
-    if isinstance(target, Path):
-        with atomic_path(target) as tmp:
-            tifffile.imwrite(tmp, np.ascontiguousarray(data), photometric="rgb", compression="zlib", **extra)
-    else:
-        tifffile.imwrite(target, np.ascontiguousarray(data), photometric="rgb", compression="zlib", **extra)
-
-
-def output_format(path: Path) -> str:
-    """Pillow's format name (``"PNG"``, ``"JPEG"``, ...) that ``path``'s extension selects."""
-    ext = path.suffix.lower()
-    if ext not in _EXTENSIONS:
-        raise ImageError(f"{path}: cannot write '{ext}' files (use .png, .jpg, .webp, .tif or .bmp)")
-    return _EXTENSIONS[ext]
-
-
-def _save_options(fmt: str, metadata: ImageMetadata | None, size: tuple[int, int],
-                  quality: int) -> dict[str, object]:
-    """Pillow ``save`` keywords for ``fmt``: quality, and the metadata the format can hold.
-
-    EXIF's pixel-size tags, where present, are set to the output ``size`` (width, height).
-    """
-    options: dict[str, object] = {"quality": quality} if fmt in ("JPEG", "WEBP") else {}
-    if metadata is None:
-        return options
-    if metadata.dpi and fmt in ("PNG", "JPEG", "TIFF", "BMP"):
-        options["dpi"] = metadata.dpi
-    if fmt == "BMP":
-        return options
-    if metadata.icc_profile:
-        options["icc_profile"] = metadata.icc_profile
-    if metadata.exif:
-        exif = Image.Exif()
-        try:
-            exif.load(metadata.exif)
-            ifd = exif.get_ifd(_EXIF_IFD)
-            if _EXIF_WIDTH in ifd or _EXIF_HEIGHT in ifd:
-                ifd[_EXIF_WIDTH], ifd[_EXIF_HEIGHT] = size
-            options["exif"] = exif.tobytes()
-        except (SyntaxError, ValueError, KeyError, TypeError, struct.error):
-            options["exif"] = metadata.exif  # unparseable here: passed on as it came
-    return options
-
-
-def to_pil(
-    pixels: NDArray[Any], alpha: NDArray[Any] | None = None, bit_depth: int = 8,
-    allow_16bit: bool = True,
-) -> Image.Image:
-    """Float [0, 1] ``(H, W)``/``(H, W, 3)`` pixels (+ alpha) to a rounded 8- or 16-bit PIL image.
-
-    16-bit is kept for greyscale without alpha (Pillow cannot write 16-bit RGB).
-    """
-    gray = pixels.ndim == 2
-    if gray and bit_depth == 16 and allow_16bit and alpha is None:
-        return Image.fromarray(np.ascontiguousarray(to_uint(pixels, 16)))  # uint16 -> "I;16"
-    base = to_uint(pixels, 8)
-    if alpha is not None:
-        return Image.fromarray(np.ascontiguousarray(np.dstack([base, to_uint(alpha, 8)])))  # LA/RGBA
-    return Image.fromarray(np.ascontiguousarray(base))  # "L" / "RGB"
-
-
-def encode_png(pixels: NDArray[Any], alpha: NDArray[Any] | None = None,
-               bit_depth: int = 8, metadata: ImageMetadata | None = None) -> bytes:
-    """The PNG bytes :func:`save_image` would write for a ``.png`` path."""
-    buf = io.BytesIO()
-    img = to_pil(pixels, alpha, bit_depth)
-    img.save(buf, format="PNG", **_save_options("PNG", metadata, img.size, 95))
-    return buf.getvalue()
-
-
-def write_canvas(stream: BinaryIO, fmt: str, canvas: Canvas, metadata: ImageMetadata | None = None,
-                 quality: int = 95) -> None:
-    """Encode an assembled :class:`~vdsr.io.canvas.Canvas` as ``fmt`` into ``stream``, with
-    ``metadata`` where the format holds it (16-bit colour: TIFF through tifffile)."""
-    img = canvas.image()
-    if img is None:  # 16-bit colour: tifffile
-        pixels = canvas.array()
-        _write_tiff16(stream, pixels[..., :3], pixels[..., 3] if canvas.channels == 4 else None, metadata)
-        return
-    img.save(stream, format=fmt, **_save_options(fmt, metadata, img.size, quality))
-
-
-def png_options(metadata: ImageMetadata | None, size: tuple[int, int]) -> dict[str, Any]:
-    """The metadata a PNG of ``size`` (width, height) is written with: ``exif`` (pixel-size tags
-    set to ``size``), ``icc_profile``, ``dpi`` (what Pillow would be given)."""
-    return dict(_save_options("PNG", metadata, size, 95))
-
-
-def save_image(
-    path: str | os.PathLike[str],
-    pixels: NDArray[Any],
-    alpha: NDArray[Any] | None = None,
-    bit_depth: int = 8,
-    metadata: ImageMetadata | None = None,
-    quality: int = 95,
-) -> None:
-    """Write float [0, 1] ``pixels`` (``(H, W)`` or ``(H, W, 3)``) to ``path`` atomically.
-
-    The format follows the extension (.png, .jpg/.jpeg, .webp, .tif/.tiff, .bmp). 16-bit output
-    is kept for PNG/TIFF greyscale and for TIFF colour (through tifffile, without EXIF); other
-    formats write colour with 8 bits, with a warning (Pillow cannot write 16-bit RGB).
-    JPEG/BMP drop the alpha plane, with a warning unless it is opaque. ``metadata`` (EXIF, ICC
-    profile, DPI) is written where the format can hold it (BMP: DPI only); ``quality`` (1-100)
-    applies to JPEG and WebP.
-    """
-    path = Path(path)
-    fmt = output_format(path)
-    if alpha is not None and fmt in ("JPEG", "BMP"):
-        if to_uint(alpha, 8).min() < 255:  # an opaque alpha plane loses nothing
-            warnings.warn(f"{path}: {fmt} cannot hold transparency; the alpha channel is dropped "
-                          "(write .png, .webp or .tif to keep it)", stacklevel=2)
-        alpha = None
-    img = to_pil(pixels, alpha, bit_depth, allow_16bit=fmt in ("PNG", "TIFF"))
-    folder = path.parent if str(path.parent) else Path(".")
-    if not folder.is_dir():
-        raise ImageError(f"{path}: output folder {folder} does not exist")
-    deep_colour = bit_depth == 16 and pixels.ndim == 3
-    if deep_colour and fmt != "TIFF":
-        warnings.warn(f"{path}: 16-bit colour is written with 8 bits per channel "
-                      "(write .tif to keep 16 bits)", stacklevel=2)
-    try:
-        if deep_colour and fmt == "TIFF":
-            _write_tiff16(path, pixels, alpha, metadata)
-            return
-        with atomic_path(path) as tmp:
-            img.save(tmp, format=fmt, **_save_options(fmt, metadata, img.size, quality))
-    except OSError as exc:
-        raise ImageError(f"{path}: cannot write ({exc.strerror or exc})") from None

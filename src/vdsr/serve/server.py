@@ -72,7 +72,8 @@ from vdsr.errors import (
     TooLarge,
     VDSRError,
 )
-from vdsr.io.images import LoadedImage, decode_image, encode_png, probe_image
+from vdsr.io.encode import encode_png
+from vdsr.io.images import LoadedImage, decode_image, probe_image
 from vdsr.io.outputs import output_name
 from vdsr.pixels import to_uint, to_unit
 from vdsr.serve.access import Access, Guard
