@@ -24,7 +24,8 @@ from PIL import Image
 from tests.conftest import ROOT, random_rgb, write_png
 from vdsr.api import bicubic_clipped
 from vdsr.cli import main
-from vdsr.serve.server import Limits, create_app
+from vdsr.serve.jobs import Limits
+from vdsr.serve.server import create_app
 
 LOCAL = "http://127.0.0.1:8000"
 
@@ -742,7 +743,7 @@ def test_slow_clients_are_cut_off(tiny_weights: Path) -> None:
     connection ``keep_alive_seconds`` after an answer."""
     import uvicorn
 
-    from vdsr.serve.server import uvicorn_config
+    from vdsr.serve.listen import uvicorn_config
 
     limits = Limits(head_seconds=0.6, keep_alive_seconds=1, body_idle_seconds=0.6, body_seconds=2.0)
     app = create_app(tiny_weights, limits)

@@ -270,7 +270,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from vdsr.extras import need_all
 
     need_all("serve")
-    from vdsr.serve.server import Limits, serve
+    from vdsr.serve.jobs import Limits
+    from vdsr.serve.listen import serve
 
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"{PROG}: warning: serving on {args.host}: reachable from other machines", file=sys.stderr)

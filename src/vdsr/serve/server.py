@@ -23,20 +23,15 @@ Uploads are read and decoded in memory (:mod:`vdsr.serve.uploads`); nothing is w
 from __future__ import annotations
 
 import asyncio
-import errno
 import math
-import socket
-import threading
 import time
 import uuid
 import warnings
-from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any
 from urllib.parse import quote
 
 import numpy as np
@@ -57,16 +52,11 @@ from vdsr.backends import resolve_device
 from vdsr.constants import (
     DEFAULT_TILE,
     MAX_SCALE,
-    SERVER_MAX_OUTPUT_PIXELS,
-    SERVER_MAX_PIXELS,
-    SERVER_MAX_QUEUE,
-    SERVER_MAX_UPLOAD_MB,
     SERVER_PREVIEW_JOBS,
     __version__,
 )
 from vdsr.engine import Upscaler
 from vdsr.errors import (
-    AddressUnavailable,
     BadScale,
     Cancelled,
     TooLarge,
@@ -77,147 +67,12 @@ from vdsr.io.images import LoadedImage, decode_image, probe_image
 from vdsr.io.outputs import output_name
 from vdsr.pixels import to_uint, to_unit
 from vdsr.serve.access import Access, Guard
-from vdsr.serve.uploads import BodyLimits, ClientGone, RequestRefused, display_name, read_upload
+from vdsr.serve.jobs import JobQueue, Limits, QueueFull, _Job
+from vdsr.serve.uploads import ClientGone, RequestRefused, display_name, read_upload
 from vdsr.sizes import check_output_pixels, check_scale
 from vdsr.weights import WeightsMetadata, load_model
 
-T = TypeVar("T")
-
-
-@dataclass
-class Limits:
-    """Server limits, all configurable from ``vdsr serve`` or here."""
-
-    max_upload_bytes: int = SERVER_MAX_UPLOAD_MB * 1024 * 1024
-    max_pixels: int = SERVER_MAX_PIXELS  # decoded image pixels
-    max_output_pixels: int = SERVER_MAX_OUTPUT_PIXELS  # result pixels: image pixels x scale^2
-    max_jobs: int = 1  # VDSR jobs running at once
-    max_queue: int = SERVER_MAX_QUEUE  # VDSR jobs waiting for their turn; beyond this: 503
-    # Slow clients: a connection holds a socket (and an upload its memory) while it lasts.
-    head_seconds: float = 10.0  # a request line and headers, from connecting or the last answer
-    keep_alive_seconds: int = 5  # an idle connection after an answer
-    body_idle_seconds: float = 30.0  # the longest pause while an upload arrives
-    body_seconds: float = 300.0  # a whole upload
-
-    def body(self) -> BodyLimits:
-        return BodyLimits(self.max_upload_bytes, self.body_idle_seconds, self.body_seconds)
-
-
-class QueueFull(Exception):
-    """Every place in the :class:`JobQueue` is taken; ``waiting`` jobs are ahead."""
-
-    def __init__(self, waiting: int) -> None:
-        self.waiting = waiting
-        super().__init__(f"{waiting} jobs waiting")
-
-
-class JobQueue:
-    """First-come, first-served admission of VDSR jobs: ``workers`` run, up to ``capacity`` wait.
-
-    Each job has a ticket (any short string) so a page can ask for its place in line while it
-    waits. Waiting costs no thread: a waiter is an asyncio future, woken (on its own event loop)
-    by :meth:`release` when a running job ends. State changes hold a lock, so releases from other
-    threads or loops are safe.
-    """
-
-    def __init__(self, workers: int, capacity: int) -> None:
-        self.workers, self.capacity = workers, capacity
-        self._lock = threading.Lock()
-        self._running: set[str] = set()
-        self._waiting: OrderedDict[str, asyncio.Future[None]] = OrderedDict()
-        self._seconds = 0.0  # mean duration of a job, for Retry-After (0: none finished yet)
-
-    def position(self, ticket: str) -> int | None:
-        """0: running; n >= 1: n-th in line; ``None``: not in the queue (finished or unknown)."""
-        with self._lock:
-            if ticket in self._running:
-                return 0
-            for place, waiting in enumerate(self._waiting, start=1):
-                if waiting == ticket:
-                    return place
-            return None
-
-    def counts(self) -> tuple[int, int]:
-        """``(running, waiting)``."""
-        with self._lock:
-            return len(self._running), len(self._waiting)
-
-    def retry_after(self) -> int:
-        """Seconds after which a refused job is likely to find a free place (at least 1)."""
-        running, _ = self.counts()  # a place frees when one of the running jobs ends
-        return max(1, math.ceil((self._seconds or 5.0) / max(1, running)))
-
-    def record(self, seconds: float) -> None:
-        """Fold one finished job's duration into the mean used by :meth:`retry_after`."""
-        self._seconds = seconds if not self._seconds else 0.8 * self._seconds + 0.2 * seconds
-
-    async def acquire(self, ticket: str) -> None:
-        """Wait for a free place; raises :class:`QueueFull`, or ``ValueError`` for a ticket in use."""
-        with self._lock:
-            if ticket in self._running or ticket in self._waiting:
-                raise ValueError(f"ticket {ticket!r} is already in the queue")
-            if len(self._running) < self.workers and not self._waiting:
-                self._running.add(ticket)
-                return
-            if len(self._waiting) >= self.capacity:
-                raise QueueFull(len(self._waiting))
-            turn: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-            self._waiting[ticket] = turn
-        try:
-            await turn
-        except asyncio.CancelledError:
-            with self._lock:
-                given = self._waiting.pop(ticket, None) is None  # else it was still waiting
-            if given:
-                self.release(ticket)
-            raise
-
-    def release(self, ticket: str) -> None:
-        """End ``ticket``'s job and hand its place to the next in line."""
-        with self._lock:
-            self._running.discard(ticket)
-            while self._waiting and len(self._running) < self.workers:
-                following, turn = self._waiting.popitem(last=False)
-                self._running.add(following)
-                turn.get_loop().call_soon_threadsafe(_wake, turn)
-
-
-def _wake(turn: asyncio.Future[None]) -> None:
-    if not turn.done():  # a cancelled waiter releases its place itself
-        turn.set_result(None)
-
-
-class _Job:
-    """One request's job, which can be ended from outside: its client left, the server stops."""
-
-    def __init__(self) -> None:
-        self.stop = threading.Event()  # read by the worker thread between tiles
-        self.ended = asyncio.Event()  # awaited while the job waits for its turn
-
-    def end(self) -> None:
-        self.stop.set()
-        self.ended.set()
-
-    def progress(self, done: int, total: int) -> None:
-        """The engine's ``progress`` callback: raising here stops the job after this tile."""
-        if self.stop.is_set():
-            raise Cancelled(done, total)
-
-    async def unless_ended(self, awaitable: Awaitable[T]) -> T:
-        """``awaitable``'s result, or :class:`Cancelled` if the job is ended first (then the
-        awaitable is cancelled)."""
-        task = asyncio.ensure_future(awaitable)
-        ended = asyncio.ensure_future(self.ended.wait())
-        try:
-            await asyncio.wait({task, ended}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            ended.cancel()
-            if not task.done():
-                task.cancel()
-                await asyncio.gather(task, return_exceptions=True)
-        if task.cancelled():
-            raise Cancelled(0, 1)
-        return task.result()
+__all__ = ["API_DESCRIPTION", "ErrorBody", "Service", "UPSCALE_BODY", "UPSCALE_RESPONSES", "attachment", "create_app", "error"]
 
 
 class ErrorBody(BaseModel):
@@ -231,6 +86,8 @@ API_DESCRIPTION = (
     "`{\"error\": \"...\"}`. VDSR jobs wait in a first-come queue (`GET /api/queue`); "
     "bicubic previews do not."
 )
+
+
 UPSCALE_RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {"description": "The upscaled image as PNG (the upload's EXIF, ICC profile and DPI kept).",
           "content": {"image/png": {"schema": {"type": "string", "format": "binary"}}}},
@@ -245,6 +102,8 @@ UPSCALE_RESPONSES: dict[int | str, dict[str, Any]] = {
                                              "again after `Retry-After` seconds.",
           "headers": {"Retry-After": {"description": "seconds to wait", "schema": {"type": "integer"}}}},
 }
+
+
 UPSCALE_BODY = {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
     "type": "object", "required": ["file"],
     "properties": {"file": {"type": "string", "format": "binary", "description": "the image"}}}}}}}
@@ -524,118 +383,3 @@ async def _http_error(_request: Request, exc: StarletteHTTPException) -> JSONRes
 async def _internal_error(_request: Request, exc: Exception) -> JSONResponse:
     # A bug: the traceback goes to the server's log, the client gets JSON like every error.
     return error(500, f"internal error ({type(exc).__name__}); see the server's log")
-
-
-def listen_socket(host: str, port: int) -> socket.socket:
-    """A TCP socket bound to ``host``:``port``; raises :class:`AddressUnavailable` if it cannot be.
-
-    Bound here rather than by uvicorn, which logs a multi-line error and exits the process
-    itself (code 3) when the port is taken.
-    """
-    try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-    except (OSError, UnicodeError) as exc:
-        raise AddressUnavailable(host, port, f"unknown host ({exc})") from None
-    family, kind, proto, _, address = infos[0]
-    sock = socket.socket(family, kind, proto)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does
-        sock.bind(address)
-    except OSError as exc:
-        sock.close()
-        reason = "address already in use" if exc.errno == errno.EADDRINUSE else (exc.strerror or str(exc))
-        raise AddressUnavailable(host, port, reason) from None
-    sock.set_inheritable(True)
-    return sock
-
-
-def uvicorn_config(app: FastAPI, host: str, port: int, limits: Limits, **options: Any) -> Any:
-    """uvicorn's configuration for ``app``, with the time limits for slow clients."""
-    import uvicorn
-
-    return uvicorn.Config(app, host=host, port=port, http=_protocol(limits.head_seconds),
-                          timeout_keep_alive=limits.keep_alive_seconds, **options)
-
-
-def _protocol(head_seconds: float) -> type:
-    """uvicorn's h11 protocol with a deadline for each request's line and headers.
-
-    uvicorn closes idle connections only after an answer (keep-alive); a connection that never
-    completes its headers stays open for ever. This one is closed ``head_seconds`` after it
-    opened, or after its last answer, unless a request has begun.
-    """
-    from uvicorn.protocols.http.h11_impl import H11Protocol
-
-    class TimedH11Protocol(H11Protocol):
-        _head_timer: asyncio.TimerHandle | None = None
-        _head_cycle: object = None
-
-        def connection_made(self, transport: Any) -> None:
-            super().connection_made(transport)
-            self._arm()
-
-        def data_received(self, data: bytes) -> None:
-            super().data_received(data)
-            if self.cycle is not self._head_cycle:  # a request has begun
-                self._disarm()
-
-        def on_response_complete(self) -> None:
-            finished = self.cycle
-            super().on_response_complete()
-            if self.cycle is finished:  # else a pipelined request has begun
-                self._arm()
-
-        def connection_lost(self, exc: Exception | None) -> None:
-            self._disarm()
-            super().connection_lost(exc)
-
-        def _arm(self) -> None:
-            self._disarm()
-            self._head_cycle = self.cycle
-            self._head_timer = self.loop.call_later(head_seconds, self._head_timeout)
-
-        def _disarm(self) -> None:
-            if self._head_timer is not None:
-                self._head_timer.cancel()
-                self._head_timer = None
-
-        def _head_timeout(self) -> None:
-            self._head_timer = None
-            if self.cycle is self._head_cycle and not self.transport.is_closing():
-                self.transport.close()
-
-    return TimedH11Protocol
-
-
-def serve(host: str = "127.0.0.1", port: int = 8000, weights: str | None = None,
-          limits: Limits | None = None, device: str = "auto", precision: str = "auto",
-          on_ready: Callable[[str], None] | None = None, allow_hosts: tuple[str, ...] = (),
-          allow_origins: tuple[str, ...] = ()) -> None:
-    """Run the app with uvicorn until interrupted; ``on_ready(url)`` is called once it is loaded.
-
-    Raises :class:`AddressUnavailable` before loading the model if the port cannot be used.
-    On SIGINT/SIGTERM the server stops at once: jobs end at their next tile and their clients
-    are told (503); waiting jobs are dropped.
-    """
-    import uvicorn
-
-    limits = limits or Limits()
-    access = Access(host=host, hosts=allow_hosts, origins=allow_origins)
-    sock = listen_socket(host, port)
-    try:
-        app = create_app(weights, limits, device=device, precision=precision, access=access)
-        if on_ready is not None:
-            shown = f"[{host}]" if ":" in host else host
-            on_ready(f"http://{shown}:{sock.getsockname()[1]}")
-        service: Service = app.state.service
-
-        class Server(uvicorn.Server):
-            async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
-                service.close()  # the jobs end first, so the graceful wait is short
-                await super().shutdown(sockets)
-                if self.force_exit:  # a second Ctrl-C: uvicorn skips the app's shutdown, whose
-                    await self.lifespan.shutdown()  # task would be cancelled with a traceback
-
-        Server(uvicorn_config(app, host, port, limits, log_level="info")).run(sockets=[sock])
-    finally:
-        sock.close()
