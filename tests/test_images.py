@@ -450,14 +450,21 @@ def test_loader_on_mutated_images(tmp_path: Path, fmt: str, edits: list[tuple[in
 
 
 def test_bundled_photos_are_scikit_images_own_pixels() -> None:
-    """`bundled_photo` reads scikit-image's photos with Pillow: the loaders' exact arrays."""
+    """The photos vdsr ships (vdsr/data/photos, some PNGs re-encoded smaller) decode to exactly
+    scikit-image's arrays; every photo the recipe check, the calibration and the demo name is
+    there, and another name is a KeyError (no silent fallback to scikit-image)."""
     from skimage import data
 
+    from vdsr import export, recipes
     from vdsr.io.images import _BUNDLED_FILES, bundled_photo
 
-    for name in [*_BUNDLED_FILES, "brick"]:  # brick: not in the table, so the loader itself
+    used = {name for name, _ in recipes.CHECK_IMAGES} | set(export.CALIBRATION_IMAGES) | {"chelsea"}
+    assert used <= set(_BUNDLED_FILES), used - set(_BUNDLED_FILES)
+    for name in _BUNDLED_FILES:
         got, want = bundled_photo(name), getattr(data, name)()
-        assert got.dtype == np.uint8 and np.array_equal(got, want), name
+        assert got.dtype == np.uint8 and got.shape == want.shape and np.array_equal(got, want), name
+    with pytest.raises(KeyError, match="brick"):
+        bundled_photo("brick")
 
 
 @pytest.mark.subprocess

@@ -104,26 +104,22 @@ class LoadedImage:
         return raw.transpose(2, 0, 1)
 
 
-# scikit-image's bundled photos that vdsr uses (the recipe check, int8 calibration, `vdsr demo`)
-# and their files in ``skimage.data.data_dir``.
+# scikit-image's bundled photos that vdsr uses (the recipe check, int8 calibration, `vdsr demo`),
+# copied into vdsr/data/photos (its README gives each one's source and licence).
+_PHOTOS = Path(__file__).resolve().parent.parent / "data" / "photos"
 _BUNDLED_FILES = {"astronaut": "astronaut.png", "camera": "camera.png", "chelsea": "chelsea.png",
                   "coffee": "coffee.png", "coins": "coins.png", "moon": "moon.png", "rocket": "rocket.jpg",
                   "hubble_deep_field": "hubble_deep_field.jpg", "immunohistochemistry": "ihc.png"}
 
 
 def bundled_photo(name: str) -> NDArray[np.uint8]:
-    """``skimage.data.<name>()``: one of scikit-image's bundled photos, ``(H, W)`` or ``(H, W, 3)``
-    uint8, decoded by Pillow from ``skimage.data.data_dir``. The same pixels (tested) without what
-    ``skimage.data``'s loaders import (scipy, imageio: 40 MB of a first run's peak memory); the
-    loader itself where the file is not there."""
-    from skimage import data
-
-    path = Path(data.data_dir) / _BUNDLED_FILES.get(name, "")
-    if name in _BUNDLED_FILES and path.is_file():
-        with Image.open(path) as img:
-            if img.mode in ("L", "RGB"):  # what the loaders return for these files; else theirs
-                return np.asarray(img)
-    return np.asarray(getattr(data, name)())
+    """The pixels of ``skimage.data.<name>()`` for one of the photos vdsr ships (``(H, W)`` or
+    ``(H, W, 3)`` uint8, decoded by Pillow; tested equal to scikit-image's arrays), without
+    scikit-image. :class:`KeyError` for a name that is not one of them."""
+    if name not in _BUNDLED_FILES:
+        raise KeyError(f"no bundled photo {name!r}; there are {', '.join(sorted(_BUNDLED_FILES))}")
+    with Image.open(_PHOTOS / _BUNDLED_FILES[name]) as img:
+        return np.asarray(img.convert("RGB") if img.mode not in ("L", "RGB") else img)
 
 
 def list_images(folder: str | os.PathLike[str]) -> list[Path]:
