@@ -199,3 +199,27 @@ def test_actors_get_a_gpu_each_where_the_cluster_has_them() -> None:
     assert (size, options, actor.threads) == (16, {"num_cpus": 1}, 1)
     size, options, actor = pool_for({"CPU": 8.0}, settings, 2)
     assert (size, options, actor.threads) == (2, {"num_cpus": 4}, 4)
+
+
+def test_a_run_on_ray_puts_ray_datas_context_and_logger_back(
+        tmp_path: Path, tiny_weights: Path, cluster: tuple[str, int, dict[str, str]]) -> None:
+    """Issue 32: the run sets Ray Data's process-wide context (no progress bars, errored blocks)
+    and its logger's level for itself, and puts them back when it ends (they were left changed)."""
+    import logging
+
+    import ray.data
+
+    from vdsr.batch.ray_jobs import run_on_ray
+
+    address, _, _ = cluster
+    src = a_folder(tmp_path / "in", 1, size=24)
+    job = batch.Job(next(src.iterdir()), tmp_path / "out.png", "0.png")
+    context, logger = ray.data.DataContext.get_current(), logging.getLogger("ray.data")
+    before = (context.enable_progress_bars, context.max_errored_blocks, logger.level)
+    stdout = sys.stdout
+    rows: list[dict[str, object]] = []
+    settings = batch.Settings(scale=2, weights=str(tiny_weights), precision="fp32", backend="torch", device="cpu")
+    run_on_ray([job], settings, address, 1, rows.append)
+    assert [r["status"] for r in rows] == ["done"] and (tmp_path / "out.png").is_file()
+    assert (context.enable_progress_bars, context.max_errored_blocks, logger.level) == before
+    assert sys.stdout is stdout  # Ray's messages went to stderr during the run only

@@ -35,6 +35,7 @@ from vdsr.io.fileio import atomic_path
 from vdsr.io.images import LoadedImage, load_image
 from vdsr.nn.model import VDSR
 from vdsr.pixels import peak, require_unit
+from vdsr.quiet import catch_warnings
 from vdsr.resize import imresize
 from vdsr.sizes import check_output_pixels, check_scale, upscaled_size
 
@@ -102,7 +103,7 @@ def bicubic_clipped(pixels: NDArray[np.floating], scale: float) -> NDArray[np.fl
 def as_tensor(array: NDArray[Any]) -> torch.Tensor:
     """``torch.from_numpy`` without a copy, also for read-only arrays (decoded images are): the
     engine only reads its input."""
-    with warnings.catch_warnings():
+    with catch_warnings():
         warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
         return torch.from_numpy(array)
 

@@ -31,6 +31,7 @@ from vdsr.batch import MAX_ATTEMPTS, Job, Settings, job_row, upscale_job
 from vdsr.errors import VDSRError
 from vdsr.extras import need
 from vdsr.io.outputs import remove_leftovers
+from vdsr.quiet import catch_warnings
 
 __all__ = ["UpscaleActor", "run_on_ray"]
 
@@ -122,7 +123,8 @@ def run_on_ray(pending: list[Job], settings: Settings, address: str | None, work
     need("ray.data", "ray")  # here, to say at once when it is missing
 
     # Ray's driver prints its workers' error messages ("(raylet) Task ... failed ... will be
-    # retried") to stdout, where a caller's output goes: send them to stderr while Ray runs.
+    # retried") to stdout, where a caller's output goes: send them to stderr while Ray runs
+    # (redirect_stdout puts sys.stdout back when the run ends, however it ends).
     with contextlib.redirect_stdout(sys.stderr):
         _run(pending, settings, address, workers, emit)
 
@@ -133,15 +135,18 @@ def _run(pending: list[Job], settings: Settings, address: str | None, workers: i
     import ray.data
 
     started = _connect(address, settings.threads)
+    # Ray Data's context and logger are the process's: set for this run, put back after it.
+    context = ray.data.DataContext.get_current()
+    logger = logging.getLogger("ray.data")
+    saved = (context.enable_progress_bars, context.max_errored_blocks, logger.level)
     try:
-        context = ray.data.DataContext.get_current()
         context.enable_progress_bars = False
         context.max_errored_blocks = len(pending)  # an image that keeps failing is one failed row
-        logging.getLogger("ray.data").setLevel(logging.ERROR)
+        logger.setLevel(logging.ERROR)
         size, resources, actor_settings = _pool(settings, workers)
         items = [{"source": str(j.source), "target": str(j.target), "name": j.name} for j in pending]
         data = ray.data.from_items(items, override_num_blocks=len(items))
-        with warnings.catch_warnings():
+        with catch_warnings():
             # Ray 2.60 deprecates passing actor options such as max_task_retries this way and
             # offers no other (its default is to retry an image forever).
             warnings.simplefilter("ignore", DeprecationWarning)
@@ -155,6 +160,8 @@ def _run(pending: list[Job], settings: Settings, address: str | None, workers: i
             seen.add(row["output"])
             emit(row)
     finally:
+        context.enable_progress_bars, context.max_errored_blocks, level = saved
+        logger.setLevel(level)
         if started:
             with contextlib.suppress(Exception):
                 ray.shutdown()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import shlex
 import sys
 import warnings
 from collections.abc import Sequence
@@ -202,7 +203,11 @@ def cmd_info(args: argparse.Namespace) -> int:
 
     path = Path(args.weights) if args.weights else default_weights_path()
     info = weights_summary(read_metadata(path))
-    print(json.dumps(info, indent=2) if args.json else describe(path, info, named=bool(args.weights)))
+    if args.json:
+        print(json.dumps(info, indent=2))
+    else:
+        named = shlex.quote(str(path)) + " " if args.weights else ""
+        print(describe(path, info) + f"\n(everything, as JSON: {PROG} info {named}--json)")
     return 0
 
 

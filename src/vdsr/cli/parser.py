@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import argparse
 import warnings
-from dataclasses import fields
+from collections.abc import Callable
+from dataclasses import dataclass, fields
 from typing import Any
 
 from vdsr import constants as C  # imports nothing: defaults for --help without torch
@@ -198,23 +199,33 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``vdsr`` parser: one sub-command per row of :data:`_COMMANDS`."""
     parser = argparse.ArgumentParser(prog=PROG, description="VDSR super-resolution (Kim et al., CVPR 2016)",
                                      formatter_class=_HelpFormatter, epilog=_EXAMPLES["vdsr"])
     parser.add_argument("--version", action="version", version=_version())
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    def add(name: str, help: str, description: str, *shared: str) -> argparse.ArgumentParser:  # noqa: A002
+    for name, command in _COMMANDS.items():
         # Fresh parents per command: argparse shares their actions, and a command's own defaults
         # (set_defaults) must not leak into the others'.
         parents = _parents()
-        return sub.add_parser(name, help=help, description=description, epilog=_EXAMPLES.get(name),
-                              formatter_class=_HelpFormatter, parents=[parents[s] for s in shared])
+        p = sub.add_parser(name, help=command.help, description=command.description, epilog=_EXAMPLES.get(name),
+                           formatter_class=_HelpFormatter, parents=[parents[s] for s in command.shared])
+        command.flags(p)
+    return parser
 
-    p = add("upscale", "super-resolve images",
-            "Super-resolve image files or folders of images by any factor: bicubic upscaling, then "
-            "VDSR restores the detail. Colour images keep their colours (the network sharpens the "
-            "luminance); alpha, EXIF, ICC profile and DPI are kept.",
-            "weights", "run", "tiles", "input_limit", "output_limit", "overwrite")
+
+@dataclass(frozen=True)
+class _Command:
+    """A sub-command: its one-line help, its --help description, the shared flag groups it
+    takes (:func:`_parents`), and the function that adds its own flags and its handler."""
+
+    help: str
+    flags: Callable[[argparse.ArgumentParser], None]
+    description: str
+    shared: tuple[str, ...] = ()
+
+
+def _upscale_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files or folders")
     p.add_argument("--scale", "-s", type=_scale, required=True, metavar="S",
                    help=f"upscaling factor, 1 < S <= {C.MAX_SCALE:g}; the model is trained for 2-4, "
@@ -241,11 +252,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "path that every node sees")
     p.set_defaults(func=commands.cmd_upscale)
 
-    p = add("evaluate", "Y-PSNR/SSIM on benchmark folders, beside the paper",
-            "Downscale each high-resolution image, upscale it again with bicubic and with the model, "
-            "and score both against the original (Y-PSNR/SSIM, MATLAB-compatible), beside the "
-            "paper's numbers for Set5, Set14, B100 and Urban100. Exact fp32 unless --precision says "
-            "otherwise.", "weights", "run", "tiles", "input_limit")
+
+def _evaluate_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", nargs="+", required=True, metavar="DIR", help="folders of HR images")
     p.add_argument("--scales", nargs="+", type=_int_scale, default=list(C.DEFAULT_SCALES), help="scales to score")
     p.add_argument("--json", help="write the results to this JSON file")
@@ -256,26 +264,22 @@ def build_parser() -> argparse.ArgumentParser:
                    help="store the results in the weights file's metadata ('evaluation')")
     p.set_defaults(func=commands.cmd_evaluate, precision="fp32")  # a paper's numbers are reproduced exactly
 
-    p = add("convert", "import weights into .safetensors",
-            "Import published weights (the authors' MatConvNet .mat, a pytorch-vdsr .pth), a "
-            "`vdsr train` checkpoint.pt, or re-check a .safetensors file; write .safetensors.", "overwrite")
+
+def _convert_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("source", help="MatConvNet .mat (official), checkpoint.pt, pytorch-vdsr .pth, or .safetensors")
     p.add_argument("-o", "--output", required=True, help="destination .safetensors")
     p.set_defaults(func=commands.cmd_convert)
 
-    p = add("info", "summarise a weights file: model, scales, training, results",
-            "Summarise a weights file: architecture, trained scales, where it came from, how it was "
-            "trained and its recorded results.")
+
+def _info_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("weights", nargs="?", help="weights file (default: the shipped model)")
     p.add_argument("--json", action="store_true", help="print all the metadata as JSON")
     p.set_defaults(func=commands.cmd_info)
 
+
+def _prepare_flags(p: argparse.ArgumentParser) -> None:
     from vdsr.train.config import TrainConfig
 
-    p = add("prepare", "write an HDF5 file of training patches",
-            "Cut (low-resolution, high-resolution) patch pairs from folders of HR images, with the "
-            "paper's augmentation (rotations, flips, downscaling), into one chunked HDF5 file for "
-            "`vdsr train --h5`. Optional: `vdsr train` cuts patches on the fly by default.", "overwrite")
     p.add_argument("--data", nargs="+", required=True, metavar="DIR", help="folders of HR images")
     p.add_argument("-o", "--output", required=True, help="HDF5 file to write")
     p.add_argument("--scales", nargs="+", type=_int_scale, default=list(C.DEFAULT_SCALES), help="scales to cut pairs for")
@@ -288,11 +292,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-flip", action="store_true", help="skip the flipped copies")
     p.set_defaults(func=commands.cmd_prepare)
 
-    p = add("train", "train a VDSR model (resumable)",
-            "Train VDSR on folders of HR images (patches cut on the fly) or an HDF5 file from "
-            "`vdsr prepare`. The run folder gets checkpoint.pt (every --checkpoint-every steps), "
-            "best.safetensors, last.safetensors, metrics.csv and curve.png; Ctrl-C stops at a step "
-            "boundary with a checkpoint, and --resume continues it exactly.", "overwrite")
+
+def _train_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR")
     _add_train_options(p)
     next(a for a in p._actions if a.dest == "overwrite").help = (
@@ -300,9 +301,8 @@ def build_parser() -> argparse.ArgumentParser:
         "replaced, nothing else")
     p.set_defaults(func=commands.cmd_train)
 
-    p = add("export", "export weights to ONNX (dynamic H/W) or TorchScript",
-            "Export a weights file to ONNX (any height and width), its int8-quantised ONNX, or TorchScript.",
-            "overwrite")
+
+def _export_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("weights", nargs="?", help="weights file (default: the shipped model)")
     p.add_argument("--onnx", help="ONNX file to write")
     p.add_argument("--onnx-int8", help="int8-quantised ONNX file to write (the int8 recipe's model)")
@@ -316,19 +316,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="--rgb-onnx with the network in fp16 (input and output stay float32)")
     p.set_defaults(func=commands.cmd_export)
 
-    p = add("summary", "Keras-style model summary",
-            "Print a Keras-style summary (layers, output shapes, parameters, connections) of VDSR, "
-            "of the Inception example (a 224x224x3 input into one Inception block of 64 filters), "
-            "or of a weights file's model.")
+
+def _summary_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", help="vdsr, inception (the Inception example) or a weights file")
     p.add_argument("--input-shape", nargs=3, type=int, metavar=("H", "W", "C"), help="input size to trace")
     p.add_argument("--body", choices=C.BODIES, default="plain", help="VDSR body (with MODEL=vdsr)")
     p.set_defaults(func=commands.cmd_summary)
 
-    p = add("serve", "local web app: drop images, compare before/after, download",
-            "Serve a web page (and a JSON/PNG API, documented at /api/docs) for upscaling images "
-            "in the browser. Only this machine can reach it unless --host says otherwise.",
-            "weights", "run", "input_limit", "output_limit")
+
+def _serve_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--host", default="127.0.0.1", help="bind address (127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8000, help="TCP port")
     p.add_argument("--max-upload-mb", type=_positive_int, default=C.SERVER_MAX_UPLOAD_MB,
@@ -345,10 +341,59 @@ def build_parser() -> argparse.ArgumentParser:
                         "sites' pages are refused; repeat for several")
     p.set_defaults(func=commands.cmd_serve, max_pixels=C.SERVER_MAX_PIXELS, max_output_pixels=C.SERVER_MAX_OUTPUT_PIXELS)
 
-    p = add("demo", "upscale a bundled sample and write a comparison PNG",
-            "Shrink a bundled photo, upscale it with bicubic and with the model, and write the images, "
-            "a comparison PNG and their Y-PSNR against the original.", "weights", "overwrite")
+
+def _demo_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("-o", "--output", default="vdsr-demo", help="output folder")
     p.add_argument("--scale", type=_int_scale, default=3, help="scale factor")
     p.set_defaults(func=commands.cmd_demo)
-    return parser
+
+
+
+_COMMANDS: dict[str, _Command] = {
+    "upscale": _Command("super-resolve images", _upscale_flags,
+                      "Super-resolve image files or folders of images by any factor: bicubic upscaling, then "
+                      "VDSR restores the detail. Colour images keep their colours (the network sharpens the "
+                      "luminance); alpha, EXIF, ICC profile and DPI are kept.",
+                      ("weights", "run", "tiles", "input_limit", "output_limit", "overwrite")),
+    "evaluate": _Command("Y-PSNR/SSIM on benchmark folders, beside the paper", _evaluate_flags,
+                      "Downscale each high-resolution image, upscale it again with bicubic and with the model, "
+                      "and score both against the original (Y-PSNR/SSIM, MATLAB-compatible), beside the "
+                      "paper's numbers for Set5, Set14, B100 and Urban100. Exact fp32 unless --precision says "
+                      "otherwise.",
+                      ("weights", "run", "tiles", "input_limit")),
+    "convert": _Command("import weights into .safetensors", _convert_flags,
+                      "Import published weights (the authors' MatConvNet .mat, a pytorch-vdsr .pth), a "
+                      "`vdsr train` checkpoint.pt, or re-check a .safetensors file; write .safetensors.",
+                      ("overwrite",)),
+    "info": _Command("summarise a weights file: model, scales, training, results", _info_flags,
+                      "Summarise a weights file: architecture, trained scales, where it came from, how it was "
+                      "trained and its recorded results.",
+                      ()),
+    "prepare": _Command("write an HDF5 file of training patches", _prepare_flags,
+                      "Cut (low-resolution, high-resolution) patch pairs from folders of HR images, with the "
+                      "paper's augmentation (rotations, flips, downscaling), into one chunked HDF5 file for "
+                      "`vdsr train --h5`. Optional: `vdsr train` cuts patches on the fly by default.",
+                      ("overwrite",)),
+    "train": _Command("train a VDSR model (resumable)", _train_flags,
+                      "Train VDSR on folders of HR images (patches cut on the fly) or an HDF5 file from "
+                      "`vdsr prepare`. The run folder gets checkpoint.pt (every --checkpoint-every steps), "
+                      "best.safetensors, last.safetensors, metrics.csv and curve.png; Ctrl-C stops at a step "
+                      "boundary with a checkpoint, and --resume continues it exactly.",
+                      ("overwrite",)),
+    "export": _Command("export weights to ONNX (dynamic H/W) or TorchScript", _export_flags,
+                      "Export a weights file to ONNX (any height and width), its int8-quantised ONNX, or TorchScript.",
+                      ("overwrite",)),
+    "summary": _Command("Keras-style model summary", _summary_flags,
+                      "Print a Keras-style summary (layers, output shapes, parameters, connections) of VDSR, "
+                      "of the Inception example (a 224x224x3 input into one Inception block of 64 filters), "
+                      "or of a weights file's model.",
+                      ()),
+    "serve": _Command("local web app: drop images, compare before/after, download", _serve_flags,
+                      "Serve a web page (and a JSON/PNG API, documented at /api/docs) for upscaling images "
+                      "in the browser. Only this machine can reach it unless --host says otherwise.",
+                      ("weights", "run", "input_limit", "output_limit")),
+    "demo": _Command("upscale a bundled sample and write a comparison PNG", _demo_flags,
+                      "Shrink a bundled photo, upscale it with bicubic and with the model, and write the images, "
+                      "a comparison PNG and their Y-PSNR against the original.",
+                      ("weights", "overwrite")),
+}

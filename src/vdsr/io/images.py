@@ -42,6 +42,7 @@ from vdsr.io.metadata import (
     _read_exif,
 )
 from vdsr.pixels import peak, to_unit
+from vdsr.quiet import catch_warnings
 from vdsr.sizes import check_output_pixels
 
 __all__ = ["IMAGE_SUFFIXES", "LoadedImage", "MAX_TEXT_BYTES", "bundled_photo", "decode_image", "list_images", "load_image", "probe", "probe_image"]
@@ -289,7 +290,7 @@ def _check_header(img: Image.Image, path: Path, max_pixels: int, scale: float | 
 def _decoding() -> Iterator[None]:
     """Our limits (:data:`_pillow_limits`), and Pillow's own EXIF warnings silenced: they name no
     file and :func:`_read_exif` reports the same problem in one warning that does."""
-    with _pillow_limits(), warnings.catch_warnings():
+    with _pillow_limits(), catch_warnings():
         warnings.filterwarnings("ignore", message=r"(Possibly )?[Cc]orrupt EXIF|Metadata Warning",
                                 category=UserWarning)
         yield

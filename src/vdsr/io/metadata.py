@@ -14,6 +14,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from vdsr.quiet import catch_warnings
+
 __all__ = ["ImageMetadata"]
 
 _EXIF_IFD, _EXIF_WIDTH, _EXIF_HEIGHT = 0x8769, 0xA002, 0xA003
@@ -43,7 +45,7 @@ def _header_orientation(img: Image.Image, path: Path) -> int:
     states none, or nothing readable: :func:`_decode` warns about that, once)."""
     if img.format == "PNG" and "exif" not in img.info:
         return 1  # a PNG's EXIF may follow the pixels: Pillow would decode them to find it
-    with warnings.catch_warnings():
+    with catch_warnings():
         warnings.simplefilter("ignore")
         return _orientation(_read_exif(img, path), path)
 
@@ -56,7 +58,7 @@ def _read_exif(img: Image.Image, path: Path) -> Image.Exif:
     failure and then reports no EXIF at all.
     """
     failure: Exception | None = None
-    with warnings.catch_warnings(record=True) as pillow_says:
+    with catch_warnings(record=True) as pillow_says:
         warnings.simplefilter("always")
         try:
             raw = img.info.get("exif")

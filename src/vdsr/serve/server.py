@@ -66,6 +66,7 @@ from vdsr.io.encode import encode_png
 from vdsr.io.images import LoadedImage, decode_image, probe_image
 from vdsr.io.outputs import output_name
 from vdsr.pixels import to_uint, to_unit
+from vdsr.quiet import catch_warnings
 from vdsr.serve.access import Access, Guard
 from vdsr.serve.jobs import JobQueue, Limits, QueueFull, _Job
 from vdsr.serve.uploads import ClientGone, RequestRefused, display_name, read_upload
@@ -229,7 +230,7 @@ class Service:
             raise Cancelled(0, 1)
         if method not in ("vdsr", "bicubic"):
             raise RequestRefused(400, f"method must be vdsr or bicubic, got {method!r}")
-        with warnings.catch_warnings():
+        with catch_warnings():
             warnings.simplefilter("ignore")  # out-of-range scale: still served
             check_scale(scale, self.meta.scales)
         upload = await read_upload(request.receive, request.headers, "file", self.limits.body())
@@ -274,7 +275,7 @@ class Service:
     def _work(self, job: _Job, data: bytes, name: str, scale: float, method: str,
               use_ensemble: bool) -> bytes:
         """Decode, upscale and encode one image: runs in a worker thread."""
-        with warnings.catch_warnings():
+        with catch_warnings():
             warnings.simplefilter("ignore")  # out-of-range scale / animated image: still served
             image = decode_image(data, name, max_pixels=self.limits.max_pixels)
         if method == "bicubic":

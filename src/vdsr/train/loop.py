@@ -126,13 +126,17 @@ class Trainer:
     ``progress(step, row)`` is called with every row written to ``metrics.csv``.
     ``on_stop_requested(signal_name)`` is called as soon as SIGINT/SIGTERM asks the run to stop
     (from the signal handler: keep it short), so a caller can acknowledge it at once.
+    ``stop_on_signals=False`` leaves the process's signal handlers alone (a program that owns
+    SIGINT/SIGTERM itself); with ``True`` (the default) :meth:`fit` installs its own while it runs,
+    in the main thread only, and restores the previous ones when it returns.
     """
 
     def __init__(self, config: TrainConfig, *, state: dict[str, Any] | None = None,
                  overwrite: bool = False, sampler: PatchSource | None = None,
                  progress: Callable[[int, dict[str, float]], None] | None = None,
                  dist: DistContext | None = None,
-                 on_stop_requested: Callable[[str], None] | None = None) -> None:
+                 on_stop_requested: Callable[[str], None] | None = None,
+                 stop_on_signals: bool = True) -> None:
         self.dist = dist or DistContext()
         if config.batch_size % self.dist.world_size:
             raise VDSRError(f"batch size {config.batch_size} does not divide among "
@@ -167,6 +171,7 @@ class Trainer:
         self.best_metrics: dict[str, float] = {}
         self.progress = progress
         self.on_stop_requested = on_stop_requested
+        self.stop_on_signals = stop_on_signals
         # Rank 0 alone validates and writes; the others only read their losses back.
         self._report = self._report_main if self.dist.is_main else self._report_worker
         self._pending: list[torch.Tensor] = []  # losses still on the device (read when logging)
@@ -379,7 +384,7 @@ class Trainer:
         self.model.train()
         self._pending, self._started = [], (self.step, time.perf_counter())
         try:
-            with _StopSignals(not self.dist.enabled, self.on_stop_requested) as stop:
+            with _StopSignals(self.stop_on_signals and not self.dist.enabled, self.on_stop_requested) as stop:
                 while self.step < c.steps:
                     learning_rate = float(self.scheduler.get_last_lr()[0])
                     self._pending.append(self.train_step(*self.next_batch()))

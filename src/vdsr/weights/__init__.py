@@ -21,7 +21,6 @@ import functools
 import json
 import math
 import os
-import shlex
 import struct
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -450,11 +449,10 @@ def weights_summary(metadata: WeightsMetadata) -> dict[str, Any]:
     return out
 
 
-def describe(path: Path, info: dict[str, Any], named: bool = True) -> str:
-    """A weights file's metadata (:func:`weights_summary`) as a short readable summary (``vdsr info``).
+def describe(path: Path, info: dict[str, Any]) -> str:
+    """A weights file's metadata (:func:`weights_summary`) as a short readable summary.
 
-    ``named``: the file was given on the command line (the JSON hint repeats it). Free-form
-    recipe values of unexpected types are shown as they are, never formatted as numbers.
+    Free-form recipe values of unexpected types are shown as they are, never formatted as numbers.
     """
     model, recipe = info.get("model", {}), info.get("recipe") or {}
     channels = model.get("channels", 1)
@@ -492,5 +490,4 @@ def describe(path: Path, info: dict[str, Any], named: bool = True) -> str:
             lines.append(f"    {r['dataset']:<8} x{r['scale']}  {r['psnr']:.2f}/{r['ssim']:.4f}  "
                          f"({r['bicubic_psnr']:.2f}/{r['bicubic_ssim']:.4f})  {r['images']} images")
     row("colour", str(info.get("color", "")))
-    lines.append(f"(everything, as JSON: vdsr info {shlex.quote(str(path)) + ' ' if named else ''}--json)")
     return "\n".join(lines)

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 
 from vdsr.errors import TrainingError
+from vdsr.quiet import catch_warnings
 
 __all__ = ["CHECKPOINT_KEYS", "load_checkpoint"]
 
@@ -30,7 +31,7 @@ def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
     """
     path = Path(path)
     try:
-        with warnings.catch_warnings():
+        with catch_warnings():
             # torch warns before refusing a pickle of another protocol; the refusal says enough.
             warnings.filterwarnings("ignore", message="Detected pickle protocol")
             state = torch.load(str(path), map_location="cpu", weights_only=True)
