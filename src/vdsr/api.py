@@ -14,7 +14,6 @@ tile by tile, so memory stays at the input, the output and one tile's working se
 from __future__ import annotations
 
 import io
-import math
 import time
 import warnings
 import weakref
@@ -37,7 +36,7 @@ from vdsr.nn.model import VDSR
 from vdsr.pixels import peak, require_unit
 from vdsr.quiet import catch_warnings
 from vdsr.resize import imresize
-from vdsr.sizes import check_output_pixels, check_scale, upscaled_size
+from vdsr.sizes import check_output_pixels, check_scale, require_positive_scale, upscaled_size
 
 __all__ = ["FileResult", "bicubic_clipped", "bicubic_upscale", "run_network", "upscale",
            "upscale_file", "upscale_image", "upscaler_for", "write_upscaled"]
@@ -89,8 +88,7 @@ def bicubic_upscale(pixels: NDArray[np.floating], scale: float) -> NDArray[np.fl
     """MATLAB bicubic resizing of an ``(H, W)`` or ``(H, W, C)`` array to ``round(scale*size)``."""
     if pixels.ndim not in (2, 3) or 0 in pixels.shape:
         raise InvalidArgument(f"expected a non-empty (H, W) or (H, W, C) image, got {pixels.shape}")
-    if not (math.isfinite(scale) and scale > 0):
-        raise InvalidArgument(f"scale must be finite and positive, got {scale}")
+    require_positive_scale(scale)
     return imresize(pixels, scale=scale, size=upscaled_size(pixels.shape[0], pixels.shape[1], scale))
 
 

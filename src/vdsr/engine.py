@@ -19,7 +19,6 @@ restarted, with a warning.
 
 from __future__ import annotations
 
-import math
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -35,7 +34,7 @@ from vdsr.nn.model import VDSR
 from vdsr.pixels import peak as pixel_peak
 from vdsr.pixels import require_unit_tensor, to_uint_tensor
 from vdsr.resize import AxisWeights, axis_weights, resize_tensor
-from vdsr.sizes import upscaled_size
+from vdsr.sizes import require_positive_scale, upscaled_size
 from vdsr.transforms import dihedral, dihedral_inverse
 
 __all__ = ["Block", "Progress", "RunInfo", "Upscaler", "check_tile"]
@@ -232,8 +231,7 @@ class Upscaler:
         """
         if image.ndim != 3 or image.shape[0] not in (1, 2, 3, 4) or 0 in image.shape:
             raise InvalidArgument(f"expected a non-empty (C, H, W) image with C in 1-4, got {tuple(image.shape)}")
-        if not (math.isfinite(scale) and scale > 0):
-            raise InvalidArgument(f"scale must be finite and positive, got {scale}")
+        require_positive_scale(scale)
         dtype = dtype or image.dtype
         h, w = image.shape[-2:]
         out_h, out_w = upscaled_size(h, w, scale)

@@ -29,6 +29,7 @@ import torch
 from numpy.typing import NDArray
 
 from vdsr.errors import InvalidArgument
+from vdsr.sizes import require_positive_scale
 
 MAX_OUTPUT_PIXELS = 1 << 31  # guards against absurd scales before any memory is asked for
 _EPS = float(np.finfo(np.float32).eps)  # MATLAB's and resize-right's tolerance at tap borders
@@ -118,8 +119,7 @@ def axis_weights(in_size: int, out_size: int, scale: float) -> AxisWeights:
     """
     if in_size < 1 or out_size < 1:
         raise InvalidArgument(f"cannot resize an axis of {in_size} samples to {out_size}")
-    if not (math.isfinite(scale) and scale > 0):
-        raise InvalidArgument(f"imresize needs a finite positive scale, got {scale}")
+    require_positive_scale(scale)
     support = _SUPPORT if scale >= 1.0 else _SUPPORT / scale
     if support > 4 * in_size + 8:  # a kernel far wider than the image (found by the fuzz test)
         raise InvalidArgument(f"imresize scale {scale:g} is too small for an axis of {in_size} samples")
@@ -180,8 +180,8 @@ def imresize(
     """
     if scale is None and size is None:
         raise InvalidArgument("imresize needs a scale or a size")
-    if scale is not None and not (math.isfinite(scale) and scale > 0):
-        raise InvalidArgument(f"imresize needs a finite positive scale, got {scale}")
+    if scale is not None:
+        require_positive_scale(scale)
     arr = np.asarray(image, dtype=np.float64)
     if arr.ndim not in (2, 3) or 0 in arr.shape:
         raise InvalidArgument(f"imresize expects a non-empty (H, W) or (H, W, C), got shape {arr.shape}")
@@ -223,8 +223,7 @@ def imresize_tensor(image: torch.Tensor, scale: float, size: tuple[int, int]) ->
     """:func:`imresize` for ``(..., H, W)`` tensors on any device, in the tensor's dtype."""
     if image.ndim < 2 or 0 in image.shape:
         raise InvalidArgument(f"imresize_tensor expects a non-empty (..., H, W), got {tuple(image.shape)}")
-    if not (math.isfinite(scale) and scale > 0):
-        raise InvalidArgument(f"imresize needs a finite positive scale, got {scale}")
+    require_positive_scale(scale)
     _check_size(size)
     h, w = image.shape[-2:]
     if (h, w) == tuple(size) and scale == 1.0:

@@ -11,9 +11,9 @@ import warnings
 from collections.abc import Sequence
 
 from vdsr.constants import DEFAULT_SCALES, MAX_SCALE
-from vdsr.errors import BadScale, TooLarge
+from vdsr.errors import BadScale, InvalidArgument, TooLarge
 
-__all__ = ["check_output_pixels", "check_scale", "upscaled_size"]
+__all__ = ["check_output_pixels", "check_scale", "require_positive_scale", "upscaled_size"]
 
 
 def check_scale(scale: object, trained: Sequence[int] | None = None) -> float:
@@ -34,6 +34,14 @@ def check_scale(scale: object, trained: Sequence[int] | None = None) -> float:
         warnings.warn(f"scale {value:g} is outside the model's trained range {lo}-{hi}; "
                       "quality may suffer", stacklevel=2)
     return value
+
+
+def require_positive_scale(scale: float) -> float:
+    """``scale`` when it is finite and positive (a resize factor, which may shrink: no upscale
+    rule applies), else :class:`InvalidArgument`."""
+    if not (math.isfinite(scale) and scale > 0):
+        raise InvalidArgument(f"scale must be finite and positive, got {scale}")
+    return scale
 
 
 def upscaled_size(height: int, width: int, scale: float) -> tuple[int, int]:

@@ -12,7 +12,7 @@ from typing import Any
 from vdsr import constants as C  # imports nothing: defaults for --help without torch
 from vdsr.cli import commands
 from vdsr.cli.words import PROG, train_flag
-from vdsr.io.outputs import OUTPUT_RULE  # imports nothing heavy
+from vdsr.io.outputs import OUTPUT_FORMATS, OUTPUT_RULE  # imports nothing heavy
 
 
 def _positive_int(text: str) -> int:
@@ -231,7 +231,7 @@ def _upscale_flags(p: argparse.ArgumentParser) -> None:
                    help=f"upscaling factor, 1 < S <= {C.MAX_SCALE:g}; the model is trained for 2-4, "
                         "other factors work with a warning")
     p.add_argument("-o", "--output", required=True, metavar="OUT", help=f"output file or folder. {OUTPUT_RULE}")
-    p.add_argument("--format", choices=("png", "jpg", "webp", "tiff", "bmp"),
+    p.add_argument("--format", choices=tuple(OUTPUT_FORMATS),
                    help="format of the images written into a folder (default png; a file's extension "
                         "sets its own)")
     p.add_argument("--quality", type=_quality, default=95, help="JPEG/WebP quality, 1-100")

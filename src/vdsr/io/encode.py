@@ -19,19 +19,11 @@ from vdsr.errors import ImageError
 from vdsr.io.canvas import Canvas
 from vdsr.io.fileio import atomic_path
 from vdsr.io.metadata import _EXIF_HEIGHT, _EXIF_IFD, _EXIF_WIDTH, ImageMetadata
+from vdsr.io.outputs import OUTPUT_FORMATS, format_of
 from vdsr.pixels import to_uint
 
-__all__ = ["OUTPUT_FORMATS", "OUTPUT_SUFFIXES", "encode_png", "output_format", "png_options", "save_image", "to_pil", "write_canvas"]
+__all__ = ["encode_png", "output_format", "png_options", "save_image", "to_pil", "write_canvas"]
 
-# Output formats by name (``vdsr upscale --format``) and the file extensions that select them.
-OUTPUT_FORMATS: dict[str, str] = {"png": "PNG", "jpg": "JPEG", "webp": "WEBP", "tiff": "TIFF", "bmp": "BMP"}
-
-
-_EXTENSIONS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".bmp": "BMP", ".tif": "TIFF",
-               ".tiff": "TIFF", ".webp": "WEBP"}
-
-
-OUTPUT_SUFFIXES = tuple(_EXTENSIONS)
 
 
 def _write_tiff16(target: Path | BinaryIO, pixels: NDArray[Any], alpha: NDArray[Any] | None,
@@ -57,10 +49,7 @@ def _write_tiff16(target: Path | BinaryIO, pixels: NDArray[Any], alpha: NDArray[
 
 def output_format(path: Path) -> str:
     """Pillow's format name (``"PNG"``, ``"JPEG"``, ...) that ``path``'s extension selects."""
-    ext = path.suffix.lower()
-    if ext not in _EXTENSIONS:
-        raise ImageError(f"{path}: cannot write '{ext}' files (use .png, .jpg, .webp, .tif or .bmp)")
-    return _EXTENSIONS[ext]
+    return OUTPUT_FORMATS[format_of(path)]  # OutputNameRefused for another extension
 
 
 def _save_options(fmt: str, metadata: ImageMetadata | None, size: tuple[int, int],

@@ -36,15 +36,15 @@ from vdsr.errors import (
     OutputUnwritable,
 )
 
-__all__ = ["IMAGE_EXTENSIONS", "OUTPUT_RULE", "NamingRule", "check_folder", "check_format",
+__all__ = ["IMAGE_EXTENSIONS", "OUTPUT_FORMATS", "OUTPUT_RULE", "NamingRule", "check_folder", "check_format",
            "check_target", "check_unique", "display", "format_of", "leftover_temp_files",
            "make_folders", "output_is_file", "output_name", "remove_leftovers"]
 
-# The extensions an output file may have, and the format each selects (vdsr.io.images writes them).
-IMAGE_EXTENSIONS: dict[str, str] = {".png": "png", ".jpg": "jpg", ".jpeg": "jpg", ".webp": "webp",
-                                    ".tif": "tiff", ".tiff": "tiff", ".bmp": "bmp"}
-# The extension each format's files get in an output folder.
-_FORMAT_EXTENSIONS: dict[str, str] = {"png": "png", "jpg": "jpg", "webp": "webp", "tiff": "tiff", "bmp": "bmp"}
+# The one table of output formats: each by name (``--format``, and the extension of the files it
+# writes into a folder) and Pillow's name for it (vdsr.io.encode writes them).
+OUTPUT_FORMATS: dict[str, str] = {"png": "PNG", "jpg": "JPEG", "webp": "WEBP", "tiff": "TIFF", "bmp": "BMP"}
+# The extensions an output file may have, and the format each selects.
+IMAGE_EXTENSIONS: dict[str, str] = {**{f".{name}": name for name in OUTPUT_FORMATS}, ".jpeg": "jpg", ".tif": "tiff"}
 
 OUTPUT_RULE = ("OUT is a file when there is one input file and OUT ends in an image extension "
                "(.png .jpg .jpeg .webp .tif .tiff .bmp); a folder when it is one already, ends in '/', "
@@ -115,14 +115,14 @@ class NamingRule:
     def __post_init__(self) -> None:
         if self.suffix is not None and ("/" in self.suffix or os.sep in self.suffix):
             raise OutputNameRefused(self.suffix, "suffix_separator", self.suffix)
-        if self.fmt is not None and self.fmt not in _FORMAT_EXTENSIONS:
+        if self.fmt is not None and self.fmt not in OUTPUT_FORMATS:
             raise OutputNameRefused(self.fmt, "bad_extension", self.fmt)
 
     @property
     def tail(self) -> str:
         """What every output name ends with: ``_x2.png``."""
         suffix = f"_x{self.scale:g}" if self.suffix is None else self.suffix
-        return f"{suffix}.{_FORMAT_EXTENSIONS[self.fmt or 'png']}"
+        return f"{suffix}.{self.fmt or 'png'}"
 
     def name(self, stem: str) -> str:
         """The output name for an input whose name without extension is ``stem``."""

@@ -23,7 +23,6 @@ Uploads are read and decoded in memory (:mod:`vdsr.serve.uploads`); nothing is w
 from __future__ import annotations
 
 import asyncio
-import math
 import time
 import uuid
 import warnings
@@ -51,7 +50,6 @@ from vdsr.api import bicubic_clipped, upscale_image
 from vdsr.backends import resolve_device
 from vdsr.constants import (
     DEFAULT_TILE,
-    MAX_SCALE,
     SERVER_PREVIEW_JOBS,
     __version__,
 )
@@ -210,8 +208,8 @@ class Service:
             if not self.closing:
                 raise
             return self._ended()
-        except BadScale:
-            return error(400, _scale_message(request.query_params.get("scale", str(scale))))
+        except BadScale as exc:
+            return error(400, _as_written(exc, request.query_params.get("scale")))
         except TooLarge as exc:
             return error(413, str(exc))
         except VDSRError as exc:
@@ -294,15 +292,17 @@ async def _until_disconnected(receive: Receive, job: _Job) -> None:
     job.end()
 
 
-def _scale_message(given: str) -> str:
-    """The message for a refused scale, with the number as the client wrote it."""
-    try:
-        value = float(given)
-    except ValueError:
-        return f"scale must be a number, got {given!r}"
-    if math.isfinite(value) and value > MAX_SCALE:
-        return f"scale {given} is too large (at most {MAX_SCALE:g})"
-    return f"scale must be a finite number greater than 1, got {given}"
+def _as_written(refused: BadScale, given: str | None) -> str:
+    """The refusal of a scale with the number as the client wrote it ("1e9", not 1000000000.0):
+    :func:`vdsr.sizes.check_scale`'s own words for the query's text."""
+    if given is not None:
+        try:
+            with catch_warnings():
+                warnings.simplefilter("ignore")
+                check_scale(given)
+        except BadScale as again:
+            return str(again)
+    return str(refused)
 
 
 def _bicubic_preview(image: LoadedImage, scale: float, progress: Callable[[int, int], None]
