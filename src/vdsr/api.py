@@ -27,10 +27,9 @@ from numpy.typing import NDArray
 
 from vdsr.constants import DEFAULT_MAX_PIXELS, DEFAULT_TILE
 from vdsr.engine import Progress, RunInfo, Upscaler
-from vdsr.errors import ImageError, InvalidArgument, VDSRError
+from vdsr.errors import InvalidArgument, VDSRError
 from vdsr.io.canvas import Canvas, PngCanvas, plan
-from vdsr.io.encode import output_format, png_options, write_canvas
-from vdsr.io.fileio import atomic_path
+from vdsr.io.encode import output_format, png_options, write_canvas, written
 from vdsr.io.images import LoadedImage, load_image
 from vdsr.nn.model import VDSR
 from vdsr.pixels import peak, require_unit
@@ -236,15 +235,9 @@ def write_upscaled(up: Upscaler, image: LoadedImage, target: str | Path, scale: 
     start = time.perf_counter() if start is None else start
     target = Path(target)
     fmt = output_format(target)
-    folder = target.parent if str(target.parent) else Path(".")
-    if not folder.is_dir():
-        raise ImageError(f"{target}: output folder {folder} does not exist")
     out_h, out_w = upscaled_size(image.height, image.width, scale)
-    try:
-        with atomic_path(target) as tmp, tmp.open("wb") as stream:
-            upscale_image(up, image, scale, progress, max_output_pixels, fmt=fmt, stream=stream,
-                          quality=quality, name=str(target))
-    except OSError as exc:
-        raise ImageError(f"{target}: cannot write ({exc.strerror or exc})") from None
+    with written(target) as tmp, tmp.open("wb") as stream:
+        upscale_image(up, image, scale, progress, max_output_pixels, fmt=fmt, stream=stream,
+                      quality=quality, name=str(target))
     return FileResult(image.path, target, (image.width, image.height), (out_w, out_h),
                       time.perf_counter() - start, up.info)

@@ -9,6 +9,14 @@ anything else escaping is a bug.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
+
+def unknown(what: str, value: object, choices: Iterable[str]) -> str:
+    """The one wording for a value that is not one of its choices: ``unknown body 'x'; choose
+    from plain, residual, dense, inception``."""
+    return f"unknown {what} {value!r}; choose from {', '.join(choices)}"
+
 
 class VDSRError(Exception):
     """A user-facing error: the message is one clear line that names the file and the problem."""

@@ -1,16 +1,9 @@
-"""The benchmark protocol behind the published VDSR numbers, and tables of results.
+"""Scoring a model on benchmark folders, beside the paper, and tables of the results.
 
-For each HR image and scale ``s`` (protocol ``"rgb8"``, the default, as benchmark suites do):
-
-1. ``hr = modcrop(hr, s)`` (8-bit RGB, or grey);
-2. ``lr = uint8(imresize(hr, 1/s))``: MATLAB bicubic with antialiasing, rounded to 8 bits;
-3. ``Y`` of ``lr`` (MATLAB ``rgb2ycbcr``, double), bicubic-upscaled by ``s``: the network input;
-4. PSNR/SSIM between the ground truth's Y and the output's Y (clipped to [0, 255], unrounded),
-   on the 0-255 scale, shaving ``s`` pixels from every border.
-
-Protocol ``"ydouble"`` is the one of the authors' MATLAB test code and of ``set5_butterfly_x*.mat``:
-the LR image is made from the HR Y channel in double precision, with no 8-bit rounding.
-Greyscale images (Set14's bridge) use their grey value as Y.
+Each image is made into a pair by the benchmark protocol (:mod:`vdsr.quality.protocol`, where
+the protocol is written down, once), upscaled by bicubic and by the model, and scored with PSNR
+and SSIM on Y between the ground truth and the output (clipped to [0, 255], unrounded), on the
+0-255 scale, shaving ``s`` pixels from every border (:mod:`vdsr.quality.metrics`).
 """
 
 from __future__ import annotations
@@ -28,7 +21,7 @@ from vdsr.constants import DEFAULT_SCALES
 from vdsr.errors import InvalidArgument
 from vdsr.io.images import list_images, load_image
 from vdsr.quality.metrics import psnr, ssim
-from vdsr.quality.protocol import PROTOCOLS, make_pair
+from vdsr.quality.protocol import check_protocol, make_pair
 
 if TYPE_CHECKING:
     from vdsr.engine import Upscaler
@@ -85,8 +78,7 @@ class EvalConfig:
     max_pixels: int | None = None
 
     def __post_init__(self) -> None:
-        if self.protocol not in PROTOCOLS:
-            raise InvalidArgument(f"unknown protocol {self.protocol!r}; choose from {PROTOCOLS}")
+        check_protocol(self.protocol)
 
 
 @dataclass

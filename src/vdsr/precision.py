@@ -21,11 +21,19 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["EXACT", "torch_dtype"]
+__all__ = ["EXACT", "check_tf32_device", "torch_dtype"]
 
 EXACT = ("fp32",)  # recipes whose output equals the fp32 network's (up to summation order)
 
 # Training's own rule (``vdsr train --precision auto``) is vdsr.train.process.resolve_train_precision.
+
+
+def check_tf32_device(precision: str, device: torch.device) -> None:
+    """TF32 is a CUDA mode: :class:`~vdsr.errors.InvalidArgument` for ``tf32`` anywhere else."""
+    from vdsr.errors import InvalidArgument
+
+    if precision == "tf32" and device.type != "cuda":
+        raise InvalidArgument("tf32 exists on CUDA devices only")
 
 
 def torch_dtype(precision: str) -> torch.dtype:

@@ -21,7 +21,6 @@ which runtime runs a recipe when the backend is ``auto`` is :func:`pick_runtime`
 
 from __future__ import annotations
 
-import weakref
 from typing import Protocol, runtime_checkable
 
 import torch
@@ -30,8 +29,9 @@ from vdsr.constants import BACKENDS, PRECISIONS
 from vdsr.cpu import CpuFeatures, cpu_features
 from vdsr.errors import BackendUnavailable, DeviceUnavailable, InvalidArgument
 from vdsr.nn.model import VDSR
+from vdsr.precision import check_tf32_device
 
-__all__ = ["Backend", "create_backend", "pick_runtime", "resolve_device", "shared_backend"]
+__all__ = ["Backend", "create_backend", "pick_runtime", "resolve_device"]
 
 # What each runtime can run (recipes of vdsr.precision, never "auto").
 RUNTIME_RECIPES: dict[str, tuple[str, ...]] = {
@@ -119,8 +119,7 @@ def pick_runtime(backend: str, device: torch.device, precision: str, model: VDSR
         raise InvalidArgument(f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")
     if precision not in PRECISIONS or precision == "auto":
         raise InvalidArgument(f"unknown precision {precision!r}; choose from {', '.join(PRECISIONS[1:])}")
-    if precision == "tf32" and device.type != "cuda":
-        raise InvalidArgument("tf32 exists on CUDA devices only")
+    check_tf32_device(precision, device)
     features = features if features is not None else cpu_features()
     if backend != "auto":
         _check_runtime(backend, device, precision, features)
@@ -187,31 +186,3 @@ def create_backend(model: VDSR, backend: str = "auto", device: str | torch.devic
     from vdsr.backends.pytorch import TorchBackend
 
     return TorchBackend(model, dev, precision, compile=runtime == "compile")
-
-
-def _weights_key(model: VDSR) -> tuple[int, ...]:
-    # In-place updates (optimiser steps, load_state_dict) bump each tensor's version counter.
-    return tuple(p._version for p in model.parameters())
-
-
-_SHARED: weakref.WeakKeyDictionary[VDSR, dict[tuple[str, str, str], tuple[tuple[int, ...], Backend]]]
-_SHARED = weakref.WeakKeyDictionary()
-
-
-def shared_backend(model: VDSR, backend: str = "auto", device: str | torch.device = "cpu",
-                   precision: str = "fp32") -> Backend:
-    """:func:`create_backend`, reused across calls for the same model while its weights are unchanged.
-
-    For callers that hand a model over and over (training validation, :func:`vdsr.api.run_network`):
-    building an ONNX Runtime session costs a graph export each time. The cache is keyed weakly on
-    the model object, so it goes away with the model.
-    """
-    key = (backend, str(resolve_device(device)), precision)
-    entries = _SHARED.setdefault(model, {})
-    version = _weights_key(model)
-    hit = entries.get(key)
-    if hit is not None and hit[0] == version:
-        return hit[1]
-    made = create_backend(model, backend, device, precision)
-    entries[key] = (version, made)
-    return made

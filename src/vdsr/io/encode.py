@@ -4,10 +4,12 @@ written band by band as they are made: :mod:`vdsr.io.png`)."""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import struct
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -22,11 +24,11 @@ from vdsr.io.metadata import _EXIF_HEIGHT, _EXIF_IFD, _EXIF_WIDTH, ImageMetadata
 from vdsr.io.outputs import OUTPUT_FORMATS, format_of
 from vdsr.pixels import to_uint
 
-__all__ = ["encode_png", "output_format", "png_options", "save_image", "to_pil", "write_canvas"]
+__all__ = ["written", "encode_png", "output_format", "png_options", "save_image", "to_pil", "write_canvas"]
 
 
 
-def _write_tiff16(target: Path | BinaryIO, pixels: NDArray[Any], alpha: NDArray[Any] | None,
+def _write_tiff16(target: BinaryIO, pixels: NDArray[Any], alpha: NDArray[Any] | None,
                   metadata: ImageMetadata | None) -> None:
     """16-bit RGB(A) TIFF through tifffile (Pillow writes colour with 8 bits); EXIF is not kept."""
     import tifffile
@@ -40,11 +42,7 @@ def _write_tiff16(target: Path | BinaryIO, pixels: NDArray[Any], alpha: NDArray[
         extra["iccprofile"] = metadata.icc_profile
     if metadata is not None and metadata.dpi:
         extra["resolution"], extra["resolutionunit"] = metadata.dpi, "INCH"
-    if isinstance(target, Path):
-        with atomic_path(target) as tmp:
-            tifffile.imwrite(tmp, np.ascontiguousarray(data), photometric="rgb", compression="zlib", **extra)
-    else:
-        tifffile.imwrite(target, np.ascontiguousarray(data), photometric="rgb", compression="zlib", **extra)
+    tifffile.imwrite(target, np.ascontiguousarray(data), photometric="rgb", compression="zlib", **extra)
 
 
 def output_format(path: Path) -> str:
@@ -149,18 +147,28 @@ def save_image(
                           "(write .png, .webp or .tif to keep it)", stacklevel=2)
         alpha = None
     img = to_pil(pixels, alpha, bit_depth, allow_16bit=fmt in ("PNG", "TIFF"))
-    folder = path.parent if str(path.parent) else Path(".")
-    if not folder.is_dir():
-        raise ImageError(f"{path}: output folder {folder} does not exist")
     deep_colour = bit_depth == 16 and pixels.ndim == 3
     if deep_colour and fmt != "TIFF":
         warnings.warn(f"{path}: 16-bit colour is written with 8 bits per channel "
                       "(write .tif to keep 16 bits)", stacklevel=2)
-    try:
+    with written(path) as tmp:
         if deep_colour and fmt == "TIFF":
-            _write_tiff16(path, pixels, alpha, metadata)
-            return
-        with atomic_path(path) as tmp:
+            with tmp.open("wb") as stream:
+                _write_tiff16(stream, pixels, alpha, metadata)
+        else:
             img.save(tmp, format=fmt, **_save_options(fmt, metadata, img.size, quality))
+
+
+@contextlib.contextmanager
+def written(path: Path) -> Iterator[Path]:
+    """The one way an image file is written: a temporary file beside ``path``, renamed to it when
+    the block ends without an error (:func:`vdsr.io.fileio.atomic_path`). The folder must exist;
+    a failing write (disk full, no permission) is an :class:`ImageError` naming ``path``."""
+    folder = path.parent if str(path.parent) else Path(".")
+    if not folder.is_dir():
+        raise ImageError(f"{path}: output folder {folder} does not exist")
+    try:
+        with atomic_path(path) as tmp:
+            yield tmp
     except OSError as exc:
         raise ImageError(f"{path}: cannot write ({exc.strerror or exc})") from None

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from vdsr.constants import BODIES
-from vdsr.errors import InvalidArgument
+from vdsr.errors import InvalidArgument, unknown
 from vdsr.nn.layers import Add, DenseBlock, Inception, ResidualBlock
 
 # Branch widths chosen so 9 blocks of 64 channels hold plain VDSR's parameter count (-0.1%).
@@ -47,7 +47,7 @@ class VDSRConfig:
         if self.width < 1 or self.channels < 1:
             raise InvalidArgument("width and channels must be positive")
         if self.body not in BODIES:
-            raise InvalidArgument(f"unknown body {self.body!r}; choose from {', '.join(BODIES)}")
+            raise InvalidArgument(unknown("body", self.body, BODIES))
 
     @property
     def receptive_field(self) -> int:

@@ -14,13 +14,19 @@ import numpy as np
 from numpy.typing import NDArray
 
 from vdsr.color import rgb2y, rgb2ycbcr
-from vdsr.errors import InvalidArgument
+from vdsr.errors import InvalidArgument, unknown
 from vdsr.pixels import require_unit
 from vdsr.resize import downscale_8bit, imresize, modcrop
 
-__all__ = ["PROTOCOLS", "make_pair"]
+__all__ = ["PROTOCOLS", "check_protocol", "make_pair"]
 
 PROTOCOLS = ("rgb8", "ydouble")
+
+
+def check_protocol(protocol: str) -> None:
+    """:class:`InvalidArgument` unless ``protocol`` is one of :data:`PROTOCOLS`."""
+    if protocol not in PROTOCOLS:
+        raise InvalidArgument(unknown("protocol", protocol, PROTOCOLS))
 
 
 def make_pair(
@@ -31,8 +37,7 @@ def make_pair(
     ``hr`` is ``(H, W, 3)`` RGB or ``(H, W)`` grey, floats on [0, 1] (8-bit values divided by
     255: ``LoadedImage.floats()``); raw integers raise :class:`~vdsr.errors.PixelScaleError`.
     """
-    if protocol not in PROTOCOLS:
-        raise InvalidArgument(f"unknown protocol {protocol!r}; choose from {PROTOCOLS}")
+    check_protocol(protocol)
     hr = require_unit(hr, "make_pair")
     hr = modcrop(hr, scale)
     gray = hr.ndim == 2

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from vdsr.constants import BODIES, DEFAULT_SCALES, OPTIMIZERS, SCHEDULES, TRAIN_PRECISIONS
-from vdsr.errors import InvalidTrainConfig
+from vdsr.errors import InvalidTrainConfig, unknown
 
 if TYPE_CHECKING:  # the CLI reads the defaults from here while it builds --help: no torch
     from vdsr.nn.model import VDSRConfig
@@ -110,7 +110,7 @@ class TrainConfig:
             need(name, getattr(self, name) >= 0, f"{name} must be 0 or more, got {getattr(self, name)}")
         need("depth", self.depth >= 2, f"depth must be at least 2, got {self.depth}")
         need("channels", self.channels in (1, 3), f"channels must be 1 or 3, got {self.channels}")
-        need("body", self.body in BODIES, f"unknown body {self.body!r}; choose from {', '.join(BODIES)}")
+        need("body", self.body in BODIES, unknown("body", self.body, BODIES))
         need("learning_rate", self.learning_rate > 0 and math.isfinite(self.learning_rate),
              f"learning rate must be positive, got {self.learning_rate}")
         for name in ("clip", "momentum"):

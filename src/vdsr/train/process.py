@@ -19,6 +19,7 @@ import torch
 from vdsr.constants import TRAIN_PRECISIONS
 from vdsr.cpu import cpu_features
 from vdsr.errors import InvalidArgument, TrainingError
+from vdsr.precision import check_tf32_device
 from vdsr.train.config import TrainConfig
 
 __all__ = ["configure_process", "memory_format", "pick_device", "resolve_train_precision"]
@@ -48,8 +49,7 @@ def resolve_train_precision(precision: str, device: torch.device) -> str:
     if precision not in TRAIN_PRECISIONS:
         raise InvalidArgument(f"unknown training precision {precision!r}; choose from "
                               f"{', '.join(TRAIN_PRECISIONS)}")
-    if precision == "tf32" and device.type != "cuda":
-        raise InvalidArgument("tf32 exists on CUDA devices only")
+    check_tf32_device(precision, device)
     if precision != "auto":
         return precision
     if device.type == "cuda":
