@@ -10,9 +10,9 @@ Set5 x2 Y-PSNR, the loss curve's ends, the steps, the machine and the commands.
 
 The model is the paper's 20 layers at width 32 (a quarter of the paper's compute a step), trained
 on T91 at x2 with Adam and a cosine schedule, in the precision `--precision auto` picks (bf16 on
-CPUs with native bf16, else fp32: the JSON says which). The default 2800 steps take about 10
-minutes on 2 cores of a bf16 CPU (1800 steps took 351 s on an AMX Xeon, shared with other jobs,
-and reached +3.16 dB over bicubic).
+CPUs with native bf16, else fp32: the JSON says which). The default 2800 steps took 445 s of
+training (about 8 minutes in all, with the evaluation) on 2 cores of an AMX Xeon shared with other
+jobs, and reached +3.25 dB over bicubic on Set5 x2 (BENCHMARKS.md).
 """
 
 from __future__ import annotations
@@ -95,15 +95,20 @@ def _set5_x2(result: dict) -> dict[str, float]:
     raise SystemExit(f"no x2 row in {result!r}")
 
 
-def report(path: Path) -> None:
-    r = json.loads(path.read_text())
+def report(path: Path) -> str:
+    """The markdown of a record: the machine, the command, one row."""
+    r = json.loads(Path(path).read_text())
     m = r["machine"]
-    print(f"Machine: {m['cpu']}, CPU class `{m['class']}`, {m['threads']} threads; torch {m['torch']}.\n")
-    print(f"Command: `{r['command']}`; it runs `{r['train_command']}`, then `vdsr evaluate` on Set5 x2.\n")
-    print("| steps | precision | training s | loss first → last | Set5 ×2 model dB | bicubic dB | gain dB |")
-    print("|---|---|---|---|---|---|---|")
-    print(f"| {r['steps']} | {r['train_precision']} | {r['train_seconds']:.0f} | {r['loss_first']:.2e} → {r['loss_last']:.2e} | "
-          f"{r['set5_x2_psnr']:.2f} | {r['set5_x2_bicubic_psnr']:.2f} | {r['gain_db']:+.2f} |")
+    return "\n".join([
+        f"Machine: {m['cpu']}, CPU class `{m['class']}`, {m['threads']} threads; torch {m['torch']}.",
+        "",
+        f"It runs `{r['train_command']}`, then `vdsr evaluate` of the last weights on Set5 x2.",
+        "",
+        "| steps | precision | training s | loss first → last | Set5 ×2 model dB | bicubic dB | gain dB |",
+        "|---|---|---|---|---|---|---|",
+        f"| {r['steps']} | {r['train_precision']} | {r['train_seconds']:.0f} | {r['loss_first']:.2e} → "
+        f"{r['loss_last']:.2e} | {r['set5_x2_psnr']:.2f} | {r['set5_x2_bicubic_psnr']:.2f} | {r['gain_db']:+.2f} |",
+    ])
 
 
 def main() -> None:
@@ -114,7 +119,7 @@ def main() -> None:
     parser.add_argument("--report", type=Path, help="print the markdown table of a record")
     args = parser.parse_args()
     if args.report:
-        report(args.report)
+        print(report(args.report))
         return
     record = run(args.steps, args.threads)
     text = json.dumps(record, indent=2)

@@ -448,6 +448,8 @@ def test_benchmark_tables_are_what_the_reports_print() -> None:
                 ROOT / "benchmarks" / "results_collections.json").strip())
             printed.append(_load(ROOT / "benchmarks" / "train_cpu_precision.py").report(  # type: ignore[attr-defined]
                 str(ROOT / "benchmarks" / "results_train_cpu.json")).strip())
+            printed.append(_load(ROOT / "benchmarks" / "train_mini.py").report(  # type: ignore[attr-defined]
+                ROOT / "benchmarks" / "results_train_mini.json").strip())
         for table in printed:
             assert table in text, f"{page}: {table[:300]}"
 
