@@ -95,11 +95,24 @@ def test_three_channel_model() -> None:
 
 
 def test_inference_mode_no_grad() -> None:
+    """run_network on the torch backend builds no autograd graph (nothing is saved for a
+    backward pass: the memory of a training forward), and leaves grad mode as it found it. The
+    control shows the hook sees what a grad-mode forward saves."""
     model = tiny_model()
-    x = np.zeros((1, 8, 8), np.float32)
-    run_network(model, x)
+    x = np.random.default_rng(0).random((1, 8, 8)).astype(np.float32)
+    saved: list[int] = []
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        saved.append(t.numel())
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        model(torch.from_numpy(x)[None])  # the control: a plain forward saves its inputs
+        assert saved
+        saved.clear()
+        run_network(model, x, backend="torch", device="cpu")
+    assert saved == [] and torch.is_grad_enabled()
     assert all(p.grad is None for p in model.parameters())
-    assert torch.is_grad_enabled()
 
 
 def test_6_whole_image_inference_keeps_borders() -> None:

@@ -279,7 +279,11 @@ def test_int8_unwritable_cache_still_works(tmp_path: Path, monkeypatch: pytest.M
     monkeypatch.setenv("VDSR_CACHE_DIR", str(blocker / "cache"))
     model = tiny_model(depth=6, width=8)
     x = np.random.default_rng(1).random((1, 30, 30)).astype(np.float32)
-    assert run_network(model, x, tile=None, precision="int8").shape == x.shape
+    out = run_network(model, x, tile=None, precision="int8")
+    exact = run_network(model, x, tile=None, precision="fp32")
+    # the int8 network ran (not a silent fp32 fallback, not garbage): close to fp32, not equal
+    assert out.shape == x.shape and 0 < np.abs(out - exact).max() < 0.05
+    assert not blocker.with_name("cache").exists() and blocker.read_text() == "not a folder"
 
 
 # -- int8 and mixed: which runtime, the calibration, its cache, accuracy ---------------------------

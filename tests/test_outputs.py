@@ -331,15 +331,13 @@ def test_uncreatable_output_folder_is_one_line(tmp_path: Path, tiny_weights: Pat
     assert code == 1 and err.startswith(f"vdsr: error: {blocker / 'sub'}: cannot create the output folder")
     assert len(err.strip().splitlines()) == 1
 
-    def read_only(*_a: object, **_k: object) -> None:  # as root, chmod cannot make a folder read-only
-        raise PermissionError(13, "Permission denied")
-
-    monkeypatch.setattr(Path, "mkdir", read_only)
-    code, _, err = run(["upscale", str(folder), "-s", "2", "-o", str(tmp_path / "ro" / "sub"),
-                        "--weights", str(tiny_weights)], capsys)
-    assert code == 1
-    assert err.strip() == f"vdsr: error: {tmp_path / 'ro' / 'sub'}: cannot create the output folder (Permission denied)"
-    assert not (tmp_path / "ro").exists()
+    # a real read-only place (as root, chmod cannot make a folder read-only; a read-only mount can)
+    with tmpfs(tmp_path / "ro", "ro,size=64k") as ro:
+        code, _, err = run(["upscale", str(folder), "-s", "2", "-o", str(ro / "sub"),
+                            "--weights", str(tiny_weights)], capsys)
+        assert code == 1
+        assert err.strip() == f"vdsr: error: {ro / 'sub'}: output folder {ro} is not writable (Read-only file system)"
+        assert not (ro / "sub").exists()
 
 
 def test_output_rule_refuses_the_ambiguous_cases(tmp_path: Path, tiny_weights: Path,
