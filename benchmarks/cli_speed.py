@@ -189,6 +189,8 @@ def main() -> None:
     parser.add_argument("--methods", nargs="+", default=["baseline", *ROWS])
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--out", default="benchmarks/results_cli.json")
+    parser.add_argument("--workloads", nargs="+", default=["set5", "1024", "12mp"],
+                        help="which workloads to time (default: all)")
     a = parser.parse_args()
     results: dict[str, Any] = {"machine": cpu_info(), "command": " ".join(["python", *sys.argv]),
                                "peaks": matmul_peaks(), "memory_bound": "450 MB + 3 B per output pixel",
@@ -199,6 +201,7 @@ def main() -> None:
         tmp = Path(tmp_name)
         env = {**os.environ, "VDSR_CACHE_DIR": str(tmp / "cache")}
         loads = make_workloads(tmp, a.quick)
+        loads = {k: v for k, v in loads.items() if k in a.workloads or k == "set5"}
         for wname in a.weights:
             weights = None
             if wname == "official":
