@@ -44,6 +44,8 @@ OFFICIAL_MAT = ROOT.parent / "shared" / "reference" / "vdsr_official_matconvnet.
 LINES = ROOT / "benchmarks" / "recipe_accuracy.jsonl"
 SUMMARY = ROOT / "benchmarks" / "results_recipes.json"
 DOC = ROOT / "docs" / "recipes.md"
+# docs/recipes.md from this line on is benchmarks/content_accuracy.py's, kept when this report rewrites the rest
+MARKER = "<!-- content_accuracy.py: the section below is generated from benchmarks/results_content.json -->"
 SCALES = (2, 3, 4)
 RECIPES = [("int8", "openvino"), ("mixed", "openvino"), ("bf16", "openvino"), ("bf16-edge", "openvino"),
            ("int8", "onnxruntime"), ("mixed", "onnxruntime"), ("bf16", "torch"), ("bf16-edge", "torch")]
@@ -136,7 +138,8 @@ def report(_: argparse.Namespace) -> None:
             "tolerance_db": TOLERANCE_DB, "results": summary,
             "checks": [{"weights": w, "recipe": r, "runtime": rt, **v} for (w, r, rt), v in sorted(checks.items())]}
     SUMMARY.write_text(json.dumps(body, indent=1) + "\n")
-    DOC.write_text(_markdown(body))
+    kept = DOC.read_text().partition(MARKER) if DOC.exists() else ("", "", "")
+    DOC.write_text(_markdown(body) + (f"\n{MARKER}{kept[2]}" if kept[1] else ""))
     print(f"wrote {SUMMARY} and {DOC}")
 
 
@@ -147,8 +150,10 @@ def _markdown(body: dict[str, Any]) -> str:
              "`benchmarks/results_recipes.json` (do not edit by hand).", "",
              f"Machine: {m['cpu']} ({', '.join(m['features'])}; class `{m['class']}`), torch {m['torch']}.", "",
              "`vdsr upscale --precision auto` takes the fastest recipe that passes the check for the weights "
-             "in use (`vdsr.recipes`): every scale's mean Y-PSNR on the check crops (scikit-image photos) "
-             f"within {body['tolerance_db']:.2f} dB of fp32's and outputs agreeing with fp32's at 40 dB or more. "
+             "in use (`vdsr.recipes`). These tables were measured with the first check (CHECK_VERSION 1): "
+             "every scale's mean Y-PSNR on the check crops (scikit-image photos) "
+             f"within {body['tolerance_db']:.2f} dB of fp32's and outputs agreeing with fp32's at 40 dB or more; "
+             "the check since issue 30 judges each kind of content and the worst image (last section). "
              "The tables give the check's verdict and the mean Y-PSNR difference from fp32 on the real sets "
              "(rgb8 protocol, as `vdsr evaluate`), ×2 / ×3 / ×4; **bold** marks a cell outside "
              f"±{body['tolerance_db']:.2f} dB; · not measured: the 2-core machine ran the large sets "

@@ -76,15 +76,15 @@ def test_candidates_per_cpu_class(openvino: bool, monkeypatch: pytest.MonkeyPatc
         monkeypatch.setattr(recipes, "openvino_available", lambda: False)
     model = tiny_model()
     fast_bf16 = ["bf16", "bf16-edge"]
-    assert recipes.candidates(model, CPU, features=AMX) == ["int8", "mixed", *fast_bf16]
+    assert recipes.candidates(model, CPU, features=AMX) == ["mixed", "int8", *fast_bf16]
     # AVX512_BF16 without AMX: PyTorch's bf16 is slower than fp32 ONNX Runtime there (measured)
-    assert recipes.candidates(model, CPU, features=BF16) == ["int8", "mixed", *(fast_bf16 if openvino else [])]
-    assert recipes.candidates(model, CPU, features=VNNI) == ["int8", "mixed"]
-    assert recipes.candidates(model, CPU, features=AVX2) == ["int8", "mixed"]
+    assert recipes.candidates(model, CPU, features=BF16) == ["mixed", "int8", *(fast_bf16 if openvino else [])]
+    assert recipes.candidates(model, CPU, features=VNNI) == ["mixed", "int8"]
+    assert recipes.candidates(model, CPU, features=AVX2) == ["mixed", "int8"]
     assert recipes.candidates(model, CPU, features=BASELINE) == []
     # only what the chosen runtime runs
     assert recipes.candidates(model, CPU, "torch", features=AMX) == fast_bf16
-    assert recipes.candidates(model, CPU, "onnxruntime", features=AMX) == ["int8", "mixed"]
+    assert recipes.candidates(model, CPU, "onnxruntime", features=AMX) == ["mixed", "int8"]
 
 
 def test_explicit_recipe_needs_no_check(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -102,19 +102,19 @@ def test_auto_takes_the_fastest_recipe_that_passes_and_caches_the_verdict(
     _without_openvino(monkeypatch)
     model = identity_model()
     choice = recipes.choose(model, CPU, "auto", "auto")
-    assert choice.recipe == "int8" and choice.backend.name == "onnxruntime"
+    assert choice.recipe == "mixed" and choice.backend.name == "onnxruntime"
     assert choice.verdict is not None and choice.verdict.passed and not choice.verdict.cached
     assert set(choice.verdict.delta_db) == {"2", "3", "4"} and choice.verdict.worst_db == 0.0
     stored = json.loads((tmp_path / "verdicts.json").read_text())
     (key,) = stored
-    assert "|cpu-avx2|int8|onnxruntime-" in key and stored[key]["passed"] is True
+    assert "|cpu-avx2|mixed|onnxruntime-" in key and stored[key]["passed"] is True
     # Once checked, never again for these weights on this machine class: from the file.
     monkeypatch.setattr(recipes, "_MEMORY", {})
     monkeypatch.setattr(recipes, "check_recipe", lambda *a, **k: pytest.fail("checked twice"))
     again = recipes.choose(model, CPU, "auto", "auto")
-    assert again.recipe == "int8" and again.verdict is not None and again.verdict.cached
+    assert again.recipe == "mixed" and again.verdict is not None and again.verdict.cached
     up = Upscaler(model, device="cpu")
-    assert up.info.precision == "int8" and up.info.check_db == 0.0
+    assert up.info.precision == "mixed" and up.info.check_db == 0.0
     assert "checked for these weights: +0.000 dB" in up.info.describe()
 
 
@@ -127,7 +127,7 @@ def test_a_fragile_model_fails_every_fast_check_and_runs_fp32(
     with caplog.at_level(logging.INFO, logger="vdsr.recipes"):
         choice = recipes.choose(model, CPU, "auto", "auto")
     assert choice.recipe == "fp32" and choice.verdict is None
-    assert [v.recipe for v in choice.rejected] == ["int8", "mixed"]
+    assert [v.recipe for v in choice.rejected] == ["mixed", "int8"]
     assert all(not v.passed for v in choice.rejected)
     notes = [r.getMessage() for r in caplog.records]
     assert any("not using int8" in n for n in notes) and any("not using mixed" in n for n in notes)
@@ -156,13 +156,13 @@ def test_a_damaged_verdict_cache_is_rebuilt(tmp_path: Path, monkeypatch: pytest.
     model = identity_model()
     cache = tmp_path / "verdicts.json"
     cache.write_bytes(b"\x00{not json")
-    assert recipes.choose(model, CPU).recipe == "int8"
+    assert recipes.choose(model, CPU).recipe == "mixed"
     (key,) = json.loads(cache.read_text())
     # An entry of the wrong shape (a hand edit, another version) is checked again, not trusted.
-    cache.write_text(json.dumps({key: {"recipe": "int8", "passed": "yes"}}))
+    cache.write_text(json.dumps({key: {"recipe": "mixed", "passed": "yes"}}))
     monkeypatch.setattr(recipes, "_MEMORY", {})
     calls = _counted_checks(monkeypatch)
-    assert recipes.choose(model, CPU).recipe == "int8" and calls == ["check"]
+    assert recipes.choose(model, CPU).recipe == "mixed" and calls == ["check"]
     assert json.loads(cache.read_text())[key]["passed"] is True
     # Other weights are other keys: checked for themselves.
     with torch.no_grad():
@@ -180,7 +180,7 @@ def test_a_new_calibration_checks_the_recipes_again(tmp_path: Path, monkeypatch:
     monkeypatch.setenv(CPU_FEATURES_ENV, "avx2")
     _without_openvino(monkeypatch)
     model = identity_model()
-    assert recipes.choose(model, CPU).recipe == "int8"
+    assert recipes.choose(model, CPU).recipe == "mixed"
     calls = _counted_checks(monkeypatch)
     monkeypatch.setattr(recipes, "_MEMORY", {})
     recipes.choose(model, CPU)
@@ -217,7 +217,7 @@ def _unwritable_cache(folder: Path, monkeypatch: pytest.MonkeyPatch,
 
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        assert recipes.choose(model, CPU).recipe == "int8"
+        assert recipes.choose(model, CPU).recipe == "mixed"
         monkeypatch.setattr(recipes, "check_recipe", lambda *a, **k: pytest.fail("checked twice"))
         assert recipes.choose(model, CPU).verdict is not None  # kept in memory for the process
     out = capsys.readouterr()

@@ -66,7 +66,8 @@ class RunInfo:
 
     ``recipe`` is the precision recipe (:mod:`vdsr.precision`), ``backend`` the runtime that runs
     it; ``check_db`` the recipe's measured mean Y-PSNR difference from fp32 for these weights
-    (largest over scales; ``None`` when it was asked for by name or is fp32).
+    (largest over scales; ``None`` when it was asked for by name or is fp32); ``guard`` the rule
+    that sends some inputs of a recipe ``auto`` took to fp32 (:class:`vdsr.guard.Guarded`).
     """
 
     backend: str
@@ -75,6 +76,7 @@ class RunInfo:
     tile: int | None
     ensemble: bool
     check_db: float | None = None
+    guard: str | None = None
 
     @property
     def recipe(self) -> str:
@@ -83,7 +85,7 @@ class RunInfo:
     def to_dict(self) -> dict[str, Any]:
         return {"backend": self.backend, "precision": self.precision, "recipe": self.precision,
                 "device": self.device, "tile": self.tile, "ensemble": self.ensemble,
-                "check_db": self.check_db}
+                "check_db": self.check_db, "guard": self.guard}
 
     def describe(self) -> str:
         """A few words for an output line: ``int8 on openvino, cpu (checked: -0.001 dB)``."""
@@ -92,6 +94,8 @@ class RunInfo:
             text += ", self-ensemble"
         if self.check_db is not None:
             text += f"; checked for these weights: {self.check_db:+.3f} dB vs fp32"
+        if self.guard:
+            text += f"; {self.guard}"
         return text
 
 
@@ -149,7 +153,7 @@ class Upscaler:
     @property
     def info(self) -> RunInfo:
         return RunInfo(self.runner.name, self.runner.precision, str(self.device), self.tile,
-                       self.ensemble, self.check_db)
+                       self.ensemble, self.check_db, getattr(self.runner, "guard", None))
 
     # -- the network on bicubic-upscaled input ---------------------------------------------------
     def network(self, x: torch.Tensor, progress: Progress | None = None) -> torch.Tensor:

@@ -15,8 +15,6 @@ import json
 import logging
 import math
 import random
-import signal
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, replace
@@ -48,6 +46,7 @@ from vdsr.train.data import H5Patches, PatchSampler, PatchSource, collect_files,
 from vdsr.train.distributed import DistContext
 from vdsr.train.process import memory_format, pick_device, resolve_train_precision
 from vdsr.train.runfolder import RunFolder, model_difference
+from vdsr.train.signals import CutShort, StopSignals
 from vdsr.weights import load_weights
 
 __all__ = ["Trainer", "check_inputs", "clip_gradients", "make_optimizer", "make_patch_source"]
@@ -350,7 +349,7 @@ class Trainer:
 
         def check(_: str) -> None:
             if should_stop():
-                raise _Cancelled
+                raise CutShort
 
         self.model.eval()
         try:
@@ -358,7 +357,7 @@ class Trainer:
             upscaler = upscaler_for(self.model, tile=None, device=self.device, backend="torch", precision="fp32")
             results = evaluate_folder(upscaler, c.val_dir, EvalConfig(scales=tuple(c.scales), ssim=False),
                                       progress=check)
-        except _Cancelled:
+        except CutShort:
             return {}
         finally:
             self.model.train()
@@ -384,7 +383,7 @@ class Trainer:
         self.model.train()
         self._pending, self._started = [], (self.step, time.perf_counter())
         try:
-            with _StopSignals(self.stop_on_signals and not self.dist.enabled, self.on_stop_requested) as stop:
+            with StopSignals(self.stop_on_signals and not self.dist.enabled, self.on_stop_requested) as stop:
                 while self.step < c.steps:
                     learning_rate = float(self.scheduler.get_last_lr()[0])
                     self._pending.append(self.train_step(*self.next_batch()))
@@ -404,7 +403,7 @@ class Trainer:
         """Whether a thing done every ``every`` steps is due now (it always is at the last step)."""
         return self.step % every == 0 or self.step == self.config.steps
 
-    def _report_main(self, learning_rate: float, stop: _StopSignals) -> None:
+    def _report_main(self, learning_rate: float, stop: StopSignals) -> None:
         """After a step on rank 0: log the loss, validate and checkpoint when due, and stop here
         (with a checkpoint of this step) if a signal asked to."""
         c = self.config
@@ -418,7 +417,7 @@ class Trainer:
             if stopping and self.step < c.steps:
                 raise TrainingInterrupted(stopping, self.step, c.steps, str(self.run.path))
 
-    def _report_worker(self, learning_rate: float, stop: _StopSignals) -> None:
+    def _report_worker(self, learning_rate: float, stop: StopSignals) -> None:
         """After a step on another rank: read the losses back when rank 0 logs (it alone writes)."""
         if self._due(self.config.log_every):
             self._drain(self._pending)
@@ -430,7 +429,7 @@ class Trainer:
         return {"train_loss": self._drain(self._pending), "learning_rate": learning_rate,
                 "patches_per_s": rate, "eta_s": (c.steps - self.step) * c.batch_size / max(rate, 1e-9)}
 
-    def _validate_step(self, stop: _StopSignals) -> dict[str, float]:
+    def _validate_step(self, stop: StopSignals) -> dict[str, float]:
         """This step's validation (``{}`` if a stop request cut it short); ``best.safetensors``
         when it is the best yet."""
         self._read_losses(self._pending)  # never validate weights after a non-finite loss
@@ -462,42 +461,3 @@ def _warn_if_tf32_disagrees(device: torch.device, precision: str) -> None:
         log.warning("training in %s, but this process %s TF32 for cuDNN: call "
                     "vdsr.train.configure_process(config) first", precision,
                     "allows" if torch.backends.cudnn.allow_tf32 else "does not allow")
-
-
-class _Cancelled(BaseException):
-    """Raised inside validation to cut it short; a BaseException so no ``except Exception`` in
-    the evaluation code swallows it."""
-
-
-class _StopSignals:
-    """Turns SIGINT/SIGTERM into a request to stop at the next step boundary (main thread only).
-
-    ``requested`` names the first signal once one arrived, and ``on_request`` is told at once. A
-    second SIGINT raises KeyboardInterrupt, for a user who does not want to wait for the step.
-    """
-
-    def __init__(self, enabled: bool = True, on_request: Callable[[str], None] | None = None) -> None:
-        self.enabled = enabled and threading.current_thread() is threading.main_thread()
-        self.on_request = on_request
-        self.requested: str | None = None
-        self._old: dict[int, Any] = {}
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        if self.requested:
-            if signum == signal.SIGINT:
-                raise KeyboardInterrupt
-            return
-        self.requested = signal.Signals(signum).name
-        if self.on_request is not None:
-            self.on_request(self.requested)
-
-    def __enter__(self) -> _StopSignals:
-        if self.enabled:
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                self._old[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        for sig, old in self._old.items():
-            signal.signal(sig, old)
-        self._old.clear()
