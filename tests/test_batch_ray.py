@@ -201,25 +201,37 @@ def test_actors_get_a_gpu_each_where_the_cluster_has_them() -> None:
     assert (size, options, actor.threads) == (2, {"num_cpus": 4}, 4)
 
 
+_CONTEXT_CHECK = """
+import json, logging, sys
+from pathlib import Path
+import ray.data
+from vdsr import batch
+from vdsr.batch.ray_jobs import run_on_ray
+address, source, target, weights = sys.argv[1:]
+context, logger = ray.data.DataContext.get_current(), logging.getLogger("ray.data")
+before = [context.enable_progress_bars, context.max_errored_blocks, logger.level]
+stdout, rows = sys.stdout, []
+settings = batch.Settings(scale=2, weights=weights, precision="fp32", backend="torch", device="cpu")
+run_on_ray([batch.Job(Path(source), Path(target), "0.png")], settings, address, 1, rows.append)
+after = [context.enable_progress_bars, context.max_errored_blocks, logger.level]
+print(json.dumps({"before": before, "after": after, "stdout_kept": sys.stdout is stdout,
+                  "status": [r["status"] for r in rows]}))
+"""
+
+
 def test_a_run_on_ray_puts_ray_datas_context_and_logger_back(
         tmp_path: Path, tiny_weights: Path, cluster: tuple[str, int, dict[str, str]]) -> None:
-    """Issue 32: the run sets Ray Data's process-wide context (no progress bars, errored blocks)
-    and its logger's level for itself, and puts them back when it ends (they were left changed)."""
-    import logging
+    """Issue 32: a run sets Ray Data's process-wide context (no progress bars, errored blocks),
+    its logger's level and sys.stdout (Ray's messages go to stderr) for itself, and puts them
+    back when it ends (the context and the logger were left changed)."""
+    import json
 
-    import ray.data
-
-    from vdsr.batch.ray_jobs import run_on_ray
-
-    address, _, _ = cluster
+    address, _, env = cluster
     src = a_folder(tmp_path / "in", 1, size=24)
-    job = batch.Job(next(src.iterdir()), tmp_path / "out.png", "0.png")
-    context, logger = ray.data.DataContext.get_current(), logging.getLogger("ray.data")
-    before = (context.enable_progress_bars, context.max_errored_blocks, logger.level)
-    stdout = sys.stdout
-    rows: list[dict[str, object]] = []
-    settings = batch.Settings(scale=2, weights=str(tiny_weights), precision="fp32", backend="torch", device="cpu")
-    run_on_ray([job], settings, address, 1, rows.append)
-    assert [r["status"] for r in rows] == ["done"] and (tmp_path / "out.png").is_file()
-    assert (context.enable_progress_bars, context.max_errored_blocks, logger.level) == before
-    assert sys.stdout is stdout  # Ray's messages went to stderr during the run only
+    done = subprocess.run([sys.executable, "-c", _CONTEXT_CHECK, address, str(next(src.iterdir())),
+                           str(tmp_path / "out.png"), str(tiny_weights)],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    said = json.loads(done.stdout.strip().splitlines()[-1])
+    assert said["status"] == ["done"] and (tmp_path / "out.png").is_file()
+    assert said["after"] == said["before"] and said["stdout_kept"], said
