@@ -429,8 +429,9 @@ def _load(path: Path) -> object:
     return module
 
 
-REPORTED = {"BENCHMARKS.md": ("results_cli", "results_first_run", "results_recipe_speed"),
-            "docs/benchmark_history.md": ("results_cli_session6", "results_cli_tile384",
+REPORTED = {"BENCHMARKS.md": ("results_cli", "results_first_run_issue30", "results_recipe_speed"),
+            "docs/benchmark_history.md": ("results_cli_avx512_bf16", "results_first_run_avx512_bf16",
+                                          "results_cli_session6", "results_cli_tile384",
                                           "results_cli_ort_tile384", "results", "results_int8")}
 
 
