@@ -17,8 +17,11 @@ from __future__ import annotations
 from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
+from vdsr import moved
 from vdsr.constants import __version__
 from vdsr.errors import VDSRError
+
+moved.install()  # the module paths from before the package's rooms still import (vdsr.moved)
 
 if TYPE_CHECKING:
     from vdsr.api import upscale
