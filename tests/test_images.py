@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from PIL import Image
+from PIL import Image, features
 
 from tests.conftest import (
     FUZZ,
@@ -498,3 +498,33 @@ def test_a_tiff_upscales_to_tiff_and_png_with_its_description_not_its_layout(
         assert tags[0x010F] == "Canon" and tags[0x0110] == "EOS"
         if out.endswith(".png"):
             assert not {256, 257, 259, 273, 279} & set(tags), tags  # no strip offsets, sizes, codec
+
+
+@pytest.mark.skipif(not features.check("avif"), reason="Pillow built without AVIF")
+def test_avif_in_folders_and_out_with_alpha_and_quality(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Issue 33, item 5 (AVIF): a folder run reads .avif inputs (it skipped them), `-o x.avif`
+    and `--format avif` write AVIF, alpha is kept, and --quality is the encoder's: the result
+    is close to the same upscale written as PNG, and a lower quality is a smaller file."""
+    src = tmp_path / "in"
+    src.mkdir()
+    rgba = np.dstack([random_rgb(40, 48, seed=3), np.full((40, 48), 200, np.uint8)])
+    Image.fromarray(rgba, "RGBA").save(src / "a.avif", quality=95)
+    Image.fromarray(random_rgb(32, 32, seed=4)).save(src / "b.avif", quality=95)
+    assert main(["upscale", str(src), "-s", "2", "-o", str(tmp_path / "out"), "--format", "avif",
+                 "--precision", "fp32"]) == 0
+    assert "done 2, skipped 0, failed 0" in capsys.readouterr().out
+    with Image.open(tmp_path / "out" / "a_x2.avif") as img:
+        assert img.format == "AVIF" and img.size == (96, 80) and img.mode == "RGBA"
+        avif = np.asarray(img.convert("RGBA"), dtype=np.float64)
+    assert main(["upscale", str(src / "a.avif"), "-s", "2", "-o", str(tmp_path / "a.png"), "--precision", "fp32"]) == 0
+    png = np.asarray(Image.open(tmp_path / "a.png").convert("RGBA"), dtype=np.float64)
+    mse = np.mean((avif[..., :3] - png[..., :3]) ** 2)
+    assert 10 * np.log10(255 ** 2 / mse) > 30 and np.abs(avif[..., 3] - png[..., 3]).max() <= 8
+    sizes = []
+    for q in (95, 30):
+        out = tmp_path / f"q{q}.avif"
+        assert main(["upscale", str(src / "b.avif"), "-s", "2", "-o", str(out), "--quality", str(q),
+                     "--precision", "fp32"]) == 0
+        sizes.append(out.stat().st_size)
+    assert sizes[1] < sizes[0]
+    capsys.readouterr()

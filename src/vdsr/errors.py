@@ -420,8 +420,8 @@ class OutputNameRefused(OutputRefused, InvalidArgument):
         message = {
             "several_inputs": f"{path}: several inputs need an output folder, not a {suffix} file "
                               f"(for a folder of that name, write {path}/)",
-            "bad_extension": f"{path}: cannot write '{suffix}' images (use .png, .jpg, .webp, .tif or "
-                             f".bmp; for a folder, write {path}/)",
+            "bad_extension": f"{path}: cannot write '{suffix}' images (use .png, .jpg, .webp, .avif, "
+                             f".tif or .bmp; for a folder, write {path}/)",
             "no_extension": f"{path}: no file extension; name a file ({path}.png) or a folder ({path}/)",
             "format_mismatch": f"{path}: the format {fmt} does not match the file's extension {suffix}",
             "suffix_separator": f"name suffix {suffix!r} must not contain a path separator",

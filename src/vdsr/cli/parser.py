@@ -234,7 +234,7 @@ def _upscale_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--format", choices=tuple(OUTPUT_FORMATS),
                    help="format of the images written into a folder (default png; a file's extension "
                         "sets its own)")
-    p.add_argument("--quality", type=_quality, default=95, help="JPEG/WebP quality, 1-100")
+    p.add_argument("--quality", type=_quality, default=95, help="JPEG/WebP/AVIF quality, 1-100")
     p.add_argument("--suffix", help="added to each input's name in an output folder "
                                     "(default _xS, e.g. photo_x2.png; '' keeps the name)")
     p.add_argument("--compare", metavar="FILE",

@@ -56,7 +56,7 @@ def _save_options(fmt: str, metadata: ImageMetadata | None, size: tuple[int, int
 
     EXIF's pixel-size tags, where present, are set to the output ``size`` (width, height).
     """
-    options: dict[str, object] = {"quality": quality} if fmt in ("JPEG", "WEBP") else {}
+    options: dict[str, object] = {"quality": quality} if fmt in ("JPEG", "WEBP", "AVIF") else {}
     if metadata is None:
         return options
     if metadata.dpi and fmt in ("PNG", "JPEG", "TIFF", "BMP"):
@@ -132,7 +132,7 @@ def save_image(
 ) -> None:
     """Write float [0, 1] ``pixels`` (``(H, W)`` or ``(H, W, 3)``) to ``path`` atomically.
 
-    The format follows the extension (.png, .jpg/.jpeg, .webp, .tif/.tiff, .bmp). 16-bit output
+    The format follows the extension (.png, .jpg/.jpeg, .webp, .avif, .tif/.tiff, .bmp). 16-bit output
     is kept for PNG/TIFF greyscale and for TIFF colour (through tifffile, without EXIF); other
     formats write colour with 8 bits, with a warning (Pillow cannot write 16-bit RGB).
     JPEG/BMP drop the alpha plane, with a warning unless it is opaque. ``metadata`` (EXIF, ICC

@@ -47,7 +47,7 @@ from vdsr.sizes import check_output_pixels
 
 __all__ = ["IMAGE_SUFFIXES", "LoadedImage", "MAX_TEXT_BYTES", "bundled_photo", "decode_image", "list_images", "load_image", "probe", "probe_image"]
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".avif", ".gif", ".ppm", ".pgm")
 
 
 # PNG text chunks (tEXt/zTXt/iTXt) Pillow may decompress, per chunk and in all: Pillow's default

@@ -42,12 +42,13 @@ __all__ = ["IMAGE_EXTENSIONS", "OUTPUT_FORMATS", "OUTPUT_RULE", "NamingRule", "c
 
 # The one table of output formats: each by name (``--format``, and the extension of the files it
 # writes into a folder) and Pillow's name for it (vdsr.io.encode writes them).
-OUTPUT_FORMATS: dict[str, str] = {"png": "PNG", "jpg": "JPEG", "webp": "WEBP", "tiff": "TIFF", "bmp": "BMP"}
+OUTPUT_FORMATS: dict[str, str] = {"png": "PNG", "jpg": "JPEG", "webp": "WEBP", "avif": "AVIF", "tiff": "TIFF",
+                                  "bmp": "BMP"}
 # The extensions an output file may have, and the format each selects.
 IMAGE_EXTENSIONS: dict[str, str] = {**{f".{name}": name for name in OUTPUT_FORMATS}, ".jpeg": "jpg", ".tif": "tiff"}
 
 OUTPUT_RULE = ("OUT is a file when there is one input file and OUT ends in an image extension "
-               "(.png .jpg .jpeg .webp .tif .tiff .bmp); a folder when it is one already, ends in '/', "
+               f"({' '.join(IMAGE_EXTENSIONS)}); a folder when it is one already, ends in '/', "
                "or there are several inputs (or a folder) and it has no extension. Anything else is refused "
                "as ambiguous.")
 
