@@ -29,19 +29,16 @@ def job_row(job: Job, status: str, **values: Any) -> dict[str, Any]:
     return row
 
 
-
 def error_fields(exc: BaseException) -> dict[str, Any]:
     """A row's ``error``, ``error_type`` and ``error_fields`` (the plain-valued ones) for ``exc``."""
     plain = {k: v for k, v in vars(exc).items() if isinstance(v, (str, int, float, bool, type(None)))}
     return {"error": str(exc), "error_type": type(exc).__name__, "error_fields": plain}
 
 
-
 def _worker_name() -> str:
     import socket
 
     return f"{socket.gethostname()}:{os.getpid()}"
-
 
 
 def upscale_job(up: Any, job: Job, settings: Settings,
@@ -69,7 +66,6 @@ def upscale_job(up: Any, job: Job, settings: Settings,
                 recipe=info.recipe, device=info.device)
 
 
-
 def read_manifest(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
     """The rows of a manifest, oldest first; a line cut short by a kill is passed over."""
     rows: list[dict[str, Any]] = []
@@ -83,7 +79,6 @@ def read_manifest(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
     except FileNotFoundError:
         pass
     return rows
-
 
 
 class _Manifest:
@@ -120,7 +115,6 @@ class _Manifest:
         self._fh.close()
 
 
-
 class Events(Protocol):
     """What a caller hears while :func:`run` works (the CLI's progress bar).
 
@@ -135,7 +129,6 @@ class Events(Protocol):
     def finished(self, row: dict[str, Any]) -> None: ...
 
 
-
 class NoEvents:
     """:class:`Events` that hear nothing."""
 
@@ -147,7 +140,6 @@ class NoEvents:
 
     def finished(self, row: dict[str, Any]) -> None:
         pass
-
 
 
 @dataclass
@@ -179,7 +171,6 @@ class Summary:
     @property
     def failures(self) -> list[dict[str, Any]]:
         return [r for r in self.rows if r["status"] == "failed"]
-
 
 
 def _load(settings: Settings) -> Any:

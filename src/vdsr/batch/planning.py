@@ -30,7 +30,6 @@ MANIFEST = "vdsr-manifest.jsonl"
 """The manifest's name in an output folder: one JSON object a line, appended as images finish."""
 
 
-
 ROW_FIELDS = ("input", "output", "status", "error", "input_size", "output_size", "seconds",
               "backend", "precision", "recipe", "device", "worker", "attempt", "finished",
               "error_type", "error_fields")
@@ -39,7 +38,6 @@ ROW_FIELDS = ("input", "output", "status", "error", "input_size", "output_size",
 and its plain fields, for a caller to word it); sizes are ``[width, height]``; ``worker`` the
 host and process that ran it; ``attempt`` 1, or more when a worker died on the image and it
 was retried."""
-
 
 
 SKIP_REASONS: dict[str, str] = {
@@ -54,9 +52,7 @@ SKIP_REASONS: dict[str, str] = {
 """Why an entry of an input folder is not an input (:attr:`Plan.skipped`), in words."""
 
 
-
 MAX_ATTEMPTS = 3  # an image whose worker dies this often is a failed row, not retried again
-
 
 
 @dataclass(frozen=True)
@@ -67,7 +63,6 @@ class Job:
     source: Path
     target: Path
     name: str
-
 
 
 @dataclass
@@ -87,7 +82,6 @@ class Plan:
     def manifest(self) -> Path | None:
         """The manifest of a folder run (``None`` for one output file)."""
         return None if self.single_file else self.out / MANIFEST
-
 
 
 @dataclass(frozen=True)
@@ -115,12 +109,10 @@ class Settings:
                 "tile": self.tile, "ensemble": self.ensemble, "threads": self.threads}
 
 
-
 def _image_suffixes() -> tuple[str, ...]:
     from vdsr.io.images import IMAGE_SUFFIXES
 
     return IMAGE_SUFFIXES
-
 
 
 def _walk(root: Path, recursive: bool, skipped: dict[str, list[Path]]) -> Iterator[tuple[Path, PurePosixPath]]:
@@ -168,7 +160,6 @@ def _walk(root: Path, recursive: bool, skipped: dict[str, list[Path]]) -> Iterat
     yield from visit(root, PurePosixPath(), frozenset({real_root}))
 
 
-
 def plan(inputs: Sequence[str | os.PathLike[str]], output: str | os.PathLike[str], rule: NamingRule,
          *, recursive: bool = False) -> Plan:
     """The jobs of ``vdsr upscale INPUTS -o OUTPUT`` (see the module's docstring); writes nothing.
@@ -207,7 +198,6 @@ def plan(inputs: Sequence[str | os.PathLike[str]], output: str | os.PathLike[str
     return Plan(jobs, out, False, skipped)
 
 
-
 def check(plan: Plan, *, overwrite: bool = False) -> None:
     """Refuse, before any work, what would fail as a whole: a single output file that is the
     input, or exists (without ``overwrite``); an output folder that cannot be written, or
@@ -217,7 +207,6 @@ def check(plan: Plan, *, overwrite: bool = False) -> None:
         check_target(job.target, overwrite=overwrite, inputs=[job.source])
     else:
         check_folder(plan.out, create=True)
-
 
 
 def describe_skipped(skipped: dict[str, list[Path]]) -> str:
@@ -231,7 +220,6 @@ def describe_skipped(skipped: dict[str, list[Path]]) -> str:
         shown = ", ".join(display(p.name) for p in paths[:3]) + (", ..." if len(paths) > 3 else "")
         parts.append(f"{len(paths)} {words} ({shown})")
     return "; ".join(parts)
-
 
 
 def row_settings(settings: Settings) -> dict[str, Any]:

@@ -33,10 +33,8 @@ def _split_threads(settings: Settings, workers: int) -> int:
     return max(1, total // workers)
 
 
-
 def _stop_on_sigterm(signum: int, frame: Any) -> None:
     raise StopRequested(signal.Signals(signum).name)
-
 
 
 def _end_with_parent() -> None:
@@ -51,7 +49,6 @@ def _end_with_parent() -> None:
         return
     if os.getppid() == 1:  # the parent died before the request was made
         raise StopRequested("SIGTERM")
-
 
 
 def _worker(settings: Settings, conn: Any) -> None:
@@ -86,7 +83,6 @@ def _worker(settings: Settings, conn: Any) -> None:
             conn.send(("row", index, upscale_job(up, job, settings, tile)))
     except (StopRequested, EOFError, BrokenPipeError):  # stopped, or the main process is gone
         return
-
 
 
 def _run_processes(pending: list[Job], settings: Settings, workers: int, events: Events,
@@ -204,7 +200,6 @@ class _Pool:
         _stop_workers(self.procs, self.conns, [self.pending[i].target for i in self.busy.values()])
 
 
-
 def _rows_sent(conns: dict[int, Any], busy: dict[int, int]) -> Iterator[tuple[int, dict[str, Any]]]:
     """The rows the workers have sent and the main process has not read yet, as
     ``(index, row)``; each slot's job is taken off ``busy``."""
@@ -217,7 +212,6 @@ def _rows_sent(conns: dict[int, Any], busy: dict[int, int]) -> Iterator[tuple[in
                     yield message[1], message[2]
         except (EOFError, OSError):
             continue
-
 
 
 def _stop_workers(procs: dict[int, Any], conns: dict[int, Any], in_flight: list[Path]) -> None:

@@ -62,13 +62,11 @@ def _triage(plan: Plan, overwrite: bool, known: dict[str, dict[str, Any]]
     return pending, rows
 
 
-
 def _kept(earlier: dict[str, Any] | None) -> dict[str, Any]:
     """What a skipped row repeats of the row that wrote its output (sizes, how it ran)."""
     if earlier is None:
         return {}
     return {k: earlier.get(k) for k in ("input_size", "output_size", "backend", "precision", "recipe", "device")}
-
 
 
 class Remote(Protocol):
@@ -78,7 +76,6 @@ class Remote(Protocol):
     local: bool
 
     def __call__(self, pending: list[Job], settings: Settings, emit: Callable[[dict[str, Any]], None]) -> None: ...
-
 
 
 def run(plan: Plan, settings: Settings, *, overwrite: bool = False, workers: int = 1,
@@ -134,12 +131,10 @@ def run(plan: Plan, settings: Settings, *, overwrite: bool = False, workers: int
     return summary
 
 
-
 def _run_info(row: dict[str, Any], settings: Settings) -> Any:
     from vdsr.engine import RunInfo
 
     return RunInfo(row["backend"], row["precision"], row["device"], settings.tile, settings.ensemble)
-
 
 
 def _resolved(settings: Settings, model: Any) -> Settings:
@@ -151,7 +146,6 @@ def _resolved(settings: Settings, model: Any) -> Settings:
         return settings
     info = Upscaler(model if model is not None else _load(settings), **settings.engine()).info
     return replace(settings, precision=info.precision, backend=info.backend, device=info.device)
-
 
 
 def _run_here(pending: list[Job], settings: Settings, model: Any, events: Events,

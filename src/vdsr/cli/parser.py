@@ -110,7 +110,6 @@ run 'vdsr COMMAND --help' for a command's options""",
 }
 
 
-
 def _parents() -> dict[str, argparse.ArgumentParser]:
     """The flags several commands share, each declared here once."""
     made = {name: argparse.ArgumentParser(add_help=False) for name in
@@ -346,7 +345,6 @@ def _demo_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("-o", "--output", default="vdsr-demo", help="output folder")
     p.add_argument("--scale", type=_int_scale, default=3, help="scale factor")
     p.set_defaults(func=commands.cmd_demo)
-
 
 
 _COMMANDS: dict[str, _Command] = {

@@ -27,7 +27,6 @@ from vdsr.pixels import to_uint
 __all__ = ["written", "encode_png", "output_format", "png_options", "save_image", "to_pil", "write_canvas"]
 
 
-
 def _write_tiff16(target: BinaryIO, pixels: NDArray[Any], alpha: NDArray[Any] | None,
                   metadata: ImageMetadata | None) -> None:
     """16-bit RGB(A) TIFF through tifffile (Pillow writes colour with 8 bits); EXIF is not kept."""

@@ -77,8 +77,6 @@ def csv_fields(scales: list[int]) -> list[str]:
             + [f"val_psnr_x{s}" for s in scales] + ["val_psnr_mean"])
 
 
-
-
 def _recipe_changes(trained: TrainConfig, on_disk: TrainConfig,
                     stored: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
     """The recipe fields where ``config.json`` (``on_disk``) differs from the config the
