@@ -18,10 +18,10 @@ __all__ = ["EXTRAS", "MissingExtra", "need"]
 # extra -> (what it is for, the modules it provides). pyproject.toml's optional-dependencies
 # install these (tests/test_extras.py holds the two together).
 EXTRAS: dict[str, tuple[str, tuple[str, ...]]] = {
-    "serve": ("the web app (vdsr serve)", ("fastapi", "fastapi_offline", "uvicorn", "python_multipart")),
-    "train": ("training (vdsr train, vdsr prepare)", ("h5py", "tensorboard", "matplotlib")),
+    "serve": ("the web app", ("fastapi", "fastapi_offline", "uvicorn", "python_multipart")),
+    "train": ("training and HDF5 patch files", ("h5py", "tensorboard", "matplotlib")),
     "matlab": ("importing MATLAB .mat weights (the authors' official model)", ("scipy",)),
-    "ray": ("folder runs on a Ray cluster (--ray)", ("ray",)),
+    "ray": ("folder runs on a Ray cluster", ("ray",)),
     "openvino": ("the OpenVINO backend", ("openvino",)),
 }
 
