@@ -38,7 +38,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from recipe_accuracy import MARKER, _weights  # noqa: E402
+from recipe_accuracy import MARKER, _weights, done_keys  # noqa: E402
 
 from vdsr.backends import create_backend  # noqa: E402
 from vdsr.content import HELD_OUT_SEED, KINDS, drawn_set  # noqa: E402
@@ -93,21 +93,11 @@ def held_out() -> list[tuple[str, str, NDArray[np.float64]]]:
     return images
 
 
-def _done() -> set[tuple[str, ...]]:
-    seen: set[tuple[str, ...]] = set()
-    if LINES.exists():
-        for line in LINES.read_text().splitlines():
-            if line.strip():
-                r = json.loads(line)
-                seen.add((r["weights"], r["image"], str(r["scale"]), r["recipe"]))
-    return seen
-
-
 def run(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
     tmp = ROOT / ".cache-recipes"
     tmp.mkdir(exist_ok=True)
-    done = _done()
+    done = done_keys(LINES, ("weights", "image", "scale", "recipe"))
     machine = machine_class(torch.device("cpu"))
     images = held_out()
     with LINES.open("a") as out:

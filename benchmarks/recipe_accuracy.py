@@ -62,13 +62,15 @@ def _weights(name: str, tmp: Path) -> Any:
     return load_model(path)[0]
 
 
-def _done() -> set[tuple[str, ...]]:
+def done_keys(lines: Path, fields: tuple[str, ...]) -> set[tuple[str, ...]]:
+    """The ``fields`` (as strings) of every row already in the JSON-lines file ``lines``: what a
+    resumed run skips."""
     seen: set[tuple[str, ...]] = set()
-    if LINES.exists():
-        for line in LINES.read_text().splitlines():
+    if lines.exists():
+        for line in lines.read_text().splitlines():
             if line.strip():
                 r = json.loads(line)
-                seen.add((r["weights"], r["set"], r["image"], str(r["scale"]), r["recipe"], r["runtime"]))
+                seen.add(tuple(str(r[f]) for f in fields))
     return seen
 
 
@@ -76,7 +78,7 @@ def run(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
     tmp = ROOT / ".cache-recipes"
     tmp.mkdir(exist_ok=True)
-    done = _done()
+    done = done_keys(LINES, ("weights", "set", "image", "scale", "recipe", "runtime"))
     machine = machine_class(torch.device("cpu"))
     with LINES.open("a") as out:
         for wname in args.weights:
