@@ -127,7 +127,8 @@ def _parents() -> dict[str, argparse.ArgumentParser]:
                           "onnxruntime, openvino (if installed)")
     run.add_argument("--precision", choices=C.PRECISIONS, default="auto", metavar="RECIPE",
                      help="the network's arithmetic: auto = the fastest recipe checked for these weights on "
-                          "this machine (within 0.02 dB of fp32; checked once, cached), fp32 = exact, or "
+                          "this machine on photos, drawings, text and flat graphics (checked once, cached; flat "
+                          "colour areas run fp32), fp32 = exact, or "
                           f"one of {', '.join(C.PRECISIONS[2:])} (docs/recipes.md)")
     tiles = made["tiles"]
     tiles.add_argument("--tile", type=int, default=C.DEFAULT_TILE,
