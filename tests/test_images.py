@@ -498,6 +498,9 @@ def test_a_tiff_upscales_to_tiff_and_png_with_its_description_not_its_layout(
         assert tags[0x010F] == "Canon" and tags[0x0110] == "EOS"
         if out.endswith(".png"):
             assert not {256, 257, 259, 273, 279} & set(tags), tags  # no strip offsets, sizes, codec
+    # the pixels: the TIFF holds exactly what the PNG of the same upscale holds (both lossless)
+    tif, png = (np.asarray(Image.open(tmp_path / n).convert("RGB")) for n in ("scan_x2.tif", "scan_x2.png"))
+    assert np.array_equal(tif, png) and tif.std() > 10
 
 
 @pytest.mark.skipif(not features.check("avif"), reason="Pillow built without AVIF")
